@@ -1,0 +1,5 @@
+import sys
+
+from endofuse.cli import main
+
+sys.exit(main())

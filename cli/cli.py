@@ -1,0 +1,124 @@
+"""The `endofuse` command line: one entry point, one subcommand per job.
+
+Each subcommand lives in its own module (`<package>/<name>_command.py`) that
+exposes `add_arguments(parser)` and `main(args) -> int`. Modules are imported
+only for the subcommand being run, so `endofuse --help` starts instantly and a
+broken optional dependency of one subcommand never breaks the others.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from dataclasses import dataclass
+
+from endofuse import __version__
+from endofuse.errors import EndofuseError
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    name: str
+    module: str
+    summary: str
+
+
+SUBCOMMANDS = [
+    Subcommand("synth", "endofuse.train.synth_command", "generate a synthetic WLI/NBI dataset or video pair"),
+    Subcommand("train", "endofuse.train.train_command", "train on a dataset folder in the reference CSV format"),
+    Subcommand("evaluate", "endofuse.train.evaluate_command", "score a checkpoint on a dataset folder"),
+    Subcommand("convert-reference", "endofuse.model.convert_command", "convert a reference MM-EndoCL checkpoint"),
+    Subcommand("export", "endofuse.realtime.engines.export_command", "export to ONNX / INT8 / TensorRT / Triton server"),
+    Subcommand("run", "endofuse.realtime.run_command", "segment a live or recorded WLI/NBI pair with overlay"),
+    Subcommand("bench", "endofuse.realtime.bench_command", "measure engine and pipeline latency"),
+    Subcommand("demo", "endofuse.demo.demo_command", "serve the browser demo"),
+]
+
+EXAMPLES = """\
+examples:
+  endofuse synth data/synthetic --pairs 64
+  endofuse train --data data/synthetic --model tiny --epochs 20 --out runs/tiny
+  endofuse evaluate --data data/synthetic --checkpoint runs/tiny/best.pt --out eval/
+  endofuse export --checkpoint runs/tiny/best.pt --format onnx --out tiny.onnx
+  endofuse run --wli synthetic --nbi synthetic --out overlay.mp4 --report report.json
+  endofuse bench --model tiny --engine onnxruntime --frames 600
+  endofuse demo --port 7860
+
+Set ENDOFUSE_DEBUG=1 to see full tracebacks instead of one-line errors.
+"""
+
+
+class NotBuiltYet(Exception):
+    """The subcommand's module does not exist yet in this version."""
+
+
+def _load(sub: Subcommand):
+    try:
+        module = importlib.import_module(sub.module)
+    except ModuleNotFoundError as exc:
+        # Only the subcommand's own module missing means "not built"; a missing
+        # dependency inside it is a real error and must surface.
+        if exc.name is not None and sub.module.startswith(exc.name):
+            raise NotBuiltYet(sub.name) from exc
+        raise
+    if not (hasattr(module, "add_arguments") and hasattr(module, "main")):
+        raise NotBuiltYet(sub.name)
+    return module
+
+
+def _first_positional(argv: list[str]) -> str | None:
+    for token in argv:
+        if not token.startswith("-"):
+            return token
+        if token in ("-h", "--help", "--version"):
+            return None
+    return None
+
+
+def build_parser(selected: str | None = None) -> tuple[argparse.ArgumentParser, dict]:
+    parser = argparse.ArgumentParser(
+        prog="endofuse",
+        description="Real-time WLI/NBI fusion segmentation of laryngo-pharyngeal tumours.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"endofuse {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    modules = {}
+    for sub in SUBCOMMANDS:
+        sp = subparsers.add_parser(sub.name, help=sub.summary, description=sub.summary)
+        if sub.name == selected:
+            module = _load(sub)
+            module.add_arguments(sp)
+            modules[sub.name] = module
+    return parser, modules
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    selected = _first_positional(argv)
+    known = {s.name for s in SUBCOMMANDS}
+    try:
+        parser, modules = build_parser(selected if selected in known else None)
+    except NotBuiltYet as exc:
+        print(f"endofuse {exc}: this subcommand is not built yet in endofuse {__version__}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(modules[args.command].main(args) or 0)
+    except KeyboardInterrupt:
+        print(f"endofuse {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (EndofuseError, ValueError, FileNotFoundError, PermissionError) as exc:
+        if os.environ.get("ENDOFUSE_DEBUG"):
+            raise
+        print(f"endofuse {args.command}: error: {exc}", file=sys.stderr)
+        return getattr(exc, "exit_code", 1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""endofuse.kernels."""

@@ -1,0 +1,76 @@
+"""Packaging for endofuse.
+
+The source folders sit at the repository's top level (realtime/, kernels/, model/,
+train/, demo/) and are installed under the `endofuse.` namespace through
+`package_dir`, so nothing installs a bare `model` or `train` package.
+"""
+import re
+from pathlib import Path
+
+from setuptools import setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "cli" / "__init__.py").read_text()).group(1)
+
+# folder on disk -> import name
+SUBPACKAGES = {
+    "kernels": "endofuse.kernels",
+    "model": "endofuse.model",
+    "train": "endofuse.train",
+    "realtime": "endofuse.realtime",
+    "demo": "endofuse.demo",
+}
+
+
+def find_packages_mapped() -> tuple[list[str], dict[str, str]]:
+    packages, package_dir = ["endofuse"], {"endofuse": "cli"}
+    for folder, name in SUBPACKAGES.items():
+        for init in sorted((HERE / folder).rglob("__init__.py")):
+            rel = init.parent.relative_to(HERE)
+            if "__pycache__" in rel.parts:
+                continue
+            dotted = ".".join((name, *rel.parts[1:]))
+            packages.append(dotted)
+            package_dir[dotted] = rel.as_posix()
+    return packages, package_dir
+
+
+packages, package_dir = find_packages_mapped()
+
+EXTRAS = {
+    # TensorRT wheels come from NVIDIA's own index (pypi.nvidia.com) on a CUDA machine.
+    "gpu": ["tensorrt>=10.8", "onnxruntime-gpu>=1.20"],
+    "demo": ["gradio>=6,<7", "gradio-client>=2", "matplotlib>=3.8"],
+    "dev": ["pytest>=8", "pytest-timeout>=2", "playwright>=1.45", "scipy>=1.11", "matplotlib>=3.8"],
+}
+EXTRAS["all"] = sorted({r for k, reqs in EXTRAS.items() if k != "gpu" for r in reqs})
+
+setup(
+    name="endofuse",
+    version=VERSION,
+    description="Real-time WLI/NBI fusion segmentation of laryngo-pharyngeal tumours (Align-Disentangle-Fuse)",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=packages,
+    package_dir=package_dir,
+    package_data={"endofuse.model": ["weights/*.pt"], "endofuse.demo": ["assets/*"]},
+    include_package_data=False,
+    install_requires=[
+        "torch>=2.4",
+        "numpy>=1.24",
+        "opencv-python-headless>=4.8",
+        "onnx>=1.16",
+        "onnxscript>=0.2",
+        "onnxruntime>=1.18",
+        "tqdm>=4.60",
+        "matplotlib>=3.8",
+    ],
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["endofuse = endofuse.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Medical Science Apps.",
+        "Topic :: Scientific/Engineering :: Image Recognition",
+    ],
+)
