@@ -1,0 +1,152 @@
+"""The Gradio 6 app: tabs "Image pair", "Video pair" and "Live", a model/engine
+picker, an overlay opacity slider and an about box.
+
+`build_app` only lays out components and wires events; the work is done by the
+handlers in `pair.py` and `video.py`, bound here to one `EngineCache`.
+"""
+from __future__ import annotations
+
+import functools
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+
+from endofuse.demo.engines import EngineCache, EngineOpener, available_backends, model_choices
+from endofuse.demo.examples import write_example_pairs
+from endofuse.demo.pair import remember_nbi_frame, segment_live_frame, segment_uploaded_pair
+from endofuse.demo.uploads import MAX_UPLOAD_SIZE, VIDEO_FILE_TYPES, checked_image
+from endofuse.demo.video import process_video_pair
+
+DEFAULT_ALPHA = 0.45
+LIVE_TIME_LIMIT_S = 120  # a forgotten browser tab must not hold the CPU forever
+LIVE_STREAM_EVERY_S = 0.1
+LIVE_CONCURRENCY = 2
+
+ABOUT = """\
+**Demo model, not for clinical use.** The bundled weights are the *tiny*
+configuration of endofuse's Align-Disentangle-Fuse network trained only on
+**synthetic** WLI/NBI images from endofuse's procedural generator: never shown
+patient data, not validated. Use your own trained checkpoint with
+`endofuse demo --checkpoint CKPT`. Everything runs on this machine (127.0.0.1
+unless started with `--host`; no share link, no analytics). Uploads: images up
+to 4096 px a side, videos of type {types}, at most {size} per file.
+"""
+
+LIVE_NOTE = """\
+Quick live test through the browser. Each webcam frame travels browser ->
+server -> browser, which adds roughly **100-200 ms** on top of the model time
+shown below (that readout is the server-side part only). The clinical path is
+the `run` command next to the capture card, e.g.
+`endofuse run --wli 0 --nbi 1 --live --display --report report.json`.
+Leave the second camera off for the WLI-only path; an NBI frame older than
+0.5 s is treated as missing. Streams stop after {limit} s.
+"""
+
+
+def build_app(checkpoint: str | None = None, engine: str = "auto", *, opener: EngineOpener | None = None,
+              build_pipeline=None, examples_dir: Path | None = None, output_dir: Path | None = None) -> gr.Blocks:
+    """The demo as a `gr.Blocks` (not launched).
+
+    `checkpoint` None = the bundled demo weights; `opener` / `build_pipeline`
+    default to `endofuse.realtime.engines.open_engine` / `endofuse.realtime.build_pipeline`
+    (tests pass stand-ins). Outputs go to `output_dir` (a fresh temp folder by default).
+    """
+    engines = EngineCache(model_choices(checkpoint), opener)
+    backends = available_backends()
+    if engine not in backends:
+        raise ValueError(f"engine {engine!r} is not available here; choose one of {backends}")
+    # Open the default engine now: a missing checkpoint fails at startup, and the first click is fast.
+    engines.get(engines.labels[0], engine)
+    out_root = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="endofuse-demo-"))
+    out_root.mkdir(parents=True, exist_ok=True)
+    examples = write_example_pairs(examples_dir)
+
+    with gr.Blocks(title="endofuse demo", analytics_enabled=False, delete_cache=(1800, 3600)) as app:
+        gr.Markdown("# endofuse: WLI/NBI tumour segmentation demo")
+        with gr.Accordion("About", open=True, elem_id="about_box"):
+            gr.Markdown(ABOUT.format(types=", ".join(VIDEO_FILE_TYPES), size=MAX_UPLOAD_SIZE.upper()))
+        with gr.Row():
+            model_choice = gr.Dropdown(engines.labels, value=engines.labels[0], label="Model", elem_id="model_choice")
+            engine_choice = gr.Dropdown(backends, value=engine, label="Engine", elem_id="engine_choice")
+            opacity = gr.Slider(0.0, 1.0, value=DEFAULT_ALPHA, step=0.05, label="Overlay opacity", elem_id="opacity_slider")
+        picker = [opacity, model_choice, engine_choice]
+
+        with gr.Tabs():
+            with gr.Tab("Image pair", id="image_pair"):
+                _image_pair_tab(engines, picker, examples)
+            with gr.Tab("Video pair", id="video_pair"):
+                _video_pair_tab(engines, picker, out_root, build_pipeline)
+            with gr.Tab("Live", id="live"):
+                _live_tab(engines, picker)
+    return app
+
+
+def _image_pair_tab(engines: EngineCache, picker: list, examples) -> None:
+    with gr.Row():
+        wli = checked_image(label="WLI image", elem_id="wli_image", type="numpy", image_mode="RGB",
+                            sources=["upload", "clipboard"], height=320)
+        nbi = checked_image(label="NBI image (optional)", elem_id="nbi_image", type="numpy", image_mode="RGB",
+                            sources=["upload", "clipboard"], height=320)
+    button = gr.Button("Segment", variant="primary", elem_id="segment_button")
+    with gr.Row():
+        overlay = gr.Image(label="Overlay", elem_id="overlay_image", format="png", interactive=False, height=320)
+        mask = gr.Image(label="Mask", elem_id="mask_image", format="png", image_mode="L", interactive=False, height=320)
+    latency = gr.Textbox(label="Latency and mode", elem_id="latency_text", lines=2, interactive=False)
+    gr.Examples(
+        examples=[[str(w), str(n)] for w, n in examples] + [[str(examples[0][0]), None]],
+        inputs=[wli, nbi], label="Synthetic example pairs (the last one leaves NBI empty: WLI-ONLY)",
+    )
+    button.click(functools.partial(segment_uploaded_pair, engines), inputs=[wli, nbi, *picker],
+                 outputs=[overlay, mask, latency], api_name="segment", concurrency_limit=1)
+
+
+def _video_pair_tab(engines: EngineCache, picker: list, out_root: Path, build_pipeline) -> None:
+    with gr.Row():
+        wli = gr.File(label="WLI video", file_types=VIDEO_FILE_TYPES, elem_id="wli_video")
+        nbi = gr.File(label="NBI video (optional)", file_types=VIDEO_FILE_TYPES, elem_id="nbi_video")
+    max_frames = gr.Slider(10, 3000, value=300, step=10, label="Frames to process", elem_id="max_frames")
+    button = gr.Button("Process videos", variant="primary", elem_id="video_button")
+    status = gr.Textbox(label="Status", elem_id="video_status", lines=3, interactive=False)
+    preview = gr.Image(label="Overlay, live while processing", streaming=True, format="jpeg",
+                       interactive=False, elem_id="video_preview")
+    with gr.Row():
+        video = gr.Video(label="Overlaid video", elem_id="overlay_video", interactive=False)
+        report = gr.File(label="report.json", elem_id="report_file", interactive=False)
+    cdf = gr.Plot(label="Latency CDF", elem_id="latency_cdf")
+    handler = functools.partial(_video_handler, engines, out_root, build_pipeline)
+    button.click(handler, inputs=[wli, nbi, *picker, max_frames], outputs=[preview, video, report, cdf, status],
+                 api_name="process_video", concurrency_limit=1)
+
+
+def _video_handler(engines, out_root, build_pipeline, wli, nbi, alpha, model_label, backend, max_frames):
+    # gr.File passes upload paths; Gradio has already checked they are its own uploads.
+    yield from process_video_pair(engines, wli, nbi, alpha, model_label, backend, int(max_frames), out_root,
+                                  build_pipeline=build_pipeline)
+
+
+def _live_tab(engines: EngineCache, picker: list) -> None:
+    gr.Markdown(LIVE_NOTE.format(limit=LIVE_TIME_LIMIT_S))
+    no_mirror = gr.WebcamOptions(mirror=False)  # an endoscope image must never be flipped
+    with gr.Row():
+        wli_cam = gr.Image(label="WLI camera", sources=["webcam"], streaming=True, webcam_options=no_mirror,
+                           type="numpy", elem_id="live_wli")
+        nbi_cam = gr.Image(label="NBI camera (optional)", sources=["webcam"], streaming=True, webcam_options=no_mirror,
+                           type="numpy", elem_id="live_nbi")
+        overlay = gr.Image(label="Overlay", streaming=True, format="jpeg", interactive=False, elem_id="live_overlay")
+    readout = gr.Textbox(label="Latency and mode (server side)", elem_id="live_latency_text", lines=2, interactive=False)
+    latest_nbi = gr.State(None)
+    stream_limits = dict(time_limit=LIVE_TIME_LIMIT_S, stream_every=LIVE_STREAM_EVERY_S, concurrency_limit=LIVE_CONCURRENCY)
+    nbi_cam.stream(remember_nbi_frame, inputs=nbi_cam, outputs=latest_nbi, api_visibility="private", **stream_limits)
+    wli_cam.stream(functools.partial(segment_live_frame, engines), inputs=[wli_cam, latest_nbi, *picker],
+                   outputs=[overlay, readout], api_name="live_frame", **stream_limits)
+
+
+def launch_app(app: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, *, block: bool = True):
+    """Serve `app` on `host:port` with the demo's safety settings; returns Gradio's (app, local_url, share_url)."""
+    return app.launch(
+        server_name=host, server_port=port, share=False, max_file_size=MAX_UPLOAD_SIZE,
+        show_error=False,  # only our gr.Error messages reach the page, never internal exception text
+        ssr_mode=False, pwa=False, mcp_server=False, enable_monitoring=False,
+        footer_links=["api", "settings"], prevent_thread_lock=not block, quiet=not block,
+    )

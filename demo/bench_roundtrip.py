@@ -1,0 +1,74 @@
+"""What the web demo adds on top of the model: one pair segmented in-process vs
+the same pair through the demo's HTTP API (upload, queue, PNG encode, download),
+measured in one run on the same engine.
+
+    python -m endofuse.demo.bench_roundtrip --engine torch --repeats 20
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+
+
+def _interleaved_medians_ms(runs: list, repeats: int) -> list[float]:
+    """Median wall time of each callable, run in turn (so a load change on a shared machine hits all alike)."""
+    for run in runs:
+        run()  # the first call pays lazy initialisation; not counted
+    times: list[list[float]] = [[] for _ in runs]
+    for _ in range(repeats):
+        for run, bucket in zip(runs, times):
+            start = time.perf_counter()
+            run()
+            bucket.append((time.perf_counter() - start) * 1000)
+    return [statistics.median(bucket) for bucket in times]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", default=None, help="default: the bundled demo weights")
+    parser.add_argument("--engine", default="torch")
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args(argv)
+
+    from gradio_client import Client, handle_file
+
+    from endofuse.demo.app import build_app, launch_app
+    from endofuse.demo.engines import model_choices
+    from endofuse.demo.examples import write_example_pairs
+    from endofuse.realtime import segment_pair
+    from endofuse.realtime.engines import open_engine
+
+    work = Path(tempfile.mkdtemp(prefix="endofuse-bench-"))
+    wli_path, nbi_path = write_example_pairs(work / "examples")[0]
+    engine = open_engine(args.checkpoint, backend=args.engine)
+    # The app serves the very same engine object: the difference is the web layer only.
+    app = build_app(args.checkpoint, args.engine, opener=lambda *_, **__: engine, examples_dir=work / "examples",
+                    output_dir=work / "out")
+    _, url, _ = launch_app(app, port=None, block=False)
+    try:
+        label = model_choices(args.checkpoint)[0].label
+        wli, nbi = cv2.imread(str(wli_path)), cv2.imread(str(nbi_path))
+        client = Client(url, verbose=False)
+        direct, http = _interleaved_medians_ms([
+            lambda: segment_pair(engine, wli, nbi),
+            lambda: client.predict(handle_file(str(wli_path)), handle_file(str(nbi_path)), 0.45, label, args.engine,
+                                   api_name="/segment"),
+        ], args.repeats)
+    finally:
+        app.close()
+    size = f"{wli.shape[1]}x{wli.shape[0]}"
+    print(f"| path ({size} pair, engine {engine.name}, {engine.model_label}) | median ms |")
+    print("|---|---|")
+    print(f"| segment_pair in-process | {direct:.1f} |")
+    print(f"| demo HTTP API round trip (gradio_client, loopback) | {http:.1f} |")
+    print(f"| overhead of the web layer | {http - direct:.1f} ms ({http / direct:.1f}x) |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,36 @@
+"""`endofuse demo`: serve the browser demo (Gradio) on this machine."""
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+from endofuse.errors import EndofuseError
+from endofuse.realtime.engines import BACKENDS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it to the network)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="a trained .pt checkpoint (or exported model file); default: the bundled demo weights")
+    parser.add_argument("--engine", default="auto", choices=BACKENDS, help="inference backend (default auto)")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
+    if not 0 < args.port < 65536:
+        raise EndofuseError(f"--port {args.port} is not a valid TCP port")
+    from endofuse.demo.app import build_app, launch_app  # gradio is slow to import: only when serving
+
+    output_dir = Path(tempfile.mkdtemp(prefix="endofuse-demo-"))
+    try:
+        app = build_app(args.checkpoint, args.engine, output_dir=output_dir)
+        print(f"endofuse demo: http://{args.host}:{args.port}  (Ctrl+C to stop)", flush=True)
+        launch_app(app, args.host, args.port, block=True)
+    finally:
+        shutil.rmtree(output_dir, ignore_errors=True)
+    return 0

@@ -1,0 +1,117 @@
+"""The "Video pair" handler: run the realtime pipeline over two uploaded videos,
+stream the overlaid frames while they are processed, then offer the full
+overlaid video, report.json and a latency CDF.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import gradio as gr
+import numpy as np
+
+from endofuse.demo.engines import EngineCache
+from endofuse.demo.pair import USER_ERRORS
+from endofuse.demo.plots import latency_cdf_figure
+from endofuse.demo.uploads import bgr_to_rgb, check_video_upload
+
+# The preview only needs to look live; sending every frame to the browser would
+# make the JPEG encode + websocket the bottleneck on fast engines.
+PREVIEW_INTERVAL_S = 1 / 15
+DEFAULT_FPS = 30.0
+# VP8 in WebM: every browser plays it and OpenCV's bundled FFmpeg writes it
+# (its H.264 encoder is not available in the pip wheels).
+VIDEO_FOURCC, VIDEO_SUFFIX = "VP80", ".webm"
+
+
+class OverlayVideoWriter:
+    """Writes BGR frames to a browser-playable video; opens on the first frame (its size is known then)."""
+
+    def __init__(self, path: Path, fps: float) -> None:
+        self.path, self.fps, self._writer, self.frames = Path(path), fps, None, 0
+
+    def write(self, frame_bgr: np.ndarray) -> None:
+        if self._writer is None:
+            height, width = frame_bgr.shape[:2]
+            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*VIDEO_FOURCC), self.fps, (width, height))
+            if not self._writer.isOpened():
+                raise RuntimeError(f"OpenCV cannot write {VIDEO_FOURCC} video to {self.path}")
+        self._writer.write(frame_bgr)
+        self.frames += 1
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+
+
+def video_fps(path: str) -> float:
+    capture = cv2.VideoCapture(path)
+    try:
+        fps = capture.get(cv2.CAP_PROP_FPS)
+    finally:
+        capture.release()
+    return fps if 1 <= fps <= 240 else DEFAULT_FPS
+
+
+def default_build_pipeline():
+    from endofuse.realtime import build_pipeline
+
+    return build_pipeline
+
+
+def summary_text(report: dict, video_name: str) -> str:
+    """A few readable lines from the pipeline's report.json content."""
+    lines = [f"{report.get('frames', 0)} frames -> {video_name} | engine {report.get('engine', '?')} | "
+             f"model {report.get('model', '?')}"]
+    latency = report.get("latency_ms") or {}
+    if "p50" in latency:
+        counted = report.get("counted_frames", "?")
+        lines.append(f"latency over {counted} frames after warm-up: "
+                     + ", ".join(f"{k} {latency[k]:.1f} ms" for k in ("p50", "p90", "p99", "max") if k in latency))
+    if "paired" in report:
+        lines.append(f"pairs: {report['paired']} fused, {report.get('stale_pairs', 0)} stale, "
+                     f"{report.get('nbi_missing', 0)} without NBI (WLI-ONLY); fps {report.get('fps', float('nan')):.1f}")
+    return "\n".join(lines)
+
+
+def process_video_pair(engines: EngineCache, wli_video: str | None, nbi_video: str | None, alpha: float,
+                       model_label: str, backend: str, max_frames: int, out_root: Path, build_pipeline=None):
+    """Generator for the video tab; yields (preview RGB, video, report file, CDF figure, status text).
+
+    The pipeline runs "as fast as possible" (not paced, lossless): a recorded
+    video is processed frame by frame and every frame lands in the output video.
+    """
+    wli_path = check_video_upload(wli_video, "WLI video")
+    if wli_path is None:
+        raise gr.Error("Upload a WLI video first (the NBI video is optional).")
+    nbi_path = check_video_upload(nbi_video, "NBI video")
+    out_dir = Path(tempfile.mkdtemp(prefix="video-", dir=out_root))
+    writer = OverlayVideoWriter(out_dir / f"overlay{VIDEO_SUFFIX}", video_fps(wli_path))
+    latencies: list[float] = []
+    last_preview = 0.0
+    try:
+        engine = engines.get(model_label, backend)
+        pipeline = (build_pipeline or default_build_pipeline())(wli_path, nbi_path, engine, live=False,
+                                                                 alpha=float(alpha), frames=int(max_frames))
+        for result in pipeline:  # iterating to the end also closes the pipeline
+            writer.write(result.overlay)
+            latencies.append(float(result.latency_ms))
+            if time.monotonic() - last_preview >= PREVIEW_INTERVAL_S:
+                last_preview = time.monotonic()
+                yield bgr_to_rgb(result.overlay), gr.skip(), gr.skip(), gr.skip(), f"frame {result.index}: {result.mode}"
+        report = pipeline.report()
+    except USER_ERRORS as exc:
+        raise gr.Error(str(exc)) from exc
+    finally:
+        writer.close()
+    if not latencies:
+        raise gr.Error(f"WLI video '{Path(wli_path).name}' gave no frames")
+    report_path = out_dir / "report.json"
+    report_path.write_text(json.dumps(report, indent=2, default=str))
+    # The CDF shows the frames the report's percentiles count (warm-up frames excluded).
+    counted = latencies[min(int(report.get("warmup_frames", 0)), len(latencies) - 1):]
+    yield (gr.skip(), str(writer.path), str(report_path), latency_cdf_figure(counted, "latency after warm-up"),
+           summary_text(report, writer.path.name))

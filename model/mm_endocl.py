@@ -1,0 +1,263 @@
+"""MM-EndoCL: Align-Disentangle-Fuse segmentation of paired WLI/NBI endoscopy frames.
+
+Paper: arXiv 2508.16882 (reference code: wwwjh333/MM-EndoCL, not used here).
+Two hybrid R50-ViT encoders (one per modality) -> token-wise disentangle/fuse
+MLPs -> TransUNet decoder with WLI-only skips. Training adds multi-scale
+distribution alignment (MMD on pooled shallow features), cosine disentanglement
+terms and the disentangle-aware contrastive loss (see `forward_train`).
+
+Order: fusion block -> model -> configs -> builder.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from endofuse.model import losses
+from endofuse.model.blocks import AttentionMeanPool, Mlp
+from endofuse.model.decoder import CascadedDecoder
+from endofuse.model.encoder import EncoderOutput, HybridViTEncoder
+
+try:  # fused ops from the kernels package (Triton on CUDA, plain torch elsewhere)
+    from endofuse.kernels import dacl_loss as _dacl_loss
+    from endofuse.kernels import mmd_loss as _mmd_loss
+except ImportError:  # FALLBACK until endofuse.kernels provides them
+    _dacl_loss, _mmd_loss = losses.dacl, losses.mmd
+
+AUX_KEYS = ("da", "align", "diff", "orth_wli", "orth_nbi", "mi", "dacl", "fd")
+
+
+class DisentangleFuse(nn.Module):
+    """Specific/share MLPs per modality, share fusion, three modal-fusion MLPs summed."""
+
+    def __init__(self, dim: int, share_hidden: int):
+        super().__init__()
+        self.specific_wli = Mlp(dim, dim)
+        self.specific_nbi = Mlp(dim, dim)
+        self.share_wli = Mlp(dim, dim)
+        self.share_nbi = Mlp(dim, dim)
+        self.share_fusion = Mlp(2 * dim, share_hidden, dim)
+        self.fuse_specific_wli = Mlp(dim, dim)
+        self.fuse_share = Mlp(dim, dim)
+        self.fuse_specific_nbi = Mlp(dim, dim)
+
+    def split(self, tokens_wli: torch.Tensor, tokens_nbi: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The four disentangled token maps (B, N, D)."""
+        return {
+            "spec_w": self.specific_wli(tokens_wli),
+            "spec_n": self.specific_nbi(tokens_nbi),
+            "share_w": self.share_wli(tokens_wli),
+            "share_n": self.share_nbi(tokens_nbi),
+        }
+
+    def fuse(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        share = self.share_fusion(torch.cat([parts["share_w"], parts["share_n"]], dim=-1))
+        return (
+            self.fuse_specific_wli(parts["spec_w"])
+            + self.fuse_share(share)
+            + self.fuse_specific_nbi(parts["spec_n"])
+        )
+
+
+@dataclass(frozen=True)
+class MMEndoCLConfig:
+    """Every number of a configuration; `build_model(name, **overrides)` replaces any of them."""
+
+    img_size: int = 224
+    stem_width: int = 64
+    stem_units: tuple[int, int, int] = (3, 4, 9)
+    norm_groups: int = 32
+    hidden_size: int = 768
+    depth: int = 12
+    heads: int = 12
+    mlp_dim: int = 3072
+    shallow_taps: tuple[int, ...] = (2, 4, 6)
+    share_hidden: int = 3072
+    decoder_head_channels: int = 512
+    decoder_channels: tuple[int, ...] = (256, 128, 64, 16)
+    n_skip: int = 3
+    dropout: float = 0.1
+    # learned stand-in for the NBI tokens when NBI is absent (False: WLI fed to both encoders)
+    missing_nbi_token: bool = False
+    # training-time probability per sample of replacing NBI tokens with the missing token
+    modality_dropout: float = 0.0
+    da_kernel: str = "gaussian"
+
+
+class MMEndoCL(nn.Module):
+    """The network. `model(wli, nbi)` is the export graph; `forward_train` adds the aux terms."""
+
+    def __init__(self, name: str, config: MMEndoCLConfig, num_classes: int = 2, overrides: dict | None = None):
+        super().__init__()
+        if config.img_size % 16:
+            raise ValueError(f"img_size must be a multiple of 16, got {config.img_size}")
+        if config.missing_nbi_token is False and config.modality_dropout > 0:
+            raise ValueError("modality_dropout needs missing_nbi_token=True")
+        self.name, self.config, self.num_classes = name, config, num_classes
+        self.img_size = config.img_size
+        self.overrides = dict(overrides or {})
+        c = config
+
+        def encoder() -> HybridViTEncoder:
+            return HybridViTEncoder(
+                c.img_size, c.stem_width, c.stem_units, c.norm_groups, c.hidden_size, c.depth,
+                c.heads, c.mlp_dim, c.dropout, c.shallow_taps,
+            )  # fmt: skip
+
+        self.encoder_wli = encoder()
+        self.encoder_nbi = encoder()
+        self.fusion = DisentangleFuse(c.hidden_size, c.share_hidden)
+        pool_dim = c.hidden_size * len(c.shallow_taps)
+        self.pool_wli = AttentionMeanPool(pool_dim)
+        self.pool_nbi = AttentionMeanPool(pool_dim)
+        self.decoder = CascadedDecoder(
+            c.hidden_size, c.img_size // 16, c.decoder_head_channels, c.decoder_channels,
+            self.encoder_wli.stem.skip_channels, c.n_skip, num_classes,
+        )  # fmt: skip
+        self.missing_nbi_token: nn.Parameter | None = None
+        if c.missing_nbi_token:
+            self.missing_nbi_token = nn.Parameter(torch.zeros(1, (c.img_size // 16) ** 2, c.hidden_size))
+            nn.init.trunc_normal_(self.missing_nbi_token, std=0.02)
+
+    # ---- input checks (plain Python on static shapes; skipped while exporting) ----
+    def _check_frame(self, label: str, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            raise ValueError(f"{label} must be a (B, 3, H, W) tensor, got {getattr(x, 'shape', type(x))}")
+        if not x.is_floating_point():
+            raise ValueError(f"{label} must be float RGB in [0, 1], got dtype {x.dtype}")
+        b, ch, h, w = x.shape
+        if ch != 3:
+            raise ValueError(f"{label} must have 3 channels (RGB), got {ch} channels in shape {tuple(x.shape)}")
+        if h % 16 or w % 16:
+            raise ValueError(f"{label} size {h}x{w} is not divisible by 16")
+        if (h, w) != (self.img_size, self.img_size):
+            raise ValueError(
+                f"{label} size {h}x{w} does not match model '{self.name}' input size {self.img_size}x{self.img_size}"
+            )
+
+    def check_inputs(self, wli: torch.Tensor, nbi: torch.Tensor | None) -> None:
+        """Raise ValueError naming what was expected for a malformed pair."""
+        if torch.compiler.is_compiling():
+            return
+        self._check_frame("wli", wli)
+        if nbi is not None:
+            self._check_frame("nbi", nbi)
+            if nbi.shape[0] != wli.shape[0]:
+                raise ValueError(f"batch sizes differ: wli has {wli.shape[0]} frames, nbi has {nbi.shape[0]}")
+
+    # ---- forward paths ----
+    def _missing_tokens(self, batch: int) -> torch.Tensor:
+        return self.missing_nbi_token.expand(batch, -1, -1)
+
+    def forward(self, wli: torch.Tensor, nbi: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, num_classes, H, W); `nbi=None` takes the missing-NBI path."""
+        self.check_inputs(wli, nbi)
+        wli_out = self.encoder_wli(wli)
+        if nbi is None and self.missing_nbi_token is not None:
+            tokens_nbi = self._missing_tokens(wli.shape[0])
+        else:  # paper fallback without NBI: WLI fed to both encoders
+            tokens_nbi = self.encoder_nbi(wli if nbi is None else nbi).tokens
+        parts = self.fusion.split(wli_out.tokens, tokens_nbi)
+        return self.decoder(self.fusion.fuse(parts), wli_out.skips)
+
+    def _nbi_dropped(self, batch: int, nbi: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+        """Per-sample bool: NBI replaced by the missing token (absent, or modality dropout)."""
+        if self.missing_nbi_token is None:
+            return torch.zeros(batch, dtype=torch.bool, device=device)
+        if nbi is None:
+            return torch.ones(batch, dtype=torch.bool, device=device)
+        if self.training and self.config.modality_dropout > 0:
+            return torch.rand(batch, device=device) < self.config.modality_dropout
+        return torch.zeros(batch, dtype=torch.bool, device=device)
+
+    def forward_train(
+        self, wli: torch.Tensor, nbi: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(logits, aux) with aux terms `da, align, diff, orth_wli, orth_nbi, mi, dacl, fd`.
+
+        Samples whose NBI is dropped (modality dropout or `nbi=None` with a missing
+        token) still go through the fusion and the decoder, but are left out of every
+        aux term: those terms compare two real modalities. When no sample keeps its
+        NBI, every aux term is 0.
+        """
+        self.check_inputs(wli, nbi)
+        batch = wli.shape[0]
+        wli_out = self.encoder_wli(wli, with_shallow=True)
+        dropped = self._nbi_dropped(batch, nbi, wli.device)
+        nbi_out: EncoderOutput | None = None
+        if self.missing_nbi_token is None:
+            nbi_out = self.encoder_nbi(wli if nbi is None else nbi, with_shallow=True)
+            tokens_nbi = nbi_out.tokens
+        elif bool(dropped.all()):
+            tokens_nbi = self._missing_tokens(batch)
+        else:
+            nbi_out = self.encoder_nbi(nbi, with_shallow=True)
+            tokens_nbi = torch.where(dropped[:, None, None], self._missing_tokens(batch), nbi_out.tokens)
+        parts = self.fusion.split(wli_out.tokens, tokens_nbi)
+        logits = self.decoder(self.fusion.fuse(parts), wli_out.skips)
+        if nbi_out is None:
+            zero = logits.new_zeros(())
+            return logits, {key: zero for key in AUX_KEYS}
+        return logits, self._aux_terms(wli_out, nbi_out, parts, ~dropped)
+
+    def _aux_terms(
+        self, wli_out: EncoderOutput, nbi_out: EncoderOutput, parts: dict[str, torch.Tensor], kept: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        pooled_wli = self.pool_wli(torch.cat(wli_out.shallow, dim=-1)[kept])
+        pooled_nbi = self.pool_nbi(torch.cat(nbi_out.shallow, dim=-1)[kept])
+        p = {key: value[kept] for key, value in parts.items()}
+        aux = {"da": _mmd_loss(pooled_nbi, pooled_wli, kernel=self.config.da_kernel)}
+        aux.update(losses.disentangle(p["spec_w"], p["spec_n"], p["share_w"], p["share_n"]))
+        aux["dacl"] = _dacl_loss(p["share_w"], p["share_n"], p["spec_w"], p["spec_n"], temperature=0.1)
+        aux["fd"] = aux["mi"] + 0.01 * aux["dacl"]
+        return aux
+
+
+# ---- configurations: numbers only ----
+MODEL_CONFIGS: dict[str, MMEndoCLConfig] = {
+    # the reference network exactly: two R50-ViT-B/16 hybrids, 218.5 M parameters
+    "paper": MMEndoCLConfig(),
+    # between tiny and paper
+    "small": MMEndoCLConfig(
+        img_size=192, stem_width=32, stem_units=(2, 2, 3), norm_groups=16, hidden_size=256, depth=6,
+        heads=4, mlp_dim=1024, shallow_taps=(2, 3, 4), share_hidden=1024, decoder_head_channels=256,
+        decoder_channels=(128, 64, 32, 16), missing_nbi_token=True, modality_dropout=0.25,
+    ),  # fmt: skip
+    # real-time on 2 CPU cores through ONNX Runtime; its weights ship in the package
+    "tiny": MMEndoCLConfig(
+        img_size=160, stem_width=16, stem_units=(1, 1, 1), norm_groups=8, hidden_size=128, depth=4,
+        heads=4, mlp_dim=256, shallow_taps=(1, 2, 3), share_hidden=256, decoder_head_channels=64,
+        decoder_channels=(64, 32, 16, 8), missing_nbi_token=True, modality_dropout=0.25,
+    ),  # fmt: skip
+}
+
+
+def list_models() -> list[str]:
+    """Names accepted by `build_model`."""
+    return list(MODEL_CONFIGS)
+
+
+def _as_config_value(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+def build_model(name: str, num_classes: int = 2, img_size: int | None = None, **overrides) -> MMEndoCL:
+    """Build a named configuration; `img_size=None` keeps the config's native size.
+
+    Any config number can be overridden (`build_model("tiny", depth=2)`).
+    """
+    if name not in MODEL_CONFIGS:
+        raise ValueError(f"unknown model {name!r}; expected one of {list_models()}")
+    fields = {f.name for f in dataclasses.fields(MMEndoCLConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown config keys {unknown} for model {name!r}; valid keys: {sorted(fields)}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    values = {key: _as_config_value(value) for key, value in overrides.items()}
+    size = {} if img_size is None else {"img_size": int(img_size)}
+    config = dataclasses.replace(MODEL_CONFIGS[name], **values, **size)
+    return MMEndoCL(name, config, num_classes=num_classes, overrides=values)

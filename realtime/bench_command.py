@@ -1,0 +1,156 @@
+"""`endofuse bench`: engine-only speed, then the pipeline as fast as possible and paced.
+
+    endofuse bench --model tiny --engine onnxruntime --frames 600 --json bench.json --plot bench.png
+
+1. engine_only: `engine.infer` on preprocessed pairs, nothing else.
+2. modes.max: the whole pipeline (capture, preprocess, sync, infer, postprocess,
+   overlay) lossless and as fast as possible.
+3. modes.paced: the same, fed like a camera at `--paced-fps` (latest-frame-wins).
+efficiency = max-mode fps / engine-only fps (1.0: the pipeline costs no throughput).
+
+Frames are decoded or rendered once into a ring of up to `--ring` frames held
+in memory and replayed, so the measurement is of the pipeline, not of the
+video decoder or the scene generator (a capture card also delivers raw frames).
+All numbers come from this one run; warm-up frames are left out.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from endofuse.errors import EndofuseError
+from endofuse.realtime.run_command import add_source_arguments, quiet_opencv, write_report
+from endofuse.realtime.tracing import now, percentiles
+
+MODE_KEYS = ("fps", "latency_ms", "stages_ms", "dropped", "stale_pairs", "nbi_missing", "paired", "frames")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_source_arguments(parser)
+    parser.set_defaults(engine="onnxruntime")
+    parser.add_argument("--frames", type=int, default=600, help="frames per measurement (default 600)")
+    parser.add_argument("--source", default="synthetic",
+                        help="'synthetic[:SEED]' or a video FILE (used as both WLI and NBI) (default: synthetic)")
+    parser.add_argument("--paced-fps", type=float, default=30.0, help="source rate of the paced mode (default 30)")
+    parser.add_argument("--warmup", type=int, default=30, help="frames left out of each measurement (default 30)")
+    parser.add_argument("--ring", type=int, default=60, help="distinct frames held in memory and replayed")
+    parser.add_argument("--json", default=None, metavar="OUT", help="write the results as JSON")
+    parser.add_argument("--plot", default=None, metavar="PNG", help="draw the latency CDF and per-stage bars")
+
+
+def load_ring(source: str, count: int) -> tuple[list[np.ndarray], list[np.ndarray], str]:
+    """Up to `count` (WLI, NBI) frames in memory, and a description of where they came from."""
+    from endofuse.realtime.source_specs import SYNTHETIC_SIZE, SharedSyntheticScene, _synthetic_seed
+    from endofuse.realtime.sources import VideoFileSource
+
+    if source == "synthetic" or source.startswith("synthetic:"):
+        seed = _synthetic_seed(source, "bench")
+        scene = SharedSyntheticScene(seed).scene
+        pairs = [scene.frame(i / 30.0)[:2] for i in range(count)]
+        return [p[0] for p in pairs], [p[1] for p in pairs], f"synthetic seed {seed}, {SYNTHETIC_SIZE[1]}x{SYNTHETIC_SIZE[0]}"
+    video = VideoFileSource(source, "bench").open()
+    try:
+        frames = [f.image for f, _ in zip(video, range(count))]
+    finally:
+        video.close()
+    h, w = frames[0].shape[:2]
+    return frames, frames, f"{source} ({w}x{h}, first {len(frames)} frames, as WLI and NBI)"
+
+
+def bench_engine(engine, wli: list[np.ndarray], nbi: list[np.ndarray], frames: int, warmup: int) -> tuple[dict, list]:
+    """Engine-only: infer on preprocessed pairs back to back."""
+    from endofuse.realtime.segment import preprocess
+
+    device = getattr(engine, "device", None)
+    inputs = [(preprocess(w, engine.input_size, device), preprocess(n, engine.input_size, device))
+              for w, n in zip(wli, nbi)]
+    for i in range(warmup):
+        engine.infer(*inputs[i % len(inputs)])
+    latencies = []
+    started = now()
+    for i in range(frames):
+        t0 = now()
+        out = engine.infer(*inputs[i % len(inputs)])
+        if hasattr(out, "cpu"):  # torch on CUDA: the result must be there, as in the pipeline
+            out.cpu()
+        latencies.append((now() - t0) * 1000)
+    elapsed = now() - started
+    return {"fps": frames / elapsed, "latency_ms": percentiles(latencies)}, latencies
+
+
+def bench_pipeline(engine, wli, nbi, frames: int, warmup: int, live: bool, fps: float) -> tuple[dict, list]:
+    """The whole pipeline on memory sources; returns the mode's summary and its per-frame latencies."""
+    from endofuse.realtime.overlay import OverlayStyle
+    from endofuse.realtime.pipeline import Pipeline, PipelineConfig
+    from endofuse.realtime.sources import MemorySource
+
+    wli_source = MemorySource(wli, "bench WLI", fps, loops=None)
+    nbi_source = MemorySource(nbi, "bench NBI", fps, loops=None)
+    config = PipelineConfig(live=live, style=OverlayStyle(), frames=frames + warmup, warmup_frames=warmup)
+    pipeline = Pipeline(wli_source, nbi_source, engine, config)
+    report = pipeline.run()
+    mode = {key: report[key] for key in MODE_KEYS}
+    mode["source_fps"] = fps if live else None
+    return mode, list(pipeline.stats.latency)
+
+
+def run_bench(args: argparse.Namespace) -> tuple[dict, dict]:
+    from endofuse.realtime.engines import open_engine
+
+    if args.frames < 10:
+        raise EndofuseError(f"--frames must be >= 10, got {args.frames}")
+    wli, nbi, described = load_ring(args.source, max(1, min(args.ring, args.frames)))
+    engine = open_engine(args.checkpoint, backend=args.engine, device=args.device, model_name=args.model)
+    engine.warmup()
+    engine_only, engine_lat = bench_engine(engine, wli, nbi, args.frames, args.warmup)
+    max_mode, max_lat = bench_pipeline(engine, wli, nbi, args.frames, args.warmup, live=False, fps=args.paced_fps)
+    paced, paced_lat = bench_pipeline(engine, wli, nbi, args.frames, args.warmup, live=True, fps=args.paced_fps)
+    result = {
+        "model": engine.model_label,
+        "engine": engine.name,
+        "input_size": list(engine.input_size),
+        "frames": args.frames,
+        "source": described,
+        "engine_only": engine_only,
+        "modes": {"max": max_mode, "paced": paced},
+        "efficiency": max_mode["fps"] / engine_only["fps"],
+    }
+    return result, {"engine only": engine_lat, "max": max_lat, "paced": paced_lat}
+
+
+def main(args: argparse.Namespace) -> int:
+    quiet_opencv()
+    for target in (args.json, args.plot):
+        if target and not Path(target).parent.exists():
+            raise EndofuseError(f"'{target}': folder '{Path(target).parent}' does not exist")
+    result, latencies = run_bench(args)
+    print(format_table(result))
+    if args.json:
+        write_report(result, Path(args.json))
+    if args.plot:
+        from endofuse.realtime.bench_plot import plot_bench
+
+        plot_bench(result, latencies, Path(args.plot))
+    return 0
+
+
+def format_table(result: dict) -> str:
+    """A Markdown table of the run, as pasted into the README."""
+    rows = [("engine only", result["engine_only"], None)] + [(name, m, m) for name, m in result["modes"].items()]
+    lines = [
+        f"model: {result['model']} | engine: {result['engine']} | input {result['input_size'][0]}x"
+        f"{result['input_size'][1]} | {result['frames']} frames | source: {result['source']}",
+        "",
+        "| mode | pairs/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | dropped | stale | WLI-only |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, data, mode in rows:
+        lat = data["latency_ms"]
+        counts = ("-", "-", "-") if mode is None else (mode["dropped"], mode["stale_pairs"], mode["nbi_missing"])
+        lines.append(f"| {name} | {data['fps']:.1f} | {lat['p50']:.1f} | {lat['p90']:.1f} | {lat['p99']:.1f} | "
+                     f"{lat['p999']:.1f} | {lat['max']:.1f} | {counts[0]} | {counts[1]} | {counts[2]} |")
+    lines.append("")
+    lines.append(f"efficiency (max / engine only): {result['efficiency']:.3f}")
+    return "\n".join(lines)

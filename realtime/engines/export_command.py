@@ -1,0 +1,96 @@
+"""`endofuse export`: a checkpoint -> ONNX, INT8 ONNX, TensorRT plans, or a Triton model repository."""
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from endofuse.errors import EndofuseError
+
+FORMATS = ("onnx", "tensorrt", "triton-repo", "onnx-int8")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", default=None,
+                        help="endofuse checkpoint (.pt); default: the bundled tiny demo weights")
+    parser.add_argument("--format", required=True, choices=FORMATS, help="what to write")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="output file (.onnx / .plan) or, for triton-repo, the repository folder; the missing-NBI "
+                             "variant is written beside it as NAME.missing-nbi.onnx / .plan")
+    parser.add_argument("--fp16", action="store_true", help="FP16 TensorRT plans (tensorrt, triton-repo)")
+    parser.add_argument("--dynamic-batch", action="store_true",
+                        help="dynamic batch dimension (always on for triton-repo)")
+    group = parser.add_argument_group("onnx-int8")
+    group.add_argument("--calibration", type=Path, default=None,
+                       help="dataset folder (reference CSV format) whose frames calibrate INT8; default: synthetic pairs")
+    group.add_argument("--calibration-pairs", type=int, default=32, help="how many pairs calibrate INT8")
+    group = parser.add_argument_group("triton-repo / tensorrt")
+    group.add_argument("--max-batch-size", type=int, default=8, help="largest batch served / in the TRT profile")
+    group.add_argument("--queue-delay-us", type=int, default=500, help="Triton dynamic batching max queue delay")
+    group.add_argument("--name", default="endofuse", help="Triton model name")
+
+
+def main(args: argparse.Namespace) -> int:
+    from endofuse.realtime.engines.factory import load_model_and_label, tensorrt_available
+    from endofuse.realtime.engines.cache import file_sha256
+    from endofuse.realtime.engines.onnx_export import export_onnx
+
+    if args.fp16 and args.format in ("onnx", "onnx-int8"):
+        raise EndofuseError("--fp16 applies to TensorRT plans (--format tensorrt or triton-repo); ONNX Runtime on "
+                            "CPU runs fp32 or INT8")
+    if args.max_batch_size < 1:
+        raise EndofuseError(f"--max-batch-size must be >= 1, got {args.max_batch_size}")
+    if args.format == "tensorrt" and not tensorrt_available():
+        raise EndofuseError("--format tensorrt needs the tensorrt package and a CUDA GPU on this machine (TensorRT "
+                            "plans are built for the GPU that will run them); use --format onnx here")
+    source = Path(args.checkpoint) if args.checkpoint else None
+    if source is None:
+        from endofuse.model import demo_checkpoint_path
+        source = demo_checkpoint_path()
+    model, label = load_model_and_label(source)
+    digest = file_sha256(source)
+    dynamic = args.dynamic_batch or args.format == "triton-repo"
+    out: Path = args.out
+
+    if args.format == "onnx":
+        result = export_onnx(model, out, model_label=label, source_sha256=digest, dynamic_batch=dynamic)
+        print(f"wrote {result.path} and {result.missing_nbi_path}")
+        return 0
+    with tempfile.TemporaryDirectory(prefix="endofuse-export-") as tmp:
+        fp32 = export_onnx(model, Path(tmp) / "model.onnx", model_label=label, source_sha256=digest,
+                           dynamic_batch=dynamic).path
+        if args.format == "onnx-int8":
+            _write_int8(fp32, out, model.img_size, args.calibration, args.calibration_pairs)
+        elif args.format == "tensorrt":
+            from endofuse.realtime.engines.tensorrt_engine import build_plans
+            build_plans(fp32, out, fp16=args.fp16, max_batch=args.max_batch_size)
+        else:
+            _write_triton(fp32, out, args, tensorrt_available())
+    return 0
+
+
+def _write_int8(fp32: Path, out: Path, size: int, data_dir: Path | None, count: int) -> None:
+    from endofuse.realtime.engines.frames import calibration_pairs, preprocess_pair
+    from endofuse.realtime.engines.quantize import quantize_int8
+
+    pairs = [preprocess_pair(p, (size, size)) for p in calibration_pairs(data_dir, count)]
+    quantize_int8(fp32, out, pairs)
+    print(f"wrote {out} and its missing-NBI variant (calibrated on {len(pairs)} "
+          f"{'pairs from ' + str(data_dir) if data_dir else 'synthetic pairs'})")
+
+
+def _write_triton(fp32: Path, out: Path, args: argparse.Namespace, with_plans: bool) -> None:
+    from endofuse.realtime.engines.triton_repo import TritonSettings, write_triton_repository
+
+    plans = None
+    if with_plans:
+        from endofuse.realtime.engines.onnx_export import MISSING_NBI, missing_nbi_path_for
+        from endofuse.realtime.engines.tensorrt_engine import build_plans
+        plan = build_plans(fp32, fp32.with_suffix(".plan"), fp16=args.fp16, max_batch=args.max_batch_size)
+        plans = {"fused": plan, MISSING_NBI: missing_nbi_path_for(plan)}
+    preferred = tuple(b for b in (args.max_batch_size // 2, args.max_batch_size) if b >= 1)
+    settings = TritonSettings(max_batch_size=args.max_batch_size, max_queue_delay_us=args.queue_delay_us,
+                              preferred_batch_sizes=tuple(sorted(set(preferred))), fp16=args.fp16)
+    configs = write_triton_repository(out, fp32, settings=settings, plans=plans, name=args.name)
+    print(f"wrote Triton model repository {out}: " + ", ".join(c.parent.name for c in configs)
+          + ("" if with_plans else " (ONNX models; no TensorRT on this machine, so no .plan models)"))

@@ -1,0 +1,151 @@
+"""`open_engine`: one call from a checkpoint or model file to a ready engine.
+
+Source: None (the bundled demo weights), an `nn.Module`, a `.pt`/`.pth`
+checkpoint, an `.onnx` file from `endofuse export`, or a TensorRT plan
+(`.plan`/`.engine`). A checkpoint opened with an ONNX-based backend is exported
+once into the cache (keyed by the checkpoint's sha256) and reused afterwards.
+`auto` picks TensorRT when `tensorrt` and CUDA exist, then ONNX Runtime (its
+CUDA provider when present, else CPU), then torch.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from endofuse import __version__
+from endofuse.errors import EndofuseError
+from endofuse.realtime.engines.base import Engine
+from endofuse.realtime.engines.cache import cache_entry, file_sha256
+from endofuse.realtime.engines.onnx_export import ONNX_OPSET, export_onnx, missing_nbi_path_for
+
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+CHECKPOINT_SUFFIXES = (".pt", ".pth")
+ONNX_SUFFIXES = (".onnx",)
+PLAN_SUFFIXES = (".plan", ".engine", ".trt")
+DEMO_MODEL_NAME = "tiny"  # the bundled demo weights are the tiny config
+
+
+def tensorrt_available() -> bool:
+    """True when the `tensorrt` package imports and a CUDA device is visible."""
+    return importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
+
+
+def resolve_backend(backend: str, source: object) -> str:
+    """The concrete backend for `backend` ("auto" resolved) and a source of the given kind."""
+    if backend not in BACKENDS:
+        raise EndofuseError(f"unknown engine backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    suffix = Path(source).suffix.lower() if isinstance(source, (str, os.PathLike)) else ""
+    if suffix in PLAN_SUFFIXES:
+        if backend not in ("auto", "tensorrt"):
+            raise EndofuseError(f"{source} is a TensorRT plan; it runs only with backend 'tensorrt', not {backend!r}")
+        return "tensorrt"
+    if suffix in ONNX_SUFFIXES and backend == "torch":
+        raise EndofuseError(f"{source} is an ONNX file; the torch backend needs a .pt checkpoint")
+    if backend != "auto":
+        return backend
+    if tensorrt_available():
+        return "tensorrt"
+    if importlib.util.find_spec("onnxruntime") is not None:
+        return "onnxruntime"
+    return "torch"
+
+
+def open_engine(checkpoint_or_model_file: str | os.PathLike | nn.Module | None = None, backend: str = "auto",
+                device: str | None = None, model_name: str = DEMO_MODEL_NAME, *, dynamic_batch: bool = False,
+                compile: bool = False, channels_last: bool = False, threads: int | None = None,
+                fp16: bool = True) -> Engine:
+    """Opens an engine (see the module docstring). `model_name` picks the bundled weights when the source is None."""
+    source = _resolve_source(checkpoint_or_model_file, model_name)
+    backend = resolve_backend(backend, source)
+    if backend == "torch":
+        model, label = load_model_and_label(source)
+        from endofuse.realtime.engines.torch_engine import TorchEngine
+        return TorchEngine(model, model_label=label, device=device, compile=compile, channels_last=channels_last)
+    onnx_path = source if _suffix(source) in ONNX_SUFFIXES + PLAN_SUFFIXES else cached_onnx(source, dynamic_batch)
+    if backend == "onnxruntime":
+        from endofuse.realtime.engines.ort_engine import OnnxRuntimeEngine
+        return OnnxRuntimeEngine(onnx_path, device=device, threads=threads)
+    from endofuse.realtime.engines.tensorrt_engine import open_tensorrt_engine
+    return open_tensorrt_engine(onnx_path, device=device, fp16=fp16)
+
+
+def cached_onnx(source: Path | nn.Module, dynamic_batch: bool = False) -> Path:
+    """The ONNX export of a checkpoint (or in-memory model), made once and kept in the cache."""
+    if isinstance(source, nn.Module):
+        digest, label = module_sha256(source), _label_for_module(source)
+    else:
+        digest, label = file_sha256(source), None
+    folder = cache_entry("onnx", digest[:24], f"endofuse{__version__}", f"torch{torch.__version__}",
+                         f"opset{ONNX_OPSET}", "dynbatch" if dynamic_batch else "batch1")
+    path = folder / "model.onnx"
+    if path.is_file() and missing_nbi_path_for(path).is_file():
+        return path
+    model, loaded_label = (source, label) if isinstance(source, nn.Module) else load_model_and_label(source)
+    export_onnx(model, path, model_label=loaded_label, source_sha256=digest, dynamic_batch=dynamic_batch,
+                log=lambda line: None)
+    return path
+
+
+def module_sha256(model: nn.Module) -> str:
+    """Content hash of an in-memory model: its config name plus every state-dict tensor."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{getattr(model, 'name', type(model).__name__)}|{model.img_size}".encode())
+    for key, tensor in model.state_dict().items():
+        digest.update(key.encode())
+        digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _suffix(source: object) -> str:
+    return Path(source).suffix.lower() if isinstance(source, (str, os.PathLike)) else ""
+
+
+def _resolve_source(source: str | os.PathLike | nn.Module | None, model_name: str) -> Path | nn.Module:
+    if isinstance(source, nn.Module):
+        return source
+    if source is None:
+        if model_name != DEMO_MODEL_NAME:
+            raise EndofuseError(f"no bundled weights for model {model_name!r} (only {DEMO_MODEL_NAME!r} has demo "
+                                f"weights); pass a checkpoint trained with `endofuse train`")
+        from endofuse.model import demo_checkpoint_path
+        return Path(demo_checkpoint_path())
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    if path.suffix.lower() not in CHECKPOINT_SUFFIXES + ONNX_SUFFIXES + PLAN_SUFFIXES:
+        raise EndofuseError(f"model file {path}: unknown type {path.suffix!r}; expected a .pt/.pth checkpoint, "
+                            f"an .onnx file from `endofuse export`, or a TensorRT .plan/.engine")
+    return path
+
+
+def load_model_and_label(source: Path | nn.Module) -> tuple[nn.Module, str]:
+    """(model, label) from an in-memory model or a checkpoint file."""
+    if isinstance(source, nn.Module):
+        return source, _label_for_module(source)
+    if _suffix(source) not in CHECKPOINT_SUFFIXES:
+        raise EndofuseError(f"{source} is not a torch checkpoint (.pt/.pth)")
+    from endofuse.model import load_checkpoint, read_checkpoint
+    model = load_checkpoint(source, map_location="cpu")
+    extra = read_checkpoint(source).get("extra") or {}
+    return model, checkpoint_label(model, source, extra)
+
+
+def checkpoint_label(model: nn.Module, path: Path, extra: dict) -> str:
+    """What the weights are, for displays: e.g. "tiny (demo weights, synthetic data)"."""
+    if extra.get("model_label"):
+        return str(extra["model_label"])
+    from endofuse.model import demo_checkpoint_path
+    try:
+        is_demo = Path(path).resolve() == Path(demo_checkpoint_path()).resolve()
+    except EndofuseError:
+        is_demo = False
+    return f"{model.name} (demo weights, synthetic data)" if is_demo else f"{model.name} ({Path(path).name})"
+
+
+def _label_for_module(model: nn.Module) -> str:
+    return f"{getattr(model, 'name', type(model).__name__)} (in-memory weights)"

@@ -1,0 +1,264 @@
+"""The live pipeline: capture per source, inference, output - concurrent, traced, iterable.
+
+    pipeline = build_pipeline("wli.mp4", "nbi.mp4", engine)          # or "synthetic", "0", ...
+    for result in pipeline:                                          # FrameResult per WLI frame
+        show(result.overlay)
+    report = pipeline.report()                                       # report.json content
+
+`Pipeline.compose()` creates the ports (bounded queues) and operators; the
+output stage (postprocess, overlay, HUD, sinks) runs in the caller's thread
+while it iterates. Live runs use latest-frame-wins ports (a camera is never
+back-pressured, drops are counted); non-live runs of recorded sources use
+blocking ports and lose no frame.
+"""
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from endofuse.realtime.operators import CaptureOp, InferenceOp, Inferred
+from endofuse.realtime.overlay import HudInfo, OverlayStyle
+from endofuse.realtime.queues import BLOCK, LATEST, Closed, FrameQueue, Timeout
+from endofuse.realtime.segment import FUSED, WLI_ONLY, engine_label, finish_frame
+from endofuse.realtime.source_specs import open_source_pair
+from endofuse.realtime.sources import DEFAULT_FPS, Source
+from endofuse.realtime.sync import SyncPolicy, Synchroniser
+from endofuse.realtime.tracing import LatencyStats, now
+
+
+@dataclass
+class FrameResult:
+    """One output frame: overlay and mask at the WLI frame's native size, plus its trace."""
+
+    index: int
+    overlay: np.ndarray
+    mask: np.ndarray
+    mode: str  # FUSED or WLI-ONLY
+    timings_ms: dict[str, float]
+    latency_ms: float  # capture -> overlay ready (pacing waits excluded)
+    frame: np.ndarray  # the WLI input frame
+    status: str  # paired / stale / missing
+    skew_ms: float | None = None
+    nbi_index: int | None = None
+    extras: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """What changes the graph or its policies; every default is written here once."""
+
+    live: bool = False
+    style: OverlayStyle = OverlayStyle()
+    frames: int | None = None  # stop after this many WLI frames
+    warmup_frames: int = 10  # not counted in the statistics
+    sync: SyncPolicy | None = None  # default: from the WLI fps
+    live_nbi_buffer: int = 4
+    live_nbi_wait_frames: float = 0.25  # live: longest wait for a late NBI frame, in WLI frame periods
+    lossless_buffer: int = 1  # deeper queues add latency in max mode without adding throughput
+    stop_timeout_s: float = 5.0
+
+
+class Pipeline:
+    def __init__(self, wli: Source, nbi: Source | None, engine, config: PipelineConfig = PipelineConfig(),
+                 sinks: list | tuple = ()) -> None:
+        # A camera cannot wait for a file: with any live source, recordings are paced too.
+        live = config.live or wli.live or bool(nbi is not None and nbi.live)
+        self.config = config if live == config.live else PipelineConfig(**{**config.__dict__, "live": live})
+        self.wli, self.nbi, self.engine, self.sinks = wli, nbi, engine, list(sinks)
+        self.stats = LatencyStats(self.config.warmup_frames)
+        self.sync = Synchroniser(self.config.sync or SyncPolicy.for_fps(wli.fps))
+        self.frames_out = 0
+        self.resolution_changes = 0
+        self.warnings: list[str] = []
+        self._errors: list[BaseException] = []
+        self._done_times: collections.deque = collections.deque(maxlen=30)
+        self._last_size: tuple[int, int] | None = None
+        self._started = self._closed = False
+        self.compose()
+
+    # -- graph -------------------------------------------------------------
+    def compose(self) -> None:
+        """Create ports and operators (nothing runs until iteration starts)."""
+        live, size = self.config.live, tuple(self.engine.input_size)
+        device = getattr(self.engine, "device", None)
+        if live:
+            self.wli_port = FrameQueue(1, LATEST, "wli")
+            self.nbi_port = FrameQueue(self.config.live_nbi_buffer, LATEST, "nbi") if self.nbi else None
+            self.result_port = FrameQueue(1, LATEST, "results")
+        else:
+            n = self.config.lossless_buffer
+            self.wli_port = FrameQueue(n, BLOCK, "wli")
+            self.nbi_port = FrameQueue(n, BLOCK, "nbi") if self.nbi else None
+            self.result_port = FrameQueue(n, BLOCK, "results")
+        self.operators = [CaptureOp("capture-wli", self.wli, self.wli_port, size, device, self._fail,
+                                    self.config.frames)]
+        if self.nbi is not None:
+            self.operators.append(CaptureOp("capture-nbi", self.nbi, self.nbi_port, size, device, self._fail,
+                                            lost=self._nbi_lost))
+        self.operators.append(InferenceOp(self.engine, self.wli_port, self.nbi_port, self.result_port, self.sync,
+                                          lossless=not live, fail=self._fail,
+                                          live_wait_s=self.config.live_nbi_wait_frames / self.wli.fps))
+
+    def _fail(self, exc: BaseException) -> None:
+        self._errors.append(exc)
+        self.stop()
+
+    def _nbi_lost(self, exc: Exception) -> None:
+        self.warnings.append(f"{exc}; continuing WLI-only")
+
+    # -- running -----------------------------------------------------------
+    def start(self) -> None:
+        if self._started:
+            raise RuntimeError("a Pipeline runs once; build a new one to run again")
+        self._started = True
+        epoch = now()
+        for source in (self.wli, self.nbi):
+            if source is not None:
+                source.start(epoch, paced=self.config.live)
+        for op in self.operators:
+            op.start()
+
+    def __iter__(self):
+        self.start()
+        try:
+            while True:
+                try:
+                    item = self.result_port.get(timeout=0.25)
+                except Timeout:
+                    continue
+                except Closed:
+                    break
+                yield self._output(item)
+        finally:
+            self.close()
+        if self._errors:
+            raise self._errors[0]
+
+    def run(self) -> dict:
+        """Run to the end (sinks get every frame); returns the report."""
+        try:
+            for _ in self:
+                pass
+        finally:
+            self.close()  # also on Ctrl-C raised between two frames
+        return self.report()
+
+    def _output(self, item: Inferred) -> FrameResult:
+        """Postprocess, overlay, HUD, sinks: the output stage, in the caller's thread."""
+        trace, frame = item.wli.trace, item.wli.frame
+        trace.add("queue", item.enqueued)
+        mode = FUSED if item.pairing.nbi is not None else WLI_ONLY
+        mask, overlay, post_ms, overlay_ms = finish_frame(item.logits, frame.image, self.config.style,
+                                                          lambda: self._hud(mode, trace))
+        trace.stages_ms["postprocess"], trace.stages_ms["overlay"] = post_ms, overlay_ms
+        ready = now()
+        latency = trace.latency_ms(ready)
+        if self._last_size is not None and frame.image.shape[:2] != self._last_size:
+            self.resolution_changes += 1
+        self._last_size = frame.image.shape[:2]
+        skew = item.pairing.skew_s
+        result = FrameResult(frame.index, overlay, mask, mode, trace.stages_ms, latency, frame.image,
+                             item.pairing.status, None if skew is None else skew * 1000.0,
+                             None if item.pairing.nbi is None else item.pairing.nbi.index)
+        for sink in self.sinks:
+            sink.write(result)
+        trace.add("output", ready)
+        self.stats.record(latency, trace.stages_ms, ready)
+        self._done_times.append(ready)
+        self.frames_out += 1
+        return result
+
+    def _hud(self, mode: str, trace) -> HudInfo:
+        times = self._done_times
+        fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else None
+        return HudInfo(mode, engine_label(self.engine), getattr(self.engine, "model_label", ""), fps,
+                       trace.latency_ms())
+
+    def stop(self) -> None:
+        """Ask every stage to stop soon (thread-safe, idempotent)."""
+        for source in (self.wli, self.nbi):
+            if source is not None:
+                source.stop()
+        for port in (self.wli_port, self.nbi_port, self.result_port):
+            if port is not None:
+                port.close()
+
+    def close(self) -> None:
+        """Stop, join the threads, close sources and sinks (the output video is finalised here)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.stop()
+        deadline = now() + self.config.stop_timeout_s
+        for op in self.operators:
+            if op.thread is not None:
+                op.thread.join(max(0.0, deadline - now()))
+        for source in (self.wli, self.nbi):
+            if source is not None:
+                source.close()
+        errors = []
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception as exc:  # noqa: BLE001 - close every sink, report the first failure
+                errors.append(exc)
+        if errors and not self._errors:
+            self._errors.append(errors[0])
+
+    # -- reporting ---------------------------------------------------------
+    def report(self) -> dict:
+        """The report.json content: counts, drops, fps and latency percentiles per stage."""
+        summary = self.stats.summary()
+        sync = self.sync.summary()
+        dropped = {"wli_capture": self.wli_port.dropped, "results": self.result_port.dropped}
+        return {
+            "model": getattr(self.engine, "model_label", ""),
+            "engine": engine_label(self.engine),
+            "input_size": list(self.engine.input_size),
+            "wli": self.wli.name,
+            "nbi": None if self.nbi is None else self.nbi.name,
+            "live": self.config.live,
+            "frames": self.frames_out,
+            "paired": sync["paired"],
+            "stale_pairs": sync["stale_pairs"],
+            "nbi_missing": sync["nbi_missing"],
+            "dropped": sum(dropped.values()),
+            "dropped_by_port": dropped,
+            "nbi_dropped": 0 if self.nbi_port is None else self.nbi_port.dropped,
+            "fps": summary["fps"],
+            "latency_ms": summary["latency_ms"],
+            "stages_ms": summary["stages_ms"],
+            "warmup_frames": min(self.config.warmup_frames, self.stats.seen),
+            "counted_frames": self.stats.counted,
+            "skew_abs_ms": sync["skew_abs_ms"],
+            "skew_mean_ms": sync["skew_mean_ms"],
+            "sync": {k: sync[k] for k in ("nbi_duplicates", "nbi_out_of_order", "nbi_too_late", "wli_rejected")},
+            "resolution_changes": self.resolution_changes,
+            "camera_reconnects": sum(getattr(s, "reconnects", 0) for s in (self.wli, self.nbi) if s is not None),
+            "warnings": list(self.warnings),
+        }
+
+
+def build_pipeline(wli_source, nbi_source, engine, live: bool = False, alpha: float = 0.45, *,
+                   frames: int | None = None, fps: float = DEFAULT_FPS, sinks=(), hud: bool = True,
+                   contour: bool = True, warmup_frames: int = 10, sync: SyncPolicy | None = None,
+                   camera_give_up_s: float = 30.0) -> Pipeline:
+    """A ready-to-iterate pipeline. Sources are `Source` objects or strings (see `source_specs`).
+
+    `nbi_source=None` runs WLI-only. `fps` applies to synthetic and image-folder
+    sources; `frames` stops after that many WLI frames (needed for endless sources).
+    """
+    if frames is not None and frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
+    if isinstance(wli_source, Source):
+        if not (nbi_source is None or isinstance(nbi_source, Source)):
+            raise TypeError("pass both sources as Source objects or both as strings")
+        wli, nbi = wli_source, nbi_source
+    else:
+        wli, nbi = open_source_pair(wli_source, None if nbi_source is None else str(nbi_source), fps, frames,
+                                    camera_give_up_s)
+    config = PipelineConfig(live=live, style=OverlayStyle(alpha=alpha, contour=contour, hud=hud), frames=frames,
+                            warmup_frames=warmup_frames, sync=sync)
+    return Pipeline(wli, nbi, engine, config, sinks)

@@ -1,0 +1,300 @@
+"""Frame sources: camera, video file, GStreamer/RTSP string, image folder, synthetic, memory.
+
+Every source yields `Frame`s with a frame index, a monotonic capture time and
+a `sync_time` on the timeline the synchroniser pairs on:
+
+* live sources (cameras, network streams): `sync_time` = capture time;
+* recorded sources (files, folders, synthetic): `sync_time` = epoch + index / fps,
+  the frame's place in the recording, whether played paced (at its own fps,
+  like a camera) or as fast as possible (lossless).
+
+Pacing waits happen before a frame is read and its capture time is stamped
+after, so waits never count as latency. `open_source(spec)` turns the CLI
+strings into sources; `open_source_pair` also shares one synthetic scene
+between WLI and NBI and splits an interleaved single stream in two.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from endofuse.errors import EndofuseError
+from endofuse.realtime.tracing import now
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+DEFAULT_FPS = 30.0
+
+
+@dataclass
+class Frame:
+    """One captured frame; `image` is BGR uint8 HxWx3."""
+
+    index: int
+    capture_time: float
+    sync_time: float
+    image: np.ndarray
+    read_ms: float = 0.0
+    source: str = ""
+    extras: dict = field(default_factory=dict)
+
+
+class SourceLost(EndofuseError):
+    """A live source disappeared and did not come back within its retry budget."""
+
+
+class Source:
+    """Base class: subclasses implement `_open`, `_read` (image or None at the end) and `_close`."""
+
+    live = False  # frames arrive on the device's own clock (camera, network stream)
+
+    def __init__(self, name: str, fps: float = DEFAULT_FPS) -> None:
+        self.name = name
+        self.fps = float(fps) if fps and fps > 0 and fps == fps else DEFAULT_FPS
+        self._index = 0
+        self._epoch = 0.0
+        self._paced = False
+        self._stop = threading.Event()
+
+    # -- lifecycle ---------------------------------------------------------
+    def open(self) -> Source:
+        """Open and check the source now, so a bad path fails before any thread starts."""
+        self._open()
+        return self
+
+    def start(self, epoch: float, paced: bool) -> None:
+        """Set the shared timeline origin; `paced` plays recordings at their own fps."""
+        self._epoch, self._paced, self._index = epoch, paced and not self.live, 0
+
+    def stop(self) -> None:
+        """Ask a blocked `next_frame` (pacing or camera retry) to give up soon."""
+        self._stop.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._close()
+
+    # -- reading -----------------------------------------------------------
+    def next_frame(self) -> Frame | None:
+        """The next frame, or None at the end of the stream (or when stopped)."""
+        index = self._index
+        if self._paced:
+            delay = self._epoch + index / self.fps - now()
+            if delay > 0 and self._stop.wait(delay):
+                return None
+        if self._stop.is_set():
+            return None
+        started = now()
+        image = self._read()
+        captured = now()
+        if image is None:
+            return None
+        self._index += 1
+        sync_time = captured if self.live else self._epoch + index / self.fps
+        return Frame(index, captured, sync_time, image, (captured - started) * 1000.0, self.name)
+
+    def __iter__(self):
+        while (frame := self.next_frame()) is not None:
+            yield frame
+
+    # -- to implement ------------------------------------------------------
+    def _open(self) -> None:
+        pass
+
+    def _read(self) -> np.ndarray | None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        pass
+
+
+def ensure_bgr(image: np.ndarray, where: str) -> np.ndarray:
+    """Grey / BGRA / 16-bit images as BGR uint8, or an error naming `where`."""
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    if image.dtype != np.uint8:
+        raise EndofuseError(f"{where}: unsupported pixel type {image.dtype}")
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.ndim == 3 and image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    if image.ndim == 3 and image.shape[2] == 3:
+        return image
+    raise EndofuseError(f"{where}: unsupported image shape {image.shape}")
+
+
+class VideoFileSource(Source):
+    """A recorded video file; a file that stops decoding before its announced length is an error."""
+
+    def __init__(self, path: str | os.PathLike, role: str = "video") -> None:
+        self.path = Path(path)
+        self.role = role
+        super().__init__(f"{role} video {self.path}")
+        self._capture: cv2.VideoCapture | None = None
+        self._first: np.ndarray | None = None
+        self.frame_count = 0
+        self._decoded = 0
+
+    def _open(self) -> None:
+        if not self.path.exists():
+            raise EndofuseError(f"{self.role} video '{self.path}': no such file")
+        if not self.path.is_file():
+            raise EndofuseError(f"{self.role} video '{self.path}': not a regular file")
+        capture = cv2.VideoCapture(str(self.path))
+        if not capture.isOpened():
+            raise EndofuseError(
+                f"{self.role} video '{self.path}': cannot be opened (unsupported format, corrupt or truncated file)"
+            )
+        ok, first = capture.read()
+        if not ok or first is None:
+            capture.release()
+            raise EndofuseError(f"{self.role} video '{self.path}': no frame could be decoded (corrupt or truncated file)")
+        self._capture, self._first = capture, first
+        self.fps = _valid_fps(capture.get(cv2.CAP_PROP_FPS))
+        self.frame_count = max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0))
+        self.frame_size = (first.shape[1], first.shape[0])
+
+    def _read(self) -> np.ndarray | None:
+        if self._capture is None:
+            self._open()
+        if self._first is not None:
+            image, self._first = self._first, None
+        else:
+            ok, image = self._capture.read()
+            if not ok or image is None:
+                if self.frame_count and self._decoded < self.frame_count:
+                    raise EndofuseError(
+                        f"{self.role} video '{self.path}': truncated or corrupt: decoding stopped after frame "
+                        f"{self._decoded} of {self.frame_count}"
+                    )
+                return None
+        self._decoded += 1
+        return ensure_bgr(image, f"{self.role} video '{self.path}' frame {self._decoded - 1}")
+
+    def _close(self) -> None:
+        if self._capture is not None:
+            self._capture.release()
+            self._capture = None
+
+
+def _valid_fps(fps: float) -> float:
+    return float(fps) if fps and fps == fps and 0 < fps < 1000 else DEFAULT_FPS
+
+
+class ImageFolderSource(Source):
+    """Images of a folder in name order, at `fps`; an unreadable image is an error naming it."""
+
+    def __init__(self, folder: str | os.PathLike, role: str = "image", fps: float = DEFAULT_FPS) -> None:
+        self.folder = Path(folder)
+        self.role = role
+        super().__init__(f"{role} folder {self.folder}", fps)
+        self.files: list[Path] = []
+        self._next = 0
+
+    def _open(self) -> None:
+        if not self.folder.is_dir():
+            raise EndofuseError(f"{self.role} folder '{self.folder}': no such folder")
+        self.files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not self.files:
+            raise EndofuseError(f"{self.role} folder '{self.folder}': no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        self._next = 0
+
+    def _read(self) -> np.ndarray | None:
+        if self._next >= len(self.files):
+            return None
+        path = self.files[self._next]
+        self._next += 1
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if image is None:
+            raise EndofuseError(f"{self.role} image '{path}': cannot be decoded (corrupt, truncated or unsupported)")
+        return ensure_bgr(image, f"{self.role} image '{path}'")
+
+
+class CameraSource(Source):
+    """A capture device (index or /dev path) or network/GStreamer stream; reconnects with back-off.
+
+    When reads fail, the device is released and reopened after 0.1, 0.2, 0.4 ...
+    seconds (capped at `max_backoff_s`) until `give_up_s` has passed, then
+    `SourceLost` is raised. `capture_factory` is injectable for tests.
+    """
+
+    live = True
+
+    def __init__(self, device: int | str, role: str = "camera", give_up_s: float = 30.0,
+                 first_backoff_s: float = 0.1, max_backoff_s: float = 2.0, capture_factory=None,
+                 api_preference: int = cv2.CAP_ANY) -> None:
+        super().__init__(f"{role} camera {device}")
+        self.device, self.role = device, role
+        self.give_up_s, self.first_backoff_s, self.max_backoff_s = give_up_s, first_backoff_s, max_backoff_s
+        self._factory = capture_factory or (lambda: cv2.VideoCapture(device, api_preference))
+        self._capture = None
+        self.reconnects = 0
+
+    def _open(self) -> None:
+        if isinstance(self.device, str) and self.device.startswith("/dev/") and not Path(self.device).exists():
+            raise EndofuseError(f"{self.role} camera '{self.device}': no such device")
+        capture = self._factory()
+        if not capture.isOpened():
+            raise EndofuseError(f"{self.role} camera '{self.device}': cannot be opened")
+        self._capture = capture
+        self.fps = _valid_fps(capture.get(cv2.CAP_PROP_FPS))
+
+    def _read(self) -> np.ndarray | None:
+        ok, image = self._capture.read() if self._capture is not None else (False, None)
+        if ok and image is not None:
+            return ensure_bgr(image, self.name)
+        return self._reconnect()
+
+    def _reconnect(self) -> np.ndarray | None:
+        """Release, then reopen with exponential back-off until a frame comes or time runs out."""
+        lost_at, backoff = now(), self.first_backoff_s
+        while not self._stop.is_set():
+            if self._capture is not None:
+                self._capture.release()
+                self._capture = None
+            if now() - lost_at > self.give_up_s:
+                raise SourceLost(f"{self.role} camera '{self.device}': lost and not back after {self.give_up_s:g} s")
+            if self._stop.wait(backoff):
+                break
+            backoff = min(backoff * 2, self.max_backoff_s)
+            capture = self._factory()
+            if capture.isOpened():
+                ok, image = capture.read()
+                if ok and image is not None:
+                    self._capture = capture
+                    self.reconnects += 1
+                    return ensure_bgr(image, self.name)
+                capture.release()
+        return None
+
+    def _close(self) -> None:
+        if self._capture is not None:
+            self._capture.release()
+            self._capture = None
+
+
+class MemorySource(Source):
+    """Frames held in memory, replayed `loops` times (None: forever); used by `bench` and tests."""
+
+    def __init__(self, images: list[np.ndarray], name: str = "memory", fps: float = DEFAULT_FPS,
+                 loops: int | None = 1) -> None:
+        if not images:
+            raise ValueError(f"{name}: no frames")
+        super().__init__(name, fps)
+        self.images, self.loops = images, loops
+        self._served = 0
+
+    def start(self, epoch: float, paced: bool) -> None:
+        super().start(epoch, paced)
+        self._served = 0
+
+    def _read(self) -> np.ndarray | None:
+        if self.loops is not None and self._served >= self.loops * len(self.images):
+            return None
+        image = self.images[self._served % len(self.images)]
+        self._served += 1
+        return image

@@ -1,0 +1,167 @@
+"""The demo as a user gets it: `endofuse demo` in a subprocess (bundled weights),
+driven by a real headless Chromium (Debian's package) through Playwright.
+
+Set ENDOFUSE_DEMO_SCREENSHOT=docs/images/demo.png to keep the screenshot for the README.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import httpx
+import pytest
+
+CHROMIUM = Path(os.environ.get("ENDOFUSE_CHROMIUM", "/usr/bin/chromium"))
+# Without the background-networking flags Chromium tries to reach Google services,
+# which a closed network refuses; the fake media flags give the Live tab a webcam.
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+]
+SERVER_START_TIMEOUT_S = 180
+UI_TIMEOUT_MS = 60_000
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+if not CHROMIUM.is_file():
+    pytest.skip(f"Chromium not found at {CHROMIUM} (Debian: apt-get install chromium; .ci/run does this)",
+                allow_module_level=True)
+expect = playwright_api.expect
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_serving(url: str, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"endofuse demo exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"endofuse demo did not serve {url} within {SERVER_START_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def demo_url(tmp_path_factory):
+    """`endofuse demo --port P --engine torch` (defaults otherwise: 127.0.0.1, bundled weights)."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("demo-server") / "server.log"
+    with open(log, "w") as out:
+        # --engine torch: "auto" would pick ONNX Runtime and export the model first
+        # (~30 s on 2 busy cores, once per checkpoint; the engines tests cover that path).
+        process = subprocess.Popen([sys.executable, "-m", "endofuse", "demo", "--port", str(port), "--engine", "torch"],
+                                   stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until_serving(url, process, log)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture()
+def page(browser, demo_url):
+    """A fresh page on the demo; fails the test if the page asked any host but the demo server."""
+    context = browser.new_context(viewport={"width": 1280, "height": 1400}, permissions=["camera"])
+    page = context.new_page()
+    foreign: list[str] = []
+    page.on("request", lambda request: None if request.url.startswith((demo_url, "data:", "blob:"))
+            else foreign.append(request.url))
+    page.goto(demo_url)
+    yield page
+    context.close()
+    assert not foreign, f"the demo page must work offline, but it requested {foreign[:5]}"
+
+
+@pytest.fixture()
+def user_pair(tmp_path):
+    """A pair the user brings: a synthetic scene not among the built-in examples, NBI at another size."""
+    from endofuse.model.synthetic import make_pair
+
+    wli, nbi, _ = make_pair(11, size=(420, 460))
+    wli_path, nbi_path = tmp_path / "my_wli.png", tmp_path / "my_nbi.png"
+    cv2.imwrite(str(wli_path), wli)
+    cv2.imwrite(str(nbi_path), cv2.resize(nbi, (400, 380)))
+    return wli_path, nbi_path
+
+
+def readout(page):
+    return page.locator("#latency_text textarea")
+
+
+def test_upload_a_pair_segment_and_screenshot(page, user_pair, tmp_path):
+    page.locator("#wli_image input[type=file]").set_input_files(str(user_pair[0]))
+    page.locator("#nbi_image input[type=file]").set_input_files(str(user_pair[1]))
+    page.locator("#segment_button").click()
+    expect(readout(page)).to_have_value(re.compile(r"^mode: FUSED.*\n.*total \d+\.\d ms"), timeout=UI_TIMEOUT_MS)
+    overlay = page.locator("#overlay_image img")
+    expect(overlay).to_be_visible(timeout=UI_TIMEOUT_MS)
+    page.wait_for_function("() => document.querySelector('#overlay_image img').naturalWidth > 0")
+    assert overlay.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [460, 420], \
+        "the overlay is shown at the WLI frame's native size"
+    assert "not for clinical use" in page.locator("#about_box").inner_text()
+
+    shot = tmp_path / "demo.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert cv2.imread(str(shot)) is not None
+    if os.environ.get("ENDOFUSE_DEMO_SCREENSHOT"):
+        shutil.copyfile(shot, os.environ["ENDOFUSE_DEMO_SCREENSHOT"])
+
+
+def test_the_wli_only_example_is_one_click_away(page):
+    examples = page.locator("table tbody tr")  # Gradio's examples table, last row: NBI left empty
+    examples.last.click()
+    expect(page.locator("#wli_image img")).to_be_visible(timeout=UI_TIMEOUT_MS)
+    page.locator("#segment_button").click()
+    expect(readout(page)).to_have_value(re.compile(r"^mode: WLI-ONLY"), timeout=UI_TIMEOUT_MS)
+
+
+def test_a_bad_upload_shows_a_message_and_the_page_keeps_working(page, user_pair, tmp_path):
+    broken = tmp_path / "broken_scan.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\nnot an image at all" + bytes(range(256)))
+    page.locator("#wli_image input[type=file]").set_input_files(str(broken))
+    page.locator("#segment_button").click()
+    expect(page.get_by_text(re.compile(r"broken_scan\.png.*not a readable image")).first).to_be_visible(
+        timeout=UI_TIMEOUT_MS)
+    page.locator("#wli_image input[type=file]").set_input_files(str(user_pair[0]))
+    page.locator("#segment_button").click()
+    expect(readout(page)).to_have_value(re.compile(r"^mode: (FUSED|WLI-ONLY)"), timeout=UI_TIMEOUT_MS)
+
+
+def test_live_tab_streams_a_webcam_through_the_model(page):
+    page.get_by_role("tab", name="Live").click()
+    page.locator("#live_wli").get_by_text("Click to Access Webcam").click()
+    page.locator("#live_wli").get_by_role("button", name="capture photo").click()  # Gradio's "Record" button
+    expect(page.locator("#live_latency_text textarea")).to_have_value(re.compile(r"^mode: WLI-ONLY"),
+                                                                     timeout=UI_TIMEOUT_MS)
+    expect(page.locator("#live_overlay img")).to_be_visible(timeout=UI_TIMEOUT_MS)

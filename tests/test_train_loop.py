@@ -1,0 +1,199 @@
+"""`endofuse train`: recipes, run files, resume after a real kill, signals, NaN stop, torchrun."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from endofuse import cli
+from endofuse.errors import EndofuseError
+from endofuse.model import load_checkpoint, read_checkpoint
+
+TINY = ["--model", "tiny", "--img-size", "32", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("train_data")
+    assert cli.main(["synth", str(out), "--pairs", "8", "--test-pairs", "2", "--size", "48x56", "--seed", "1"]) == 0
+    return out
+
+
+def read_log(run: Path) -> list[dict]:
+    with open(run / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def train_cmd(data: Path, run: Path, *extra: str) -> list[str]:
+    return ["train", "--data", str(data), "--out", str(run), *TINY, *extra]
+
+
+def same_weights(a: Path, b: Path) -> float:
+    sa, sb = read_checkpoint(a)["state_dict"], read_checkpoint(b)["state_dict"]
+    assert sa.keys() == sb.keys()
+    return max(float((sa[k].float() - sb[k].float()).abs().max()) for k in sa)
+
+
+def test_paper_recipe_run_files_and_poly_schedule(data, tmp_path):
+    run = tmp_path / "run"
+    assert cli.main(train_cmd(data, run, "--epochs", "2", "--recipe", "paper", "--batch-size", "4")) == 0
+    assert {p.name for p in run.iterdir()} == {"last.pt", "best.pt", "log.csv", "curves.png", "config.json"}
+    rows = read_log(run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    for column in ("loss", "seg", "da", "align", "diff", "orth_wli", "orth_nbi", "mi", "dacl", "fd", "lr", "val_dice"):
+        assert rows[0][column] != "", column
+    # 8 pairs / batch 4 = 2 steps per epoch, 4 in all; poly(0.9) per iteration from 0.01.
+    total = 4
+    for r in rows:
+        step = int(r["step"])
+        assert float(r["lr"]) == pytest.approx(0.01 * (1 - step / total) ** 0.9, abs=1e-7)
+    # The progressive fd weight: min(0.05, 0.1 * epoch / epochs) with 0-based epochs.
+    assert [float(r["w_fd"]) for r in rows] == pytest.approx([0.0, 0.05])
+    config = json.loads((run / "config.json").read_text())
+    assert config["validation"] == "Test.csv (2 pairs)"
+    assert config["recipe"]["optimizer"] == "sgd" and config["seed"] == 1234
+    assert "torch" in config["versions"] and config["model"]["img_size"] == 32
+    best = read_checkpoint(run / "best.pt")
+    assert best["extra"]["val"]["val_dice"] == pytest.approx(max(float(r["val_dice"]) for r in rows), abs=1e-5)
+    assert load_checkpoint(run / "best.pt").img_size == 32
+
+
+def test_refuses_to_overwrite_a_run_and_to_resume_nothing(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(train_cmd(data, run, "--epochs", "1", "--resume")) == 1
+    assert "no " in capsys.readouterr().err
+    assert cli.main(train_cmd(data, run, "--epochs", "1")) == 0
+    assert cli.main(train_cmd(data, run, "--epochs", "1")) == 1
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_nonfinite_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(data, tmp_path, monkeypatch):
+    import endofuse.train.trainer as trainer
+
+    run = tmp_path / "run"
+    assert cli.main(train_cmd(data, run, "--epochs", "1", "--batch-size", "4")) == 0
+    before = (run / "last.pt").read_bytes()
+    calls = {"n": 0}
+    real = trainer.segmentation_loss
+
+    def poisoned(logits, target):
+        calls["n"] += 1
+        value = real(logits, target)
+        return value * float("nan") if calls["n"] == 2 else value
+
+    monkeypatch.setattr(trainer, "segmentation_loss", poisoned)
+    options = trainer.TrainOptions(data=data, out=run, epochs=3, img_size=32, batch_size=4, resume=True,
+                                   progress=False)
+    with pytest.raises(EndofuseError, match=r"non-finite loss \(nan\) at epoch 2, step 4 \(batch 2 of the epoch\)"):
+        trainer.train(options)
+    assert (run / "last.pt").read_bytes() == before
+
+
+def test_ablations_switch_terms_off(data, tmp_path):
+    run = tmp_path / "run"
+    assert cli.main(train_cmd(data, run, "--epochs", "1", "--ablate", "nbi")) == 0
+    row = read_log(run)[0]
+    # Without NBI there is no second modality to align or contrast: every aux term is 0.
+    assert float(row["da"]) == 0.0 and float(row["fd"]) == 0.0
+    assert float(row["loss"]) == pytest.approx(float(row["seg"]), rel=1e-5)
+    assert json.loads((run / "config.json").read_text())["ablate"] == ["nbi"]
+    assert cli.main(train_cmd(data, tmp_path / "bad", "--epochs", "1", "--ablate", "da,colour")) == 1
+
+
+def test_total_loss_matches_the_formula():
+    from endofuse.train.recipes import total_loss
+
+    aux = {"mi": torch.tensor(0.4), "fd": torch.tensor(0.5), "da": torch.tensor(3.0)}
+    seg = torch.tensor(1.0)
+    assert float(total_loss(seg, aux, 0.05, ())) == pytest.approx(1.0 + 0.05 * 0.5 + 1e-4 * 3.0)
+    assert float(total_loss(seg, aux, 0.05, ("dacl",))) == pytest.approx(1.0 + 0.05 * 0.4 + 1e-4 * 3.0)
+    assert float(total_loss(seg, aux, 0.05, ("da", "fd"))) == pytest.approx(1.0)
+
+
+def _spawn(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "endofuse", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def _wait_for_epoch(run: Path, proc: subprocess.Popen, epoch: int, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.stdout.read()
+        if (run / "log.csv").is_file() and len(read_log(run)) >= epoch:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no epoch {epoch} within {timeout} s")
+
+
+def test_resume_after_sigkill_continues_with_the_right_epoch_and_same_result(data, tmp_path):
+    args = ["--epochs", "3", "--recipe", "paper", "--batch-size", "4"]
+    reference = tmp_path / "reference"
+    ref = _spawn(train_cmd(data, reference, *args))
+    killed = tmp_path / "killed"
+    proc = _spawn(train_cmd(data, killed, *args))
+    _wait_for_epoch(killed, proc, 1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    done = read_checkpoint(killed / "last.pt")["extra"]["epoch"]
+    assert 1 <= done < 3
+    resumed = _spawn(train_cmd(data, killed, *args, "--resume"))
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    assert f"resuming at epoch {done + 1}, batch 0" in out
+    assert [int(r["epoch"]) for r in read_log(killed)] == [1, 2, 3]
+    ref_out, _ = ref.communicate(timeout=300)
+    assert ref.returncode == 0, ref_out
+    # Optimiser, poly schedule, epoch and RNG restored: the same weights as the uninterrupted run.
+    assert same_weights(reference / "last.pt", killed / "last.pt") < 1e-5
+    ref_rows, rows = read_log(reference), read_log(killed)
+    assert [r["lr"] for r in rows] == [r["lr"] for r in ref_rows]
+
+
+def test_sigterm_saves_a_resumable_checkpoint_mid_epoch(data, tmp_path):
+    run = tmp_path / "run"
+    args = ["--epochs", "40", "--batch-size", "2"]
+    proc = _spawn(train_cmd(data, run, *args))
+    _wait_for_epoch(run, proc, 1)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    assert "stopped by SIGTERM" in out
+    extra = read_checkpoint(run / "last.pt")["extra"]
+    epochs_logged = len(read_log(run))
+    # Saved where it stopped: in the epoch after the last logged one (or at its very start).
+    assert extra["epoch"] == epochs_logged and 0 <= extra["batch_in_epoch"] < 4
+    assert extra["scheduler"]["last_epoch"] == epochs_logged * 4 + extra["batch_in_epoch"]
+
+
+def test_torchrun_two_processes_on_cpu(data, tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "endofuse", *train_cmd(data, run, "--epochs", "2", "--batch-size", "2")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("epoch 2/2:") == 1  # only rank 0 prints
+    assert {p.name for p in run.iterdir()} == {"last.pt", "best.pt", "log.csv", "curves.png", "config.json"}
+    config = json.loads((run / "config.json").read_text())
+    assert config["world_size"] == 2
+    # 8 pairs over 2 ranks, batch 2 per rank: 2 steps per epoch.
+    assert config["steps_per_epoch"] == 2
+    assert [int(r["step"]) for r in read_log(run)] == [2, 4]
+    extra = read_checkpoint(run / "last.pt")["extra"]
+    assert extra["world_size"] == 2 and len(extra["rng"]) == 2
+
+
+def test_trains_on_the_real_sample(sample_data_dir, tmp_path):
+    run = tmp_path / "run"
+    assert cli.main(train_cmd(sample_data_dir, run, "--epochs", "1", "--batch-size", "5")) == 0
+    row = read_log(run)[0]
+    assert 0.0 <= float(row["val_dice"]) <= 1.0
+    assert json.loads((run / "config.json").read_text())["validation"] == "Test.csv (5 pairs)"

@@ -1,0 +1,111 @@
+"""`endofuse synth`: write a synthetic WLI/NBI dataset folder and/or video pair.
+
+The dataset is in the reference format (`Training.csv`, `Test.csv`, `imgs/<id>_1.png`
+WLI, `<id>_2.png` NBI, `<id>_1_label.png` mask 0/255). `--video` writes
+`wli.mp4`, `nbi.mp4` and `mask.mp4` of one moving scene. Deterministic per `--seed`.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from endofuse.errors import EndofuseError
+from endofuse.model.synthetic import SyntheticScene, make_pair
+
+DEFAULT_SIZE = (288, 320)
+SEED_STRIDE = 1_000_003  # pair seeds of different --seed values never collide for < 1M pairs
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """"HxW" (or a single number for a square) -> (H, W)."""
+    parts = text.lower().replace("*", "x").split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values *= 2
+    if len(values) != 2 or min(values) < 16:
+        raise argparse.ArgumentTypeError(f"size must look like 288x320 (H x W, each >= 16), got {text!r}")
+    return values[0], values[1]
+
+
+def pair_seed(seed: int, index: int) -> int:
+    return seed * SEED_STRIDE + index
+
+
+def write_dataset(out: Path, train_pairs: int, test_pairs: int, size: tuple[int, int], seed: int,
+                  nbi_size: tuple[int, int] | None = None, progress: bool = True) -> None:
+    """Write `train_pairs` + `test_pairs` independent pairs and the two CSVs; test scenes differ from train."""
+    imgs = out / "imgs"
+    imgs.mkdir(parents=True, exist_ok=True)
+    rows = {"Training.csv": [], "Test.csv": []}
+    total = train_pairs + test_pairs
+    for i in tqdm(range(total), desc="synth pairs", unit="pair", disable=not progress):
+        wli, nbi, mask = make_pair(pair_seed(seed, i), size, nbi_size)
+        stem = f"synth{seed}_{i:05d}"
+        names = (f"imgs/{stem}_1.png", f"imgs/{stem}_2.png", f"imgs/{stem}_1_label.png")
+        for name, image in zip(names, (wli, nbi, mask * np.uint8(255))):
+            if not cv2.imwrite(str(out / name), image):
+                raise EndofuseError(f"could not write {out / name}")
+        rows["Training.csv" if i < train_pairs else "Test.csv"].append(names)
+    for csv_name, entries in rows.items():
+        with open(out / csv_name, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["wli_path", "nbi_path", "label_path"])
+            writer.writerows(entries)
+
+
+def write_video(out: Path, seconds: float, fps: float, size: tuple[int, int], seed: int,
+                nbi_size: tuple[int, int] | None = None, progress: bool = True) -> None:
+    """`wli.mp4`, `nbi.mp4`, `mask.mp4` (0/255) of one moving SyntheticScene."""
+    out.mkdir(parents=True, exist_ok=True)
+    scene = SyntheticScene(seed, size, nbi_size)
+    fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+    sizes = {"wli": scene.size, "nbi": scene.nbi_size, "mask": scene.size}
+    writers = {k: cv2.VideoWriter(str(out / f"{k}.mp4"), fourcc, fps, (s[1], s[0])) for k, s in sizes.items()}
+    try:
+        for k, w in writers.items():
+            if not w.isOpened():
+                raise EndofuseError(f"could not open {out / (k + '.mp4')} for writing (OpenCV mp4v)")
+        for i in tqdm(range(int(round(seconds * fps))), desc="synth video", unit="frame", disable=not progress):
+            wli, nbi, mask = scene.frame(i / fps)
+            writers["wli"].write(wli)
+            writers["nbi"].write(nbi)
+            writers["mask"].write(cv2.cvtColor(mask * np.uint8(255), cv2.COLOR_GRAY2BGR))
+    finally:
+        for w in writers.values():
+            w.release()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out", type=Path, help="output folder")
+    parser.add_argument("--pairs", type=int, default=None, help="training pairs to write (Training.csv)")
+    parser.add_argument("--test-pairs", type=int, default=None, help="test pairs (Test.csv); default pairs // 4, at least 1")
+    parser.add_argument("--size", type=parse_size, default=DEFAULT_SIZE, help="WLI frame size HxW (default 288x320)")
+    parser.add_argument("--nbi-size", type=parse_size, default=None, help="NBI frame size HxW (default: --size)")
+    parser.add_argument("--video", type=float, default=None, metavar="SECONDS", help="also write a moving WLI/NBI mp4 pair")
+    parser.add_argument("--fps", type=float, default=30.0, help="video frame rate (default 30)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.pairs is None and args.video is None:
+        raise EndofuseError("nothing to write: give --pairs N and/or --video SECONDS")
+    if args.pairs is not None:
+        if args.pairs < 1:
+            raise ValueError(f"--pairs must be >= 1, got {args.pairs}")
+        test_pairs = args.test_pairs if args.test_pairs is not None else max(1, args.pairs // 4)
+        write_dataset(args.out, args.pairs, test_pairs, args.size, args.seed, args.nbi_size)
+        print(f"wrote {args.pairs} training + {test_pairs} test pairs to {args.out} (Training.csv, Test.csv)")
+    if args.video is not None:
+        if args.video <= 0 or args.fps <= 0:
+            raise ValueError(f"--video and --fps must be positive, got {args.video} s at {args.fps} fps")
+        write_video(args.out, args.video, args.fps, args.size, args.seed, args.nbi_size)
+        print(f"wrote {args.out / 'wli.mp4'}, {args.out / 'nbi.mp4'}, {args.out / 'mask.mp4'}")
+    return 0

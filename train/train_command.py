@@ -1,0 +1,42 @@
+"""`endofuse train`: train on a dataset folder in the reference CSV format (single process or torchrun)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from endofuse.train.recipes import ABLATIONS, RECIPES, parse_ablate
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True, help="dataset folder (Training.csv/Train.csv, Test.csv)")
+    parser.add_argument("--model", default="tiny", help="tiny | small | paper (default tiny)")
+    parser.add_argument("--epochs", type=int, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="run folder (last.pt, best.pt, log.csv, ...)")
+    parser.add_argument("--recipe", choices=tuple(RECIPES), default="default",
+                        help="paper: SGD 0.01 + poly, no augmentation; default: AdamW + cosine + augmentation")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    parser.add_argument("--batch-size", type=int, default=None, help="per process (default: the recipe's)")
+    parser.add_argument("--lr", type=float, default=None, help="base learning rate (default: the recipe's)")
+    parser.add_argument("--amp", action="store_true", help="bf16/fp16 autocast (CUDA only)")
+    parser.add_argument("--pretrained", type=Path, default=None, help="R50+ViT-B_16.npz for both encoders")
+    parser.add_argument("--ablate", default=None, help=f"comma list of terms to switch off: {','.join(ABLATIONS)}")
+    parser.add_argument("--img-size", type=int, default=None, help="override the model's input size (multiple of 16)")
+    parser.add_argument("--val-fraction", type=float, default=0.2,
+                        help="held-out validation fraction when the folder has no Test.csv (default 0.2)")
+    parser.add_argument("--seed", type=int, default=None, help="default: the recipe's (1234)")
+    parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm bars (logs still print per epoch)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from endofuse.train.trainer import TrainOptions, train
+
+    if args.pretrained is not None and not args.pretrained.is_file():
+        raise FileNotFoundError(f"--pretrained: file not found: {args.pretrained}")
+    options = TrainOptions(
+        data=args.data, out=args.out, model=args.model, epochs=args.epochs, recipe=args.recipe, resume=args.resume,
+        batch_size=args.batch_size, lr=args.lr, amp=args.amp, pretrained=args.pretrained,
+        ablate=parse_ablate(args.ablate), img_size=args.img_size, val_fraction=args.val_fraction, seed=args.seed,
+        device=args.device, progress=not args.no_progress,
+    )
+    return train(options)
