@@ -69,7 +69,8 @@ def build_app(checkpoint: str | None = None, engine: str = "auto", *, opener: En
         with gr.Row():
             model_choice = gr.Dropdown(engines.labels, value=engines.labels[0], label="Model", elem_id="model_choice")
             engine_choice = gr.Dropdown(backends, value=engine, label="Engine", elem_id="engine_choice")
-            opacity = gr.Slider(0.0, 1.0, value=DEFAULT_ALPHA, step=0.05, label="Overlay opacity", elem_id="opacity_slider")
+            opacity = gr.Slider(0.0, 1.0, value=DEFAULT_ALPHA, step=0.05, label="Overlay opacity",
+                                elem_id="opacity_slider")
         picker = [opacity, model_choice, engine_choice]
 
         with gr.Tabs():
@@ -109,9 +110,9 @@ def _video_pair_tab(engines: EngineCache, picker: list, out_root: Path, build_pi
     button = gr.Button("Process videos", variant="primary", elem_id="video_button")
     status = gr.Textbox(label="Status", elem_id="video_status", lines=3, interactive=False)
     preview = gr.Image(label="Overlay, live while processing", streaming=True, format="jpeg",
-                       interactive=False, elem_id="video_preview")
+                       interactive=False, elem_id="video_preview", height=360)
     with gr.Row():
-        video = gr.Video(label="Overlaid video", elem_id="overlay_video", interactive=False)
+        video = gr.Video(label="Overlaid video", elem_id="overlay_video", interactive=False, height=360)
         report = gr.File(label="report.json", elem_id="report_file", interactive=False)
     cdf = gr.Plot(label="Latency CDF", elem_id="latency_cdf")
     handler = functools.partial(_video_handler, engines, out_root, build_pipeline)
@@ -134,9 +135,11 @@ def _live_tab(engines: EngineCache, picker: list) -> None:
         nbi_cam = gr.Image(label="NBI camera (optional)", sources=["webcam"], streaming=True, webcam_options=no_mirror,
                            type="numpy", elem_id="live_nbi")
         overlay = gr.Image(label="Overlay", streaming=True, format="jpeg", interactive=False, elem_id="live_overlay")
-    readout = gr.Textbox(label="Latency and mode (server side)", elem_id="live_latency_text", lines=2, interactive=False)
+    readout = gr.Textbox(label="Latency and mode (server side)", elem_id="live_latency_text", lines=2,
+                         interactive=False)
     latest_nbi = gr.State(None)
-    stream_limits = dict(time_limit=LIVE_TIME_LIMIT_S, stream_every=LIVE_STREAM_EVERY_S, concurrency_limit=LIVE_CONCURRENCY)
+    stream_limits = dict(time_limit=LIVE_TIME_LIMIT_S, stream_every=LIVE_STREAM_EVERY_S,
+                         concurrency_limit=LIVE_CONCURRENCY)
     nbi_cam.stream(remember_nbi_frame, inputs=nbi_cam, outputs=latest_nbi, api_visibility="private", **stream_limits)
     wli_cam.stream(functools.partial(segment_live_frame, engines), inputs=[wli_cam, latest_nbi, *picker],
                    outputs=[overlay, readout], api_name="live_frame", **stream_limits)

@@ -13,7 +13,8 @@ from endofuse.realtime.engines import BACKENDS
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
     parser.add_argument("--host", default="127.0.0.1",
-                        help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it to the network)")
+                        help="address to bind (default 127.0.0.1: this machine only; "
+                             "0.0.0.0 exposes it to the network)")
     parser.add_argument("--checkpoint", default=None,
                         help="a trained .pt checkpoint (or exported model file); default: the bundled demo weights")
     parser.add_argument("--engine", default="auto", choices=BACKENDS, help="inference backend (default auto)")
@@ -24,7 +25,12 @@ def main(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
     if not 0 < args.port < 65536:
         raise EndofuseError(f"--port {args.port} is not a valid TCP port")
-    from endofuse.demo.app import build_app, launch_app  # gradio is slow to import: only when serving
+    try:
+        from endofuse.demo.app import build_app, launch_app  # gradio is slow to import: only when serving
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in ("gradio", "gradio_client"):
+            raise EndofuseError(f"the demo needs {exc.name}: pip install 'endofuse[demo]'") from exc
+        raise
 
     output_dir = Path(tempfile.mkdtemp(prefix="endofuse-demo-"))
     try:

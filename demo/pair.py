@@ -10,10 +10,7 @@ from endofuse.demo.engines import EngineCache
 from endofuse.demo.uploads import bgr_to_rgb, rgb_to_bgr
 from endofuse.errors import EndofuseError
 
-try:
-    from endofuse.realtime import segment_pair
-except ImportError:  # TEMPORARY (demo engineer): until endofuse.realtime re-exports segment_pair
-    from endofuse.realtime.segment import segment_pair
+from endofuse.realtime import segment_pair
 
 STAGES = ("preprocess", "infer", "postprocess", "overlay", "total")
 USER_ERRORS = (EndofuseError, ValueError, FileNotFoundError)
@@ -36,7 +33,8 @@ def segment_uploaded_pair(engines: EngineCache, wli_rgb: np.ndarray | None, nbi_
         result = segment_pair(engine, rgb_to_bgr(wli_rgb), rgb_to_bgr(nbi_rgb), alpha=float(alpha))
     except USER_ERRORS as exc:
         raise gr.Error(str(exc)) from exc
-    return bgr_to_rgb(result.overlay), result.mask * np.uint8(255), format_readout(result.mode, result.timings_ms, engine)
+    readout = format_readout(result.mode, result.timings_ms, engine)
+    return bgr_to_rgb(result.overlay), result.mask * np.uint8(255), readout
 
 
 # A second camera's frame is paired with the WLI frame only while it is this fresh;

@@ -36,7 +36,8 @@ class OverlayVideoWriter:
     def write(self, frame_bgr: np.ndarray) -> None:
         if self._writer is None:
             height, width = frame_bgr.shape[:2]
-            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*VIDEO_FOURCC), self.fps, (width, height))
+            fourcc = cv2.VideoWriter_fourcc(*VIDEO_FOURCC)
+            self._writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, (width, height))
             if not self._writer.isOpened():
                 raise RuntimeError(f"OpenCV cannot write {VIDEO_FOURCC} video to {self.path}")
         self._writer.write(frame_bgr)
@@ -73,7 +74,8 @@ def summary_text(report: dict, video_name: str) -> str:
                      + ", ".join(f"{k} {latency[k]:.1f} ms" for k in ("p50", "p90", "p99", "max") if k in latency))
     if "paired" in report:
         lines.append(f"pairs: {report['paired']} fused, {report.get('stale_pairs', 0)} stale, "
-                     f"{report.get('nbi_missing', 0)} without NBI (WLI-ONLY); fps {report.get('fps', float('nan')):.1f}")
+                     f"{report.get('nbi_missing', 0)} without NBI (WLI-ONLY); "
+                     f"fps {report.get('fps', float('nan')):.1f}")
     return "\n".join(lines)
 
 
@@ -101,7 +103,8 @@ def process_video_pair(engines: EngineCache, wli_video: str | None, nbi_video: s
             latencies.append(float(result.latency_ms))
             if time.monotonic() - last_preview >= PREVIEW_INTERVAL_S:
                 last_preview = time.monotonic()
-                yield bgr_to_rgb(result.overlay), gr.skip(), gr.skip(), gr.skip(), f"frame {result.index}: {result.mode}"
+                status = f"frame {result.index}: {result.mode}"
+                yield bgr_to_rgb(result.overlay), gr.skip(), gr.skip(), gr.skip(), status
         report = pipeline.report()
     except USER_ERRORS as exc:
         raise gr.Error(str(exc)) from exc

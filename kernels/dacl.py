@@ -9,9 +9,11 @@ one Triton pass over D-tiles: the kernel reads the four inputs straight from
 their own pointers (no concatenated or normalised copy) and accumulates the
 raw 4B x 4B Gram matrix G; row norms are sqrt(diag G). The backward is a
 second pass, dX = (dG + dG^T) X, again reading X once. The masked
-log-sum-exp / positive epilogue works on the 4B x 4B matrix only (torch
-autograd, shared with the torch path). Memory stays O(B*D): the inputs and
-their gradients, plus 4B x 4B matrices.
+log-sum-exp / positive epilogue works on the 4B x 4B matrix only (plain torch,
+shared with the torch path; its backward is written out on the saved Gram
+matrix). Inputs to loss is ONE custom op (`endofuse::dacl_fused`, with
+`endofuse::dacl_fused_backward`), so torch.compile / export see a single node.
+Memory stays O(B*D): the inputs and their gradients, plus 4B x 4B matrices.
 """
 from __future__ import annotations
 
@@ -169,9 +171,8 @@ def _chunking(n_cols: int, device: torch.device) -> tuple[int, int]:
     return triton.cdiv(n_cols, chunk), chunk
 
 
-@torch.library.custom_op("endofuse::dacl_gram", mutates_args=())
-def dacl_gram(x0: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor) -> torch.Tensor:
-    """Gram matrix (4B, 4B) float32 of the stacked rows of four contiguous (B, D) tensors."""
+def launch_gram(x0: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor) -> torch.Tensor:
+    """Gram matrix (4B, 4B) float32 of the stacked rows of four (B, D) tensors, one pass over D."""
     x0, x1, x2, x3 = (x.contiguous() for x in (x0, x1, x2, x3))  # kernels index densely
     n_rows, n_cols = x0.shape
     programs, chunk = _chunking(n_cols, x0.device)
@@ -183,42 +184,63 @@ def dacl_gram(x0: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, x3: torch.Te
     return partial.sum(0)
 
 
-@dacl_gram.register_fake
-def _(x0, x1, x2, x3):
-    return x0.new_empty((4 * x0.shape[0], 4 * x0.shape[0]), dtype=torch.float32)
-
-
-@torch.library.custom_op("endofuse::dacl_gram_backward", mutates_args=())
-def dacl_gram_backward(
-    grad_gram: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of the four inputs: dX = (dG + dG^T) X, one pass over D."""
-    x0, x1, x2, x3 = (x.contiguous() for x in (x0, x1, x2, x3))
-    n_rows, n_cols = x0.shape
+def launch_gram_backward(grad_gram: torch.Tensor, xs: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """Gradients of the four inputs from dL/dG: dX = (dG + dG^T) X, one pass over D."""
+    xs = [x.contiguous() for x in xs]
+    n_rows, n_cols = xs[0].shape
     sym = (grad_gram + grad_gram.t()).float().contiguous()
-    grads = [torch.empty(x.shape, dtype=x.dtype, device=x.device) for x in (x0, x1, x2, x3)]
-    programs, chunk = _chunking(n_cols, x0.device)
+    grads = [torch.empty(x.shape, dtype=x.dtype, device=x.device) for x in xs]
+    programs, chunk = _chunking(n_cols, xs[0].device)
     _dacl_gram_backward_kernel[(programs,)](
-        x0, x1, x2, x3, sym, *grads, n_rows, n_cols, chunk,
+        *xs, sym, *grads, n_rows, n_cols, chunk,
         BLOCK_B=_block_b(n_rows), BLOCK_D=BLOCK_D, PRECISION=dot_precision(torch.float32), **launch_options(8),
     )
     return tuple(grads)
 
 
-@dacl_gram_backward.register_fake
-def _(grad_gram, x0, x1, x2, x3):
+@torch.library.custom_op("endofuse::dacl_fused", mutates_args=())
+def dacl_fused(x0: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, gram): the DACL loss of four (B, D) inputs and the (4B, 4B) Gram matrix it came from.
+
+    One op from inputs to loss, so compilers see no intermediate gradient to
+    re-derive; the Gram matrix is returned only to be saved for the backward.
+    """
+    gram = launch_gram(x0, x1, x2, x3)
+    return loss_from_gram(gram, x0.shape[0], temperature), gram
+
+
+@dacl_fused.register_fake
+def _(x0, x1, x2, x3, temperature):
+    rows = 4 * x0.shape[0]
+    return x0.new_empty((), dtype=torch.float32), x0.new_empty((rows, rows), dtype=torch.float32)
+
+
+@torch.library.custom_op("endofuse::dacl_fused_backward", mutates_args=())
+def dacl_fused_backward(
+    grad_loss: torch.Tensor, gram: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Input gradients: dL/dG of the small epilogue from the saved Gram matrix, then the pass over D."""
+    grad_gram = loss_from_gram_backward(gram, x0.shape[0], temperature, grad_loss)
+    return launch_gram_backward(grad_gram, [x0, x1, x2, x3])
+
+
+@dacl_fused_backward.register_fake
+def _(grad_loss, gram, x0, x1, x2, x3, temperature):
     return tuple(x.new_empty(x.shape) for x in (x0, x1, x2, x3))
 
 
 def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
+    *xs, ctx.temperature = inputs
+    ctx.save_for_backward(output[1], *xs)
 
 
-def _backward(ctx, grad_gram):
-    return dacl_gram_backward(grad_gram, *ctx.saved_tensors)
+def _backward(ctx, grad_loss, _grad_gram):
+    gram, *xs = ctx.saved_tensors
+    return (*dacl_fused_backward(grad_loss, gram, *xs, ctx.temperature), None)
 
 
-dacl_gram.register_autograd(_backward, setup_context=_setup_context)
+dacl_fused.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _flatten_four(share_w, share_n, spec_w, spec_n) -> list[torch.Tensor]:
@@ -228,24 +250,56 @@ def _flatten_four(share_w, share_n, spec_w, spec_n) -> list[torch.Tensor]:
     return feats
 
 
+def _positive_columns(batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row indices 0..4B-1 and each row's positive column (-1 for the specific rows)."""
+    idx = torch.arange(4 * batch, device=device)
+    return idx, torch.where(idx < batch, idx + batch, torch.where(idx < 2 * batch, idx - batch, -1))
+
+
 def excluded_mask(batch: int, device: torch.device) -> torch.Tensor:
-    """(4B, 4B) bool: True on the diagonal and on the share_w/share_n positive pairs."""
-    excluded = torch.eye(4 * batch, dtype=torch.bool, device=device)
-    idx = torch.arange(batch, device=device)
-    excluded[idx, idx + batch] = True
-    excluded[idx + batch, idx] = True
-    return excluded
+    """(4B, 4B) bool: True on the diagonal and on the share_w/share_n positive pairs.
+
+    Built from comparisons only (no host-to-device scalar copies), so it can be
+    captured in a CUDA graph.
+    """
+    idx, positive = _positive_columns(batch, device)
+    return (idx[:, None] == idx[None, :]) | (positive[:, None] == idx[None, :])
+
+
+def _cosine_sims(gram: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(S = cos / tau, row norms, clamp-active mask) from the raw Gram matrix."""
+    squared = torch.diagonal(gram)
+    # clamp before sqrt: a zero row then gets a zero (not NaN) gradient, like F.normalize.
+    norms = squared.clamp_min(NORM_EPS * NORM_EPS).sqrt()
+    return gram / (norms[:, None] * norms[None, :]) / temperature, norms, squared >= NORM_EPS * NORM_EPS
 
 
 def loss_from_gram(gram: torch.Tensor, batch: int, temperature: float) -> torch.Tensor:
     """DACL from the raw (4B, 4B) Gram matrix: cosine sims, masked log-sum-exp, positives."""
-    # clamp before sqrt: a zero row then gets a zero (not NaN) gradient, like F.normalize.
-    norms = torch.diagonal(gram).clamp_min(NORM_EPS * NORM_EPS).sqrt()
-    sim = gram / (norms[:, None] * norms[None, :]) / temperature
+    sim, _, _ = _cosine_sims(gram, temperature)
     lse = torch.logsumexp(sim.masked_fill(excluded_mask(batch, gram.device), float("-inf")), dim=1)
-    idx = torch.arange(batch, device=gram.device)
-    positives = torch.cat([sim[idx, idx + batch], sim[idx + batch, idx]])
-    return lse.mean() - positives.mean()
+    idx, positive = _positive_columns(batch, gram.device)
+    has_positive = positive >= 0
+    return lse.mean() - sim[idx[has_positive], positive[has_positive]].mean()
+
+
+def loss_from_gram_backward(gram: torch.Tensor, batch: int, temperature: float, grad_loss: torch.Tensor) -> torch.Tensor:
+    """dL/dG of `loss_from_gram`, written out (custom-op bodies run without autograd).
+
+    With A = dL/dS = softmax over the negatives / 4B - [positive] / 2B:
+    dG_ij = A_ij / (n_i n_j tau) through S directly, plus, on the diagonal,
+    dn_k / (2 n_k) with dn_k = -(sum_j A_kj S_kj + sum_i A_ik S_ik) / n_k.
+    """
+    sim, norms, active = _cosine_sims(gram, temperature)
+    excluded = excluded_mask(batch, gram.device)
+    idx, positive = _positive_columns(batch, gram.device)
+    weights = torch.softmax(sim.masked_fill(excluded, float("-inf")), dim=1) / (4 * batch)
+    weights = weights - (positive[:, None] == idx[None, :]).to(weights.dtype) / (2 * batch)
+    weights = weights * grad_loss
+    grad_gram = weights / (norms[:, None] * norms[None, :]) / temperature
+    weighted = weights * sim
+    grad_norms = -(weighted.sum(1) + weighted.sum(0)) / norms
+    return grad_gram + torch.diag(grad_norms / (2 * norms) * active)
 
 
 def dacl_loss(
@@ -265,8 +319,7 @@ def dacl_loss(
     batch = feats[0].shape[0]
     if use_triton(feats[0], backend):
         if batch <= MAX_KERNEL_BATCH and feats[0].dtype in (torch.float32, torch.float16, torch.bfloat16):
-            gram = dacl_gram(*(f.contiguous() for f in feats))
-            return loss_from_gram(gram, batch, temperature)
+            return dacl_fused(*feats, float(temperature))[0]
         if backend == "triton":
             raise ValueError(f"dacl_loss backend='triton' takes batch <= {MAX_KERNEL_BATCH} float inputs, got {batch} {feats[0].dtype}")
     rows = torch.cat(feats, dim=0).float()

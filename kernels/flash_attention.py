@@ -77,6 +77,37 @@ def _attn_fwd_kernel(
 
 
 @triton.jit
+def _load_query_side(Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, base, stats_base, rows, n_ctx, offs_d, HEAD_DIM: tl.constexpr):
+    """q, dO tiles and the per-row lse / delta of query rows `rows` (zeros past n_ctx)."""
+    row_ok = rows < n_ctx
+    offsets = base + rows[:, None] * HEAD_DIM + offs_d[None, :]
+    q = tl.load(Q_ptr + offsets, mask=row_ok[:, None], other=0.0)
+    do = tl.load(DO_ptr + offsets, mask=row_ok[:, None], other=0.0)
+    lse = tl.load(LSE_ptr + stats_base + rows, mask=row_ok, other=0.0)
+    delta = tl.load(DELTA_ptr + stats_base + rows, mask=row_ok, other=0.0)
+    return q, do, lse, delta, row_ok, offsets
+
+
+@triton.jit
+def _load_key_side(K_ptr, V_ptr, base, cols, n_ctx, offs_d, HEAD_DIM: tl.constexpr):
+    """k, v tiles of key rows `cols` (zeros past n_ctx)."""
+    col_ok = cols < n_ctx
+    offsets = base + cols[:, None] * HEAD_DIM + offs_d[None, :]
+    k = tl.load(K_ptr + offsets, mask=col_ok[:, None], other=0.0)
+    v = tl.load(V_ptr + offsets, mask=col_ok[:, None], other=0.0)
+    return k, v, col_ok, offsets
+
+
+@triton.jit
+def _probs_and_dscores(q, k, v, do, lse, delta, row_ok, col_ok, qk_scale_log2, PRECISION: tl.constexpr):
+    """Recompute P = exp2(q k^T * scale*log2e - lse) for one tile, and dS = P * (dO v^T - delta)."""
+    scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale_log2
+    p = tl.where(row_ok[:, None] & col_ok[None, :], tl.math.exp2(scores - lse[:, None]), 0.0)
+    dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+    return p, p * (dp - delta[:, None])
+
+
+@triton.jit
 def _attn_bwd_dkdv_kernel(
     Q_ptr, K_ptr, V_ptr, DO_ptr, LSE_ptr, DELTA_ptr, DK_ptr, DV_ptr,
     n_ctx, qk_scale_log2, sm_scale,
@@ -86,32 +117,18 @@ def _attn_bwd_dkdv_kernel(
 
     DELTA_ptr: rowsum(dO * O) (B*H, n_ctx) float32; dS = P * (dO V^T - delta).
     """
-    pid_n = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     base = bh * n_ctx * HEAD_DIM
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    col_ok = offs_n < n_ctx
-    kv_offsets = base + offs_n[:, None] * HEAD_DIM + offs_d[None, :]
-    k = tl.load(K_ptr + kv_offsets, mask=col_ok[:, None], other=0.0)
-    v = tl.load(V_ptr + kv_offsets, mask=col_ok[:, None], other=0.0)
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    k, v, col_ok, kv_offsets = _load_key_side(K_ptr, V_ptr, base, cols, n_ctx, offs_d, HEAD_DIM)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     for start_m in range(0, n_ctx, BLOCK_M):
-        rows = start_m + offs_m
-        row_ok = rows < n_ctx
-        q_offsets = base + rows[:, None] * HEAD_DIM + offs_d[None, :]
-        q = tl.load(Q_ptr + q_offsets, mask=row_ok[:, None], other=0.0)
-        do = tl.load(DO_ptr + q_offsets, mask=row_ok[:, None], other=0.0)
-        lse = tl.load(LSE_ptr + bh * n_ctx + rows, mask=row_ok, other=0.0)
-        delta = tl.load(DELTA_ptr + bh * n_ctx + rows, mask=row_ok, other=0.0)
-        scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale_log2
-        p = tl.math.exp2(scores - lse[:, None])
-        p = tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0)
+        rows = start_m + tl.arange(0, BLOCK_M)
+        q, do, lse, delta, row_ok, _ = _load_query_side(Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, base, bh * n_ctx, rows, n_ctx, offs_d, HEAD_DIM)
+        p, ds = _probs_and_dscores(q, k, v, do, lse, delta, row_ok, col_ok, qk_scale_log2, PRECISION)
         dv = tl.dot(tl.trans(p.to(do.dtype)), do, dv, input_precision=PRECISION)
-        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        ds = p * (dp - delta[:, None])
         dk = tl.dot(tl.trans(ds.to(q.dtype)), q, dk, input_precision=PRECISION)
     tl.store(DK_ptr + kv_offsets, (dk * sm_scale).to(DK_ptr.dtype.element_ty), mask=col_ok[:, None])
     tl.store(DV_ptr + kv_offsets, dv.to(DV_ptr.dtype.element_ty), mask=col_ok[:, None])
@@ -124,30 +141,16 @@ def _attn_bwd_dq_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """One (query tile, batch*head) program: dQ = scale * dS K over all key tiles."""
-    pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     base = bh * n_ctx * HEAD_DIM
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    row_ok = offs_m < n_ctx
-    q_offsets = base + offs_m[:, None] * HEAD_DIM + offs_d[None, :]
-    q = tl.load(Q_ptr + q_offsets, mask=row_ok[:, None], other=0.0)
-    do = tl.load(DO_ptr + q_offsets, mask=row_ok[:, None], other=0.0)
-    lse = tl.load(LSE_ptr + bh * n_ctx + offs_m, mask=row_ok, other=0.0)
-    delta = tl.load(DELTA_ptr + bh * n_ctx + offs_m, mask=row_ok, other=0.0)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    q, do, lse, delta, row_ok, q_offsets = _load_query_side(Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, base, bh * n_ctx, rows, n_ctx, offs_d, HEAD_DIM)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     for start_n in range(0, n_ctx, BLOCK_N):
-        cols = start_n + offs_n
-        col_ok = cols < n_ctx
-        kv_offsets = base + cols[:, None] * HEAD_DIM + offs_d[None, :]
-        k = tl.load(K_ptr + kv_offsets, mask=col_ok[:, None], other=0.0)
-        v = tl.load(V_ptr + kv_offsets, mask=col_ok[:, None], other=0.0)
-        scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale_log2
-        p = tl.math.exp2(scores - lse[:, None])
-        p = tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        ds = p * (dp - delta[:, None])
+        cols = start_n + tl.arange(0, BLOCK_N)
+        k, v, col_ok, _ = _load_key_side(K_ptr, V_ptr, base, cols, n_ctx, offs_d, HEAD_DIM)
+        _, ds = _probs_and_dscores(q, k, v, do, lse, delta, row_ok, col_ok, qk_scale_log2, PRECISION)
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=PRECISION)
     tl.store(DQ_ptr + q_offsets, (dq * sm_scale).to(DQ_ptr.dtype.element_ty), mask=row_ok[:, None])
 

@@ -3,9 +3,10 @@
     python -m endofuse.model.benchmark --models tiny small paper --threads 2
 
 GFLOPs come from `torch.utils.flop_counter.FlopCounterMode` on one WLI/NBI pair
-(matmuls and convs, 2 flops per multiply-add). Latencies are single-pair,
-median and p90 over `--runs` after `--warmup`, in one process, so the rows
-compare with each other; other load on the machine shifts all of them.
+(matmuls and convs, 2 flops per multiply-add). Latencies are single-pair medians
+over `--runs` after `--warmup`, all in one process: the single-thread CPU time
+(robust to other load on the machine) and the wall time with `--threads`.
+The paper model gets 3 timed runs and no ONNX export (218.5 M parameters).
 """
 from __future__ import annotations
 
@@ -53,35 +54,59 @@ def gflops_per_pair(model: torch.nn.Module) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def _time_ms(run, warmup: int, runs: int) -> tuple[float, float]:
+def _time_ms(run, warmup: int, runs: int, clock=time.perf_counter) -> float:
+    """Median milliseconds of `run()` on `clock` after `warmup` calls."""
     for _ in range(warmup):
         run()
     samples = []
     for _ in range(runs):
-        start = time.perf_counter()
+        start = clock()
         run()
-        samples.append((time.perf_counter() - start) * 1000)
-    samples.sort()
-    return statistics.median(samples), samples[int(0.9 * (len(samples) - 1))]
+        samples.append((clock() - start) * 1000)
+    return statistics.median(samples)
 
 
-def eager_latency(model: torch.nn.Module, warmup: int, runs: int) -> tuple[float, float]:
+def _latencies(run_1thread, run_nthreads, warmup: int, runs: int) -> tuple[float, float]:
+    """(single-thread CPU time, wall time with N threads), both medians in ms.
+
+    The CPU time of a single-threaded run (`time.thread_time`) barely moves when
+    other processes share the cores, so it is the number to compare across runs
+    on a busy machine; the wall time is what a user sees on an idle one.
+    """
+    return _time_ms(run_1thread, warmup, runs, time.thread_time), _time_ms(run_nthreads, warmup, runs)
+
+
+def eager_latency(model: torch.nn.Module, threads: int, warmup: int, runs: int) -> tuple[float, float]:
     x = torch.rand(1, 3, model.img_size, model.img_size)
-    with torch.no_grad():
-        return _time_ms(lambda: model(x, x), warmup, runs)
+
+    def run_with(n: int):
+        def run():
+            torch.set_num_threads(n)
+            with torch.no_grad():
+                model(x, x)
+
+        return run
+
+    try:
+        return _latencies(run_with(1), run_with(threads), warmup, runs)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def ort_latency(model: torch.nn.Module, threads: int, warmup: int, runs: int) -> tuple[float, float]:
     import onnxruntime as ort
 
+    def session(n: int):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = n, 1
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(model, Path(tmp) / "model.onnx")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        single, multi = session(1), session(threads)
     x = torch.rand(1, 3, model.img_size, model.img_size).numpy()
-    feeds = {inp.name: x for inp in session.get_inputs()}
-    return _time_ms(lambda: session.run(None, feeds), warmup, runs)
+    feeds = {inp.name: x for inp in single.get_inputs()}
+    return _latencies(lambda: single.run(None, feeds), lambda: multi.run(None, feeds), warmup, runs)
 
 
 def _parse_override(text: str) -> tuple[str, object]:
@@ -103,23 +128,26 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     overrides = dict(_parse_override(t) for t in args.set)
-    print(f"threads={args.threads} torch={torch.__version__} runs={args.runs} (single pair, batch 1)")
-    print("| config | input | params (M) | GFLOPs / pair | eager p50 / p90 (ms) | ORT p50 / p90 (ms) | ORT pairs/s |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"threads={args.threads} torch={torch.__version__} runs={args.runs} (single pair, batch 1, medians)")
+    print(
+        "| config | input | params (M) | GFLOPs / pair | eager 1-thread CPU ms | eager wall ms "
+        f"({args.threads} thr) | ORT 1-thread CPU ms | ORT wall ms ({args.threads} thr) | ORT pairs/s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
         torch.manual_seed(0)
         model = build_model(name, **overrides).eval()
-        # the paper model is slow on CPU: fewer timed runs keep the table under minutes
-        runs = args.runs if name != "paper" else min(args.runs, 3)
-        warmup = args.warmup if name != "paper" else 1
-        eager = eager_latency(model, warmup, runs)
-        ort_cell, fps = "-", "-"
-        if not args.no_ort:
+        # the paper model takes seconds per pair on CPU: few timed runs, no ONNX export
+        slow = name == "paper"
+        runs, warmup = (min(args.runs, 3), 1) if slow else (args.runs, args.warmup)
+        eager = eager_latency(model, args.threads, warmup, runs)
+        ort_cells = ["-", "-", "-"]
+        if not (args.no_ort or slow):
             ort = ort_latency(model, args.threads, warmup, runs)
-            ort_cell, fps = f"{ort[0]:.1f} / {ort[1]:.1f}", f"{1000 / ort[0]:.1f}"
+            ort_cells = [f"{ort[0]:.1f}", f"{ort[1]:.1f}", f"{1000 / ort[1]:.1f}"]
         print(
             f"| {name} | {model.img_size} | {count_parameters(model) / 1e6:.2f} | {gflops_per_pair(model):.2f} "
-            f"| {eager[0]:.1f} / {eager[1]:.1f} | {ort_cell} | {fps} |",
+            f"| {eager[0]:.1f} | {eager[1]:.1f} | {' | '.join(ort_cells)} |",
             flush=True,
         )
 

@@ -2,10 +2,13 @@
 
 Format (a plain dict, so `torch.load(..., weights_only=True)` reads it):
 `format="endofuse-checkpoint"`, `format_version`, `model_name`, `model_kwargs`
-(`num_classes`, `img_size`, `overrides`), `state_dict`, `extra`, `endofuse_version`.
+(`num_classes`, `img_size`, `overrides`), `config` (every number of the config, so
+a checkpoint outlives changes to the registry's defaults), `state_dict`, `extra`,
+`endofuse_version`.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from pathlib import Path
@@ -15,7 +18,7 @@ import torch.nn as nn
 
 from endofuse import __version__
 from endofuse.errors import EndofuseError
-from endofuse.model.mm_endocl import MMEndoCL, build_model
+from endofuse.model.mm_endocl import MODEL_CONFIGS, MMEndoCL, build_model
 
 FORMAT = "endofuse-checkpoint"
 FORMAT_VERSION = 1
@@ -47,6 +50,8 @@ def save_checkpoint(path: str | os.PathLike, model: MMEndoCL, extra: dict | None
             "img_size": model.img_size,
             "overrides": {k: _plain(v) for k, v in model.overrides.items()},
         },
+        # every config number, so the checkpoint still loads if the registry's defaults change
+        "config": {k: _plain(v) for k, v in dataclasses.asdict(model.config).items()},
         "state_dict": state,
         "extra": dict(extra or {}),
         "endofuse_version": __version__,
@@ -90,9 +95,13 @@ def _looks_raw(payload) -> bool:
 def model_from_checkpoint(payload: dict, source: str = "checkpoint") -> MMEndoCL:
     """Rebuild the stored config and load its weights as float32 (strict)."""
     kwargs = payload["model_kwargs"]
-    model = build_model(
-        payload["model_name"], num_classes=kwargs["num_classes"], img_size=kwargs["img_size"], **kwargs["overrides"]
-    )
+    overrides = dict(kwargs["overrides"])
+    if isinstance(payload.get("config"), dict):
+        # numbers the registry has changed since the checkpoint was written win over today's defaults
+        default = dataclasses.asdict(MODEL_CONFIGS[payload["model_name"]]) if payload["model_name"] in MODEL_CONFIGS else {}
+        stored = {k: v for k, v in payload["config"].items() if k in default and k != "img_size"}
+        overrides = {**{k: v for k, v in stored.items() if _plain(default[k]) != v}, **overrides}
+    model = build_model(payload["model_name"], num_classes=kwargs["num_classes"], img_size=kwargs["img_size"], **overrides)
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in payload["state_dict"].items()}
     try:
         model.load_state_dict(state, strict=True)

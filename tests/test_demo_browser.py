@@ -138,10 +138,14 @@ def test_upload_a_pair_segment_and_screenshot(page, user_pair, tmp_path):
         shutil.copyfile(shot, os.environ["ENDOFUSE_DEMO_SCREENSHOT"])
 
 
-def test_the_wli_only_example_is_one_click_away(page):
-    examples = page.locator("table tbody tr")  # Gradio's examples table, last row: NBI left empty
+def test_examples_are_one_click_away_including_wli_only(page):
+    examples = page.locator("table tbody tr")  # Gradio's examples table; the last row leaves NBI empty
+    examples.first.click()
+    expect(page.locator("#nbi_image img")).to_be_visible(timeout=UI_TIMEOUT_MS)
+    page.locator("#segment_button").click()
+    expect(readout(page)).to_have_value(re.compile(r"^mode: FUSED"), timeout=UI_TIMEOUT_MS)
     examples.last.click()
-    expect(page.locator("#wli_image img")).to_be_visible(timeout=UI_TIMEOUT_MS)
+    expect(page.locator("#nbi_image img")).to_have_count(0, timeout=UI_TIMEOUT_MS)
     page.locator("#segment_button").click()
     expect(readout(page)).to_have_value(re.compile(r"^mode: WLI-ONLY"), timeout=UI_TIMEOUT_MS)
 
@@ -165,3 +169,31 @@ def test_live_tab_streams_a_webcam_through_the_model(page):
     expect(page.locator("#live_latency_text textarea")).to_have_value(re.compile(r"^mode: WLI-ONLY"),
                                                                      timeout=UI_TIMEOUT_MS)
     expect(page.locator("#live_overlay img")).to_be_visible(timeout=UI_TIMEOUT_MS)
+
+
+@pytest.fixture()
+def user_videos(tmp_path):
+    from endofuse.model.synthetic import SyntheticScene
+
+    scene = SyntheticScene(seed=4, size=(144, 176))
+    frames = [scene.frame(t / 10) for t in range(12)]
+    paths = tmp_path / "my_wli.mp4", tmp_path / "my_nbi.mp4"
+    for path, index in zip(paths, (0, 1)):
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (176, 144))
+        for frame in frames:
+            writer.write(frame[index])
+        writer.release()
+    return paths
+
+
+def test_video_tab_streams_then_shows_video_report_and_cdf(page, user_videos):
+    page.get_by_role("tab", name="Video pair").click()
+    page.locator("#wli_video input[type=file]").set_input_files(str(user_videos[0]))
+    page.locator("#nbi_video input[type=file]").set_input_files(str(user_videos[1]))
+    page.locator("#video_button").click()
+    expect(page.locator("#video_status textarea")).to_have_value(re.compile(r"^12 frames -> overlay\.webm"),
+                                                                 timeout=UI_TIMEOUT_MS)
+    expect(page.locator("#video_preview img")).to_be_visible()
+    expect(page.locator("#overlay_video video")).to_be_visible()
+    expect(page.locator("#report_file")).to_contain_text("report.json")
+    expect(page.locator("#latency_cdf img, #latency_cdf svg").first).to_be_visible()

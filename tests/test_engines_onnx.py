@@ -1,7 +1,6 @@
 """ONNX export, the ONNX Runtime engine, the torch engine and open_engine, against the torch model itself."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,57 +10,16 @@ import torch
 
 import endofuse.model
 from endofuse.errors import EndofuseError
-from endofuse.model import build_model, save_checkpoint
+from endofuse.model import save_checkpoint
 from endofuse.realtime.engines import Engine, open_engine
 from endofuse.realtime.engines import factory
 from endofuse.realtime.engines.cache import file_sha256
 from endofuse.realtime.engines.onnx_export import ONNX_OPSET, export_onnx, missing_nbi_path_for
-
-SIZE = 32  # small inputs: these tests are about correctness, not speed
-
-
-def tiny_test_model(seed: int = 0) -> torch.nn.Module:
-    """A shallow tiny at 32x32 (export time grows with depth) whose logits depend visibly on both inputs."""
-    torch.manual_seed(seed)
-    model = build_model("tiny", img_size=SIZE, depth=2, shallow_taps=(1, 1, 2)).eval()
-    # The default init leaves the missing-NBI token at zero and the logits nearly input-independent;
-    # fan-in scaled weights make both paths, and the difference between them, clearly visible.
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0, p[0].numel() ** -0.5)
-            else:
-                p.add_(0.1 * torch.randn_like(p))
-    return model
-
-
-def random_pair(batch: int = 1, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return tuple(rng.random((batch, 3, SIZE, SIZE), dtype=np.float32) for _ in range(2))
-
-
-def torch_logits(model, wli: np.ndarray, nbi: np.ndarray | None) -> np.ndarray:
-    with torch.no_grad():
-        return model(torch.from_numpy(wli), None if nbi is None else torch.from_numpy(nbi)).numpy()
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """One checkpoint opened with ONNX Runtime, i.e. exported (dynamic batch) into a private cache.
-
-    Shared by the tests of this file: an export takes seconds.
-    """
-    folder = tmp_path_factory.mktemp("engines")
-    model = tiny_test_model()
-    checkpoint = save_checkpoint(folder / "tiny.pt", model)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ENDOFUSE_CACHE", str(folder / "cache"))
-        engine = open_engine(checkpoint, backend="onnxruntime", dynamic_batch=True)
-    return model, checkpoint, engine.path, folder / "cache"
+from test_engines_helpers import SIZE, exported, random_pair, tiny_test_model, torch_logits  # noqa: F401
 
 
 def test_export_writes_named_inputs_opset_and_both_variants(exported):
-    fused_path = exported[2]
+    fused_path = exported.onnx_path
     fused, wli_only = onnx.load(str(fused_path)), onnx.load(str(missing_nbi_path_for(fused_path)))
     assert missing_nbi_path_for(fused_path) == fused_path.with_name("model.missing-nbi.onnx")
     assert [i.name for i in fused.graph.input] == ["wli", "nbi"]
@@ -75,7 +33,7 @@ def test_export_writes_named_inputs_opset_and_both_variants(exported):
 
 @pytest.mark.parametrize("with_nbi", [True, False])
 def test_onnxruntime_engine_matches_torch_model(exported, with_nbi):
-    model, _, path, _ = exported
+    model, path = exported.model, exported.onnx_path
     engine = open_engine(path, backend="onnxruntime")
     wli, nbi = random_pair(batch=3)
     nbi = nbi if with_nbi else None
@@ -93,7 +51,7 @@ def test_onnxruntime_engine_matches_torch_model(exported, with_nbi):
 
 
 def test_engine_attributes(exported):
-    engine = open_engine(exported[2])
+    engine = open_engine(exported.onnx_path)
     assert isinstance(engine, Engine) and engine.name == "onnxruntime"
     assert engine.input_size == (SIZE, SIZE) and engine.num_classes == 2 and engine.fixed_batch is None
     assert engine.model_label == "tiny (tiny.pt)"
@@ -102,7 +60,7 @@ def test_engine_attributes(exported):
 
 @pytest.mark.parametrize("as_numpy", [True, False])
 def test_torch_engine_matches_model(exported, as_numpy):
-    model, checkpoint, _, _ = exported
+    model, checkpoint = exported.model, exported.checkpoint
     engine = open_engine(checkpoint, backend="torch", device="cpu")
     assert engine.name == "torch" and engine.model_label == "tiny (tiny.pt)"
     wli, nbi = random_pair(batch=2)
@@ -119,7 +77,7 @@ def test_torch_engine_matches_model(exported, as_numpy):
 
 
 def test_checkpoint_with_onnxruntime_is_exported_once_into_cache_keyed_by_hash(exported, tmp_path, monkeypatch):
-    model, checkpoint, path, cache = exported
+    model, checkpoint, path, cache = exported.model, exported.checkpoint, exported.onnx_path, exported.cache
     assert path.parent.parent == cache / "onnx" and path.parent.name.startswith(file_sha256(checkpoint)[:24])
     monkeypatch.setenv("ENDOFUSE_CACHE", str(cache))
 
@@ -140,7 +98,7 @@ def test_checkpoint_with_onnxruntime_is_exported_once_into_cache_keyed_by_hash(e
 
 
 def test_open_engine_none_uses_bundled_demo_weights(exported, monkeypatch):
-    _, checkpoint, _, _ = exported
+    checkpoint = exported.checkpoint
     monkeypatch.setattr(endofuse.model, "demo_checkpoint_path", lambda: Path(checkpoint))
     engine = open_engine(None, backend="torch", device="cpu")
     assert engine.model_label == "tiny (demo weights, synthetic data)"
@@ -152,7 +110,7 @@ def test_open_engine_none_uses_bundled_demo_weights(exported, monkeypatch):
 
 @pytest.fixture(scope="module")
 def ort_engine(exported):
-    return open_engine(exported[2], backend="onnxruntime")
+    return open_engine(exported.onnx_path, backend="onnxruntime")
 
 
 @pytest.mark.parametrize("shape, dtype, match", [
@@ -187,21 +145,21 @@ def _copy_with_metadata(src: Path, dst: Path, **changes: str) -> Path:
 
 
 def test_model_file_of_another_format_version_is_refused(exported, tmp_path):
-    path = _copy_with_metadata(exported[2], tmp_path / "old.onnx", endofuse_engine_format="0",
+    path = _copy_with_metadata(exported.onnx_path, tmp_path / "old.onnx", endofuse_engine_format="0",
                                endofuse_version="0.0.1")
     with pytest.raises(EndofuseError, match=r"old\.onnx has engine format 0 \(endofuse 0\.0\.1\)"):
         open_engine(path)
 
 
 def test_missing_nbi_file_of_another_checkpoint_is_refused(exported, tmp_path):
-    fused = _copy_with_metadata(exported[2], tmp_path / "m.onnx")
-    _copy_with_metadata(missing_nbi_path_for(exported[2]), missing_nbi_path_for(fused), source_sha256="f00d")
+    fused = _copy_with_metadata(exported.onnx_path, tmp_path / "m.onnx")
+    _copy_with_metadata(missing_nbi_path_for(exported.onnx_path), missing_nbi_path_for(fused), source_sha256="f00d")
     with pytest.raises(EndofuseError, match=r"m\.missing-nbi\.onnx does not match .*source_sha256"):
         open_engine(fused)
 
 
 def test_without_missing_nbi_file_the_nbi_path_still_runs_and_none_says_what_is_missing(exported, tmp_path):
-    fused = _copy_with_metadata(exported[2], tmp_path / "alone.onnx")
+    fused = _copy_with_metadata(exported.onnx_path, tmp_path / "alone.onnx")
     engine = open_engine(fused)
     wli, nbi = random_pair()
     assert engine.infer(wli, nbi).shape == (1, 2, SIZE, SIZE)
@@ -222,7 +180,7 @@ def test_foreign_onnx_file_is_refused(tmp_path):
 
 def test_corrupt_and_unknown_files_are_refused(exported, tmp_path):
     truncated = tmp_path / "cut.onnx"
-    truncated.write_bytes(exported[2].read_bytes()[:1000])
+    truncated.write_bytes(exported.onnx_path.read_bytes()[:1000])
     with pytest.raises(EndofuseError, match=r"cut\.onnx cannot be loaded by onnxruntime"):
         open_engine(truncated)
     weird = tmp_path / "model.bin"
@@ -232,9 +190,9 @@ def test_corrupt_and_unknown_files_are_refused(exported, tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         open_engine(tmp_path / "nope.pt")
     with pytest.raises(EndofuseError, match="torch backend needs a .pt checkpoint"):
-        open_engine(exported[2], backend="torch")
+        open_engine(exported.onnx_path, backend="torch")
     with pytest.raises(EndofuseError, match="unknown engine backend 'tflite'"):
-        open_engine(exported[2], backend="tflite")
+        open_engine(exported.onnx_path, backend="tflite")
 
 
 def test_foreign_checkpoint_is_refused_naming_the_file(tmp_path, monkeypatch):

@@ -112,3 +112,18 @@ def test_overlay_torch_frame_returns_torch():
     result = overlay(frame, torch.randn(1, 2, 5, 6), 0.3, (255, 0, 0), backend="torch")
     assert isinstance(result.image, torch.Tensor) and result.image.shape == (10, 12, 3)
     assert result.mask.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("zero_row", [False, True])
+def test_dacl_written_out_backward_matches_autograd(zero_row):
+    from endofuse.kernels.dacl import loss_from_gram, loss_from_gram_backward
+
+    torch.manual_seed(7)
+    rows = torch.randn(12, 9, dtype=torch.float64)
+    if zero_row:
+        rows[5] = 0.0  # F.normalize maps it to zero; its gradient must stay finite
+    gram = (rows @ rows.t()).requires_grad_(True)
+    loss_from_gram(gram, 3, 0.1).backward(torch.tensor(1.7, dtype=torch.float64))
+    written = loss_from_gram_backward(gram.detach(), 3, 0.1, torch.tensor(1.7, dtype=torch.float64))
+    assert torch.isfinite(written).all()
+    torch.testing.assert_close(written, gram.grad)

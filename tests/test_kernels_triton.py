@@ -135,7 +135,7 @@ def test_export_keeps_custom_ops_and_matches_eager(device):
     inputs = _tiny_inputs(device)
     exported = torch.export.export(TinyLossBlock(), inputs)
     graph = str(exported.graph_module.code)
-    for op in ("endofuse.flash_attention", "endofuse.dacl_gram", "endofuse.pairwise_distance", "endofuse.mmd_reduce"):
+    for op in ("endofuse.flash_attention", "endofuse.dacl_fused", "endofuse.pairwise_distance", "endofuse.mmd_reduce"):
         assert op in graph, f"{op} missing from the exported graph"
     torch.testing.assert_close(exported.module()(*inputs), TinyLossBlock()(*inputs))
 

@@ -92,3 +92,17 @@ def test_demo_checkpoint_path_names_the_missing_file(monkeypatch, tmp_path):
     (tmp_path / "weights").mkdir()
     (tmp_path / "weights" / "tiny_synthetic_demo.pt").write_bytes(b"x")
     assert demo_checkpoint_path().name == "tiny_synthetic_demo.pt"
+
+
+def test_checkpoint_outlives_a_change_of_the_registry_defaults(tiny, tmp_path, monkeypatch):
+    import dataclasses
+
+    from endofuse.model import mm_endocl
+
+    path = save_checkpoint(tmp_path / "tiny.pt", tiny)
+    retuned = dataclasses.replace(mm_endocl.MODEL_CONFIGS["tiny"], decoder_channels=(32, 16, 8, 8), mlp_dim=64)
+    monkeypatch.setitem(mm_endocl.MODEL_CONFIGS, "tiny", retuned)
+    assert build_model("tiny").config.mlp_dim == 64  # today's default really changed
+    loaded = load_checkpoint(path)
+    assert loaded.config == tiny.config
+    torch.testing.assert_close(_logits(loaded), _logits(tiny), atol=0, rtol=0)

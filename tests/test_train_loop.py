@@ -18,6 +18,16 @@ from endofuse.model import load_checkpoint, read_checkpoint
 TINY = ["--model", "tiny", "--img-size", "32", "--no-progress"]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny models gain nothing from a second thread, and on a busy machine OpenMP
+    # spin-waits make two threads many times slower than one.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("train_data")
@@ -197,3 +207,30 @@ def test_trains_on_the_real_sample(sample_data_dir, tmp_path):
     row = read_log(run)[0]
     assert 0.0 <= float(row["val_dice"]) <= 1.0
     assert json.loads((run / "config.json").read_text())["validation"] == "Test.csv (5 pairs)"
+
+
+def test_pretrained_npz_initialises_both_encoders(data, tmp_path, capsys):
+    # The model area's test writes a small npz in the Google ViT / TransUNet layout; reuse its writer.
+    npz_writer = pytest.importorskip("test_model_pretrained", reason="model area's npz writer not available")
+    from endofuse.model import build_model, load_imagenet21k_npz
+    from endofuse.train.trainer import TrainOptions, train
+
+    npz = tmp_path / "R50+ViT-B_16.npz"
+    npz_writer.write_npz(npz, grid=10)
+    cfg = dict(npz_writer.CFG)
+    run = tmp_path / "run"
+    # lr 0: the encoders (GroupNorm/LayerNorm only, no running stats) keep exactly what was loaded.
+    options = TrainOptions(data=data, out=run, epochs=1, img_size=32, lr=0.0, recipe="paper", batch_size=4,
+                           pretrained=npz, overrides=cfg, progress=False)
+    assert train(options) == 0
+    expected = build_model("tiny", img_size=32, **cfg)
+    load_imagenet21k_npz(expected, npz)
+    state = read_checkpoint(run / "last.pt")["state_dict"]
+    for prefix in ("encoder_wli.", "encoder_nbi."):
+        for key, value in expected.state_dict().items():
+            if key.startswith(prefix):
+                torch.testing.assert_close(state[key], value, msg=key)
+    # And the CLI reports a file that does not fit the model, naming it.
+    capsys.readouterr()
+    assert cli.main(train_cmd(data, tmp_path / "bad", "--epochs", "1", "--pretrained", str(npz))) == 1
+    assert str(npz) in capsys.readouterr().err

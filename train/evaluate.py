@@ -9,8 +9,6 @@ logits upsampled to the WLI frame's own size, exactly as the live overlay does
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -22,6 +20,7 @@ from tqdm import tqdm
 
 from endofuse.kernels import overlay
 from endofuse.train.data import PairRecord, read_image, read_mask, resize_frame, to_tensor
+from endofuse.train.run_files import write_text_atomic
 from endofuse.train.metrics import (
     REFERENCE_SIZE,
     format_table,
@@ -57,10 +56,7 @@ def output_stems(records: Sequence[PairRecord]) -> list[str]:
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(payload, indent=2))
 
 
 def evaluate_model(model: torch.nn.Module, records: Sequence[PairRecord], out: Path | None = None,

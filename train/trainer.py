@@ -70,13 +70,10 @@ class TrainStep(torch.nn.Module):
 
 
 def load_pretrained(model: torch.nn.Module, path: Path) -> None:
-    """Initialise both encoders from an R50+ViT-B_16 npz via the model package's loader."""
-    import endofuse.model as model_pkg
+    """Initialise both encoders from an ImageNet-21k R50+ViT-B_16 npz (the model package's loader)."""
+    from endofuse.model import load_imagenet21k_npz
 
-    loader = getattr(model_pkg, "load_npz_pretrained", None)
-    if loader is None:  # FALLBACK: the model package has not published its npz loader yet
-        raise EndofuseError(f"--pretrained {path}: this build of endofuse.model has no npz loader")
-    loader(model, path)
+    load_imagenet21k_npz(model, path)
 
 
 class Trainer:
@@ -86,13 +83,15 @@ class Trainer:
             raise ValueError(f"--recipe must be one of {list(RECIPES)}, got {options.recipe!r}")
         if options.epochs < 1:
             raise ValueError(f"--epochs must be >= 1, got {options.epochs}")
+        if options.batch_size is not None and options.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {options.batch_size}")
         self.recipe = RECIPES[options.recipe]
         self.d = ddp.setup(options.device)
         if options.amp and self.d.device.type != "cuda":
             raise EndofuseError("--amp needs a CUDA device (bf16/fp16 autocast is CUDA-only here)")
         self.seed = self.recipe.seed if options.seed is None else options.seed
-        self.batch_size = options.batch_size or self.recipe.batch_size
-        self.lr = options.lr or self.recipe.lr
+        self.batch_size = options.batch_size if options.batch_size is not None else self.recipe.batch_size
+        self.lr = options.lr if options.lr is not None else self.recipe.lr
         self.wli_only = "nbi" in options.ablate
         self.run = Path(options.out)
         self.last_path, self.best_path = self.run / "last.pt", self.run / "best.pt"

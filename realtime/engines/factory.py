@@ -5,7 +5,9 @@ checkpoint, an `.onnx` file from `endofuse export`, or a TensorRT plan
 (`.plan`/`.engine`). A checkpoint opened with an ONNX-based backend is exported
 once into the cache (keyed by the checkpoint's sha256) and reused afterwards.
 `auto` picks TensorRT when `tensorrt` and CUDA exist, then ONNX Runtime (its
-CUDA provider when present, else CPU), then torch.
+CUDA provider when present, else CPU), then torch. `onnxruntime-int8` runs an
+INT8 version (static QDQ, calibrated on synthetic pairs unless the file given
+is already an INT8 export), also made once and cached.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from endofuse.realtime.engines.base import Engine
 from endofuse.realtime.engines.cache import cache_entry, file_sha256
 from endofuse.realtime.engines.onnx_export import ONNX_OPSET, export_onnx, missing_nbi_path_for
 
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+BACKENDS = ("auto", "torch", "onnxruntime", "onnxruntime-int8", "tensorrt")
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 ONNX_SUFFIXES = (".onnx",)
 PLAN_SUFFIXES = (".plan", ".engine", ".trt")
@@ -66,8 +68,10 @@ def open_engine(checkpoint_or_model_file: str | os.PathLike | nn.Module | None =
         from endofuse.realtime.engines.torch_engine import TorchEngine
         return TorchEngine(model, model_label=label, device=device, compile=compile, channels_last=channels_last)
     onnx_path = source if _suffix(source) in ONNX_SUFFIXES + PLAN_SUFFIXES else cached_onnx(source, dynamic_batch)
-    if backend == "onnxruntime":
+    if backend.startswith("onnxruntime"):
         from endofuse.realtime.engines.ort_engine import OnnxRuntimeEngine
+        if backend == "onnxruntime-int8":
+            onnx_path = cached_int8(onnx_path)
         return OnnxRuntimeEngine(onnx_path, device=device, threads=threads)
     from endofuse.realtime.engines.tensorrt_engine import open_tensorrt_engine
     return open_tensorrt_engine(onnx_path, device=device, fp16=fp16)
@@ -87,6 +91,28 @@ def cached_onnx(source: Path | nn.Module, dynamic_batch: bool = False) -> Path:
     model, loaded_label = (source, label) if isinstance(source, nn.Module) else load_model_and_label(source)
     export_onnx(model, path, model_label=loaded_label, source_sha256=digest, dynamic_batch=dynamic_batch,
                 log=lambda line: None)
+    return path
+
+
+def cached_int8(onnx_path: Path, calibration_count: int = 32) -> Path:
+    """An INT8 version of an fp32 export (calibrated on synthetic pairs), made once and kept in the cache.
+
+    An export that is already INT8 is returned as it is.
+    """
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+    if meta.get("precision") == "int8":
+        return Path(onnx_path)
+    from endofuse.realtime.engines.frames import calibration_pairs, preprocess_pair
+    from endofuse.realtime.engines.quantize import quantize_int8
+
+    folder = cache_entry("onnx-int8", file_sha256(onnx_path)[:24], f"synthetic{calibration_count}")
+    path = folder / "model.int8.onnx"
+    if not (path.is_file() and missing_nbi_path_for(path).is_file() == missing_nbi_path_for(onnx_path).is_file()):
+        size = (int(meta["img_size"]), int(meta["img_size"]))
+        pairs = [preprocess_pair(p, size) for p in calibration_pairs(None, calibration_count)]
+        quantize_int8(onnx_path, path, pairs, log=lambda line: None)
     return path
 
 

@@ -62,12 +62,12 @@ def dataset_pairs(folder: str | Path, limit: int | None = None, csv_names=CALIBR
         if len(cells) < 2 or not all(c.strip() for c in cells[:2]):
             raise EndofuseError(f"{csv_path.name} row {row_number}: expected wli_path,nbi_path[,label_path], got {cells!r}")
         wli_path, nbi_path = (folder / c.strip().replace("\\", "/") for c in cells[:2])
+        wli, nbi = _imread(wli_path, cv2.IMREAD_COLOR), _imread(nbi_path, cv2.IMREAD_COLOR)
         mask = None
         if len(cells) > 2 and cells[2].strip():
             grey = _imread(folder / cells[2].strip().replace("\\", "/"), cv2.IMREAD_UNCHANGED)
             mask = ((grey[..., :3].max(axis=2) if grey.ndim == 3 else grey) > 127).astype(np.uint8)
-        pairs.append(FramePair(_imread(wli_path, cv2.IMREAD_COLOR), _imread(nbi_path, cv2.IMREAD_COLOR), mask,
-                               f"{csv_path.name} row {row_number}"))
+        pairs.append(FramePair(wli, nbi, mask, f"{csv_path.name} row {row_number}"))
     if not pairs:
         raise EndofuseError(f"{csv_path}: no data rows")
     return pairs

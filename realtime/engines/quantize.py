@@ -44,8 +44,10 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike,
         feeds = [dict(zip(names, pair)) for pair in calibration]
         with tempfile.TemporaryDirectory() as tmp, _quiet_quantizer():
             prepared = Path(tmp) / "prepared.onnx"
-            # shape inference + graph fusions first, as ORT's quantisation guide asks
-            quant_pre_process(str(source), str(prepared))
+            # ONNX shape inference + graph fusions first, as ORT's quantisation guide asks. Symbolic shape
+            # inference is skipped: it fails on dynamic-batch exports (and then drops temp files in the cwd),
+            # and the exporter's value_info already carries the shapes.
+            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
             quantize_static(str(prepared), str(Path(tmp) / "int8.onnx"), _FeedReader(feeds),
                             quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8, per_channel=True, reduce_range=False,
