@@ -1,12 +1,14 @@
 """What the web demo adds on top of the model: one pair segmented in-process vs
-the same pair through the demo's HTTP API (upload, queue, PNG encode, download),
-measured in one run on the same engine.
+the same pair through the demo's HTTP API (upload both PNGs, queue, JPEG/PNG encode,
+result stream, download both outputs: what a browser does per click), and
+through `gradio_client`, measured interleaved in one run on the same engine.
 
     python -m endofuse.demo.bench_roundtrip --engine torch --repeats 20
 """
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -28,13 +30,31 @@ def _interleaved_medians_ms(runs: list, repeats: int) -> list[float]:
     return [statistics.median(bucket) for bucket in times]
 
 
+def http_segment(http, wli_path: Path, nbi_path: Path, model_label: str, backend: str) -> str:
+    """One click's worth of HTTP: upload, call /segment, read the result stream, download the images."""
+    pngs = [("files", wli_path.read_bytes()), ("files", nbi_path.read_bytes())]
+    uploaded = http.post("/gradio_api/upload", files=pngs)
+    files = [{"path": path, "meta": {"_type": "gradio.FileData"}} for path in uploaded.json()]
+    event = http.post("/gradio_api/call/segment", json={"data": [*files, 0.45, model_label, backend]}).json()
+    stream = http.get(f"/gradio_api/call/segment/{event['event_id']}").text
+    if "event: complete" not in stream:
+        raise RuntimeError(f"/segment failed: {stream[-500:]}")
+    outputs = json.loads(stream.split("event: complete\ndata: ", 1)[1].splitlines()[0])
+    for image in outputs[:2]:
+        http.get(image["url"]).raise_for_status()
+    return outputs[2]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default=None, help="default: the bundled demo weights")
     parser.add_argument("--engine", default="torch")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--size", default="360x400",
+                        help="HxW of the synthetic pair (real frames: 805x832 up to 1078x1727)")
     args = parser.parse_args(argv)
 
+    import httpx
     from gradio_client import Client, handle_file
 
     from endofuse.demo.app import build_app, launch_app
@@ -44,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     from endofuse.realtime.engines import open_engine
 
     work = Path(tempfile.mkdtemp(prefix="endofuse-bench-"))
-    wli_path, nbi_path = write_example_pairs(work / "examples")[0]
+    height, width = (int(v) for v in args.size.lower().split("x"))
+    wli_path, nbi_path = write_example_pairs(work / "pair", seeds=(0,), size=(height, width))[0]
     engine = open_engine(args.checkpoint, backend=args.engine)
     # The app serves the very same engine object: the difference is the web layer only.
     app = build_app(args.checkpoint, args.engine, opener=lambda *_, **__: engine, examples_dir=work / "examples",
@@ -54,19 +75,22 @@ def main(argv: list[str] | None = None) -> int:
         label = model_choices(args.checkpoint)[0].label
         wli, nbi = cv2.imread(str(wli_path)), cv2.imread(str(nbi_path))
         client = Client(url, verbose=False)
-        direct, http = _interleaved_medians_ms([
-            lambda: segment_pair(engine, wli, nbi),
-            lambda: client.predict(handle_file(str(wli_path)), handle_file(str(nbi_path)), 0.45, label, args.engine,
-                                   api_name="/segment"),
-        ], args.repeats)
+        with httpx.Client(base_url=url.rstrip("/"), timeout=60) as http:
+            direct, raw, via_client = _interleaved_medians_ms([
+                lambda: segment_pair(engine, wli, nbi),
+                lambda: http_segment(http, wli_path, nbi_path, label, args.engine),
+                lambda: client.predict(handle_file(str(wli_path)), handle_file(str(nbi_path)), 0.45, label,
+                                       args.engine, api_name="/segment"),
+            ], args.repeats)
     finally:
         app.close()
     size = f"{wli.shape[1]}x{wli.shape[0]}"
     print(f"| path ({size} pair, engine {engine.name}, {engine.model_label}) | median ms |")
     print("|---|---|")
     print(f"| segment_pair in-process | {direct:.1f} |")
-    print(f"| demo HTTP API round trip (gradio_client, loopback) | {http:.1f} |")
-    print(f"| overhead of the web layer | {http - direct:.1f} ms ({http / direct:.1f}x) |")
+    print(f"| HTTP API, one click's requests (loopback) | {raw:.1f} (+{raw - direct:.1f}, {raw / direct:.2f}x) |")
+    print(f"| gradio_client.predict (loopback) | {via_client:.1f} (+{via_client - direct:.1f}, "
+          f"{via_client / direct:.2f}x) |")
     return 0
 
 

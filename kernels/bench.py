@@ -221,7 +221,8 @@ def bench_preprocess(device, repeats, quick):
     frames = sample_frames(device)
     f_ms = median_ms(lambda: preprocess(frames, (224, 224)), device, repeats)
     r_ms = median_ms(lambda: torch_preprocess(frames, (224, 224)), device, repeats)
-    return [Row("preprocess (2 frames)", "1078x1727 + 805x832 -> 224", "fwd", f_ms, r_ms, extra="uint8 frames already on the device")]
+    note = "uint8 frames already on the device" if device.type == "cuda" else ""
+    return [Row("preprocess (2 frames)", "1078x1727 + 805x832 -> 224", "fwd", f_ms, r_ms, extra=note)]
 
 
 def torch_overlay(frame, logits, alpha=0.45, color=(0, 0, 255)):

@@ -38,8 +38,9 @@ class _WliOnly(torch.nn.Module):
 def export_onnx(model: torch.nn.Module, path: Path, wli_only: bool = False) -> Path:
     """torch.onnx.export(dynamo=True, opset 18) of model(wli, nbi) or model(wli, None)."""
     size = model.img_size
-    example = torch.rand(1, 3, size, size)
-    module, args = (_WliOnly(model), (example,)) if wli_only else (model, (example, example))
+    # two distinct tensors: passing one tensor twice lets the exporter alias both inputs
+    wli, nbi = torch.rand(1, 3, size, size), torch.rand(1, 3, size, size)
+    module, args = (_WliOnly(model), (wli,)) if wli_only else (model, (wli, nbi))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(module, args, str(path), dynamo=True, opset_version=18, verbose=False)

@@ -293,3 +293,13 @@ def test_uploads_over_the_size_limit_are_refused_by_the_server(monkeypatch, tmp_
         assert big.status_code == 413 and small.status_code == 200
     finally:
         app.close()
+
+
+def test_the_benchmarked_http_click_is_a_real_segment_call(served, pair_files):
+    # demo/bench_roundtrip.py times this request sequence; it must do the whole job.
+    from endofuse.demo.bench_roundtrip import http_segment
+
+    _, url, _, _ = served
+    with httpx.Client(base_url=url.rstrip("/"), timeout=60) as http:
+        readout = http_segment(http, pair_files[0], pair_files[1], BUNDLED_MODEL, "auto")
+    assert readout.startswith("mode: FUSED") and "total" in readout

@@ -1,7 +1,6 @@
 """The plain-torch / OpenCV paths of endofuse.kernels against independent references."""
 import math
 
-import cv2
 import numpy as np
 import pytest
 import torch

@@ -4,7 +4,6 @@ CPU cases run the real kernels through TRITON_INTERPRET=1 (set by conftest befor
 import). On a GPU machine run with TRITON_INTERPRET=0 to test the compiled kernels
 on `cuda` tensors; the `cpu` cases then skip.
 """
-import math
 
 import pytest
 import torch

@@ -180,3 +180,23 @@ def test_bench_writes_the_issue_json_keys_and_a_plot(stand_in_engine, tmp_path, 
     assert result["input_size"] == [32, 40] and stand_in_engine[0][1] == "onnxruntime"
     assert cv2.imread(str(plot)).shape[0] > 200
     assert "| max |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_readme_command_with_the_bundled_weights(tmp_path):
+    """`endofuse run --wli synthetic --nbi synthetic --frames N --out --report`, as in the README, real engine."""
+    from endofuse.errors import EndofuseError
+    from endofuse.model import demo_checkpoint_path
+
+    try:
+        demo_checkpoint_path()
+    except EndofuseError as exc:
+        pytest.skip(f"demo weights not shipped yet: {exc}")
+    out, report_path = tmp_path / "overlay.mp4", tmp_path / "report.json"
+    result = subprocess.run([sys.executable, "-m", "endofuse", "run", "--wli", "synthetic", "--nbi", "synthetic",
+                             "--frames", "12", "--out", str(out), "--report", str(report_path)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(report_path.read_text())
+    assert frame_count_and_size(out) == (12, (480, 540, 3))
+    assert report["frames"] == report["paired"] == 12 and "demo" in report["model"]

@@ -143,7 +143,13 @@ def test_bad_nbi_frame_is_named(scene_pair):
         segment_pair(ColourThresholdEngine(), wli, np.zeros((4, 4, 4), np.uint8))
 
 
-def test_segment_pair_with_the_demo_model(scene_pair):
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    pred, truth = pred.astype(bool), truth.astype(bool)
+    return 2 * (pred & truth).sum() / max(1, pred.sum() + truth.sum())
+
+
+def test_segment_pair_with_the_demo_model_finds_the_synthetic_lesion():
+    """End to end with real weights: preprocessing must match training for the lesion to be found."""
     from endofuse.errors import EndofuseError
     from endofuse.realtime.engines import open_engine
 
@@ -151,12 +157,15 @@ def test_segment_pair_with_the_demo_model(scene_pair):
         engine = open_engine(None, backend="torch")
     except EndofuseError as exc:
         pytest.skip(f"demo weights not available: {exc}")
-    wli, nbi = scene_pair
-    fused = segment_pair(engine, wli, nbi)
-    alone = segment_pair(engine, wli, None)
-    assert (fused.mode, alone.mode) == (FUSED, WLI_ONLY)
-    assert fused.mask.shape == wli.shape[:2] and set(np.unique(fused.mask)) <= {0, 1}
     assert "demo" in engine.model_label
+    for seed in (11, 12):
+        wli, nbi, truth = SyntheticScene(seed, (480, 540)).frame(3.0)
+        fused, alone = segment_pair(engine, wli, nbi), segment_pair(engine, wli, None)
+        assert (fused.mode, alone.mode) == (FUSED, WLI_ONLY)
+        assert fused.mask.shape == truth.shape and set(np.unique(fused.mask)) <= {0, 1}
+        assert dice(fused.mask, truth) > 0.8, seed
+    swapped = segment_pair(engine, wli[:, :, ::-1].copy(), nbi[:, :, ::-1].copy())  # RGB given as BGR
+    assert dice(swapped.mask, truth) < 0.5
 
 
 @pytest.fixture(scope="module")
