@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from endofuse.errors import EndofuseError
+from endofuse.machine import describe_machine, machine_line
 from endofuse.realtime.run_command import add_source_arguments, quiet_opencv, write_report
 from endofuse.realtime.tracing import now, percentiles
 
@@ -116,6 +117,7 @@ def run_bench(args: argparse.Namespace) -> tuple[dict, dict]:
         "engine_only": engine_only,
         "modes": {"max": max_mode, "paced": paced},
         "efficiency": max_mode["fps"] / engine_only["fps"],
+        "machine": describe_machine(),
     }
     return result, {"engine only": engine_lat, "max": max_lat, "paced": paced_lat}
 
@@ -142,6 +144,7 @@ def format_table(result: dict) -> str:
     lines = [
         f"model: {result['model']} | engine: {result['engine']} | input {result['input_size'][0]}x"
         f"{result['input_size'][1]} | {result['frames']} frames | source: {result['source']}",
+        machine_line(result.get("machine")),
         "",
         "| mode | pairs/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | dropped | stale | WLI-only |",
         "|---|---|---|---|---|---|---|---|---|---|",

@@ -179,7 +179,9 @@ def test_bench_writes_the_issue_json_keys_and_a_plot(stand_in_engine, tmp_path, 
     assert result["efficiency"] == pytest.approx(result["modes"]["max"]["fps"] / result["engine_only"]["fps"])
     assert result["input_size"] == [32, 40] and stand_in_engine[0][1] == "onnxruntime"
     assert cv2.imread(str(plot)).shape[0] > 200
-    assert "| max |" in capsys.readouterr().out
+    assert result["machine"]["cpus"] == os.cpu_count()  # numbers differ between CPUs: each run names its own
+    printed = capsys.readouterr().out
+    assert "| max |" in printed and f"machine: {result['machine']['cpu']}" in printed
 
 
 @pytest.mark.slow

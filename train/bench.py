@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from endofuse.machine import machine_line
 from endofuse.model import load_checkpoint
 from endofuse.train.data import load_split
 from endofuse.train.evaluate import evaluate_model
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         write_dataset(data, args.pairs, args.test_pairs, (288, 320), seed=0, progress=False)
     print(f"# endofuse train bench: {args.model} at {args.img_size}px, {args.pairs} train / {args.test_pairs} test "
           f"synthetic pairs, {args.epochs} epochs, recipe {args.recipe}, torch threads {torch.get_num_threads()}, "
-          f"{os.cpu_count()} CPU(s)", flush=True)
+          f"{os.cpu_count()} CPU(s)\n# {machine_line()}", flush=True)
     wanted = [v.strip() for v in args.variants.split(",")]
     results = [run_variant(args, data, name, ablate) for name, ablate in VARIANTS.items() if name.split()[0] in wanted
                or name in wanted]
