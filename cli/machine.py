@@ -5,30 +5,27 @@ import os
 import platform
 
 
-def cpu_name() -> str:
-    """The CPU's marketing name from /proc/cpuinfo, else what `platform` knows."""
+def _cpuinfo(field: str) -> str | None:
+    """The first `field : value` of /proc/cpuinfo (None off Linux or when absent)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
             for line in info:
-                if line.startswith("model name"):
+                if line.startswith(field):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+    return None
+
+
+def cpu_name() -> str:
+    """The CPU's marketing name from /proc/cpuinfo, else what `platform` knows."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine() or "unknown CPU"
 
 
 def cpu_features() -> list[str]:
     """The x86 matrix/vector extensions that decide fp32/bf16/int8 speed here (empty off Linux/x86)."""
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
-            for line in info:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return [f for f in wanted if f in flags]
-    except OSError:
-        pass
-    return []
+    flags = set((_cpuinfo("flags") or "").split())
+    return [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16") if f in flags]
 
 
 def describe_machine() -> dict:

@@ -9,9 +9,9 @@ The graph is written in ONNX Runtime's operator form (QLinearConv, QGemm), not
 QDQ: on the CPU the QDQ form left a Quantize/DequantizeLinear pair around every
 conv and GEMM and measured 5-10 % slower (paper model: 1.93x fp32 vs 1.78x).
 Only GEMMs with a constant weight are quantised; the attention products
-(q @ k^T, p @ v) have two activation inputs and stay fp32 for accuracy. Both variants of an
-export are quantised; the result is tagged `precision=int8`, so ONNX Runtime
-engines built on it are named "onnxruntime-int8".
+(q @ k^T, p @ v) have two activation inputs and stay fp32 for accuracy.
+Both variants of an export are quantised; the result is tagged
+`precision=int8`, so ONNX Runtime engines built on it are named "onnxruntime-int8".
 """
 from __future__ import annotations
 
