@@ -50,6 +50,18 @@ def test_onnxruntime_engine_matches_torch_model(exported, with_nbi):
     np.testing.assert_allclose(as_torch.numpy(), expected, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("spinning", [False, True])
+def test_spinning_setting_reaches_both_sessions_and_changes_no_result(exported, spinning):
+    from endofuse.realtime.engines.ort_engine import OnnxRuntimeEngine
+
+    engine = OnnxRuntimeEngine(exported.onnx_path, spinning=spinning)
+    for session in (engine.session, engine.missing_nbi_session):
+        entry = session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+        assert entry == ("1" if spinning else "0")
+    wli, nbi = random_pair(batch=1)
+    np.testing.assert_allclose(engine.infer(wli, nbi), torch_logits(exported.model, wli, nbi), atol=1e-4, rtol=0)
+
+
 def test_engine_attributes(exported):
     engine = open_engine(exported.onnx_path)
     assert isinstance(engine, Engine) and engine.name == "onnxruntime"

@@ -32,8 +32,13 @@ def physical_cores() -> int:
     return max(1, len(siblings))
 
 
-def session_options(threads: int | None = None) -> ort.SessionOptions:
-    """SessionOptions for one latency-bound stream (see the module docstring)."""
+def session_options(threads: int | None = None, spinning: bool = False) -> ort.SessionOptions:
+    """SessionOptions for one latency-bound stream (see the module docstring).
+
+    `spinning=True` lets idle intra-op workers busy-wait for the next parallel
+    region: fastest for the engine alone, but it takes the cores the pipeline's
+    capture, decode and overlay threads need (measured in the README).
+    """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -42,11 +47,10 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     options.enable_cpu_mem_arena = True
     options.enable_mem_pattern = True
     options.enable_mem_reuse = True
-    # Spinning workers burn the core that capture/overlay threads need between
-    # inferences: off, the pipeline keeps ~100 % of engine-only throughput. It is
-    # a trade-off (README, engines): on a 2-core Xeon, spinning made the engine
-    # alone 1.4x faster and live p50 4.5 ms lower, but cost 16 % of file throughput.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Off by default: spinning workers burn the cores that capture/overlay threads
+    # need between inferences; off, the pipeline keeps ~100 % of engine-only
+    # throughput (on a 2-core Xeon, on: engine alone 1.4x faster, file runs 16 % slower).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     options.log_severity_level = 3  # warnings about unused initialisers are noise to users
     return options
 
@@ -63,13 +67,14 @@ def providers_for(device: str | None) -> list[str]:
     return [CPU_EP]
 
 
-def create_session(path: str | os.PathLike, device: str | None = None, threads: int | None = None) -> ort.InferenceSession:
+def create_session(path: str | os.PathLike, device: str | None = None, threads: int | None = None,
+                   spinning: bool = False) -> ort.InferenceSession:
     """An InferenceSession with the tuned options; a file ONNX Runtime cannot read raises EndofuseError naming it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ONNX model file not found: {path}")
     try:
-        return ort.InferenceSession(str(path), sess_options=session_options(threads), providers=providers_for(device))
+        return ort.InferenceSession(str(path), sess_options=session_options(threads, spinning), providers=providers_for(device))
     except EndofuseError:
         raise
     except Exception as exc:  # ORT raises its own pybind exception types
@@ -95,9 +100,11 @@ class OnnxRuntimeEngine(Engine):
 
     native = "numpy"
 
-    def __init__(self, path: str | os.PathLike, *, device: str | None = None, threads: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, *, device: str | None = None, threads: int | None = None,
+                 spinning: bool = False) -> None:
         self.path = Path(path)
-        self.session = create_session(self.path, device, threads)
+        self.spinning = spinning
+        self.session = create_session(self.path, device, threads, spinning)
         meta = endofuse_metadata(self.session, self.path)
         _check_variant(meta, FUSED, self.path, ["wli", "nbi"], self.session)
         shape = self.session.get_inputs()[0].shape
@@ -112,7 +119,7 @@ class OnnxRuntimeEngine(Engine):
         self.missing_nbi_session = None
         if self.missing_nbi_path.is_file():
             # Loaded now, not on the first NBI dropout, so that frame is not the slow one.
-            self.missing_nbi_session = create_session(self.missing_nbi_path, device, threads)
+            self.missing_nbi_session = create_session(self.missing_nbi_path, device, threads, spinning)
             other = endofuse_metadata(self.missing_nbi_session, self.missing_nbi_path)
             _check_variant(other, MISSING_NBI, self.missing_nbi_path, ["wli"], self.missing_nbi_session)
             for key in ("source_sha256", "img_size", "num_classes", "precision"):
