@@ -103,7 +103,6 @@ class OnnxRuntimeEngine(Engine):
     def __init__(self, path: str | os.PathLike, *, device: str | None = None, threads: int | None = None,
                  spinning: bool = False) -> None:
         self.path = Path(path)
-        self.spinning = spinning
         self.session = create_session(self.path, device, threads, spinning)
         meta = endofuse_metadata(self.session, self.path)
         _check_variant(meta, FUSED, self.path, ["wli", "nbi"], self.session)
