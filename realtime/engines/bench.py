@@ -4,8 +4,9 @@
 
 Per engine (torch eager, torch eager channels-last, torch.compile, ONNX Runtime
 fp32 as the pipeline runs it, the same with ORT's thread spinning on, ONNX
-Runtime INT8): p50 / p99 latency of one fused pair (batch 1), pairs/s, the ratio to torch eager, the achieved GFLOPS (matmul + conv FLOPs of
-one pair / p50) and its share of the CPU's fp32 peak, and the Dice of its masks
+Runtime INT8): p50 / p99 latency of one fused pair (batch 1), pairs/s, the
+ratio to torch eager, the achieved GFLOPS (matmul + conv FLOPs of one pair /
+p50) and its share of the CPU's fp32 peak, and the Dice of its masks
 on validation pairs (against the ground truth, and against torch eager's masks).
 All ratios come from this one run. Without a checkpoint the weights are random
 (tiny uses its bundled demo weights when present): speed is then meaningful,

@@ -74,7 +74,8 @@ def create_session(path: str | os.PathLike, device: str | None = None, threads: 
     if not path.is_file():
         raise FileNotFoundError(f"ONNX model file not found: {path}")
     try:
-        return ort.InferenceSession(str(path), sess_options=session_options(threads, spinning), providers=providers_for(device))
+        return ort.InferenceSession(str(path), sess_options=session_options(threads, spinning),
+                                    providers=providers_for(device))
     except EndofuseError:
         raise
     except Exception as exc:  # ORT raises its own pybind exception types
