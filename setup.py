@@ -10,7 +10,7 @@ from pathlib import Path
 from setuptools import setup
 
 HERE = Path(__file__).parent
-VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "cli" / "__init__.py").read_text()).group(1)
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "endofuse" / "__init__.py").read_text()).group(1)
 
 # folder on disk -> import name
 SUBPACKAGES = {
@@ -23,7 +23,7 @@ SUBPACKAGES = {
 
 
 def find_packages_mapped() -> tuple[list[str], dict[str, str]]:
-    packages, package_dir = ["endofuse"], {"endofuse": "cli"}
+    packages, package_dir = ["endofuse"], {"endofuse": "endofuse"}
     for folder, name in SUBPACKAGES.items():
         for init in sorted((HERE / folder).rglob("__init__.py")):
             rel = init.parent.relative_to(HERE)
