@@ -7,9 +7,10 @@ CUDA tensors and a plain-torch (or OpenCV) implementation elsewhere;
 GPU user gets the fused path with no code change.
 """
 from endofuse.kernels._backend import BACKENDS, HAS_TRITON
-from endofuse.kernels.flash_attention import attention
 from endofuse.kernels.dacl import dacl_loss
-from endofuse.kernels.frames import overlay, preprocess
+from endofuse.kernels.flash_attention import attention
+from endofuse.kernels.frame_preprocess import preprocess
+from endofuse.kernels.mask_overlay import overlay
 from endofuse.kernels.mmd import mmd_loss
 
 __all__ = ["attention", "dacl_loss", "mmd_loss", "preprocess", "overlay", "BACKENDS", "HAS_TRITON"]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from endofuse.kernels.frames import inner_contour
+from endofuse.kernels.mask_overlay import inner_contour
 
 # BGR: a green that reads on both reddish mucosa and the dark border.
 DEFAULT_COLOR = (0, 255, 0)

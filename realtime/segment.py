@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from endofuse import kernels
-from endofuse.kernels.frames import foreground_mask_cpu
+from endofuse.kernels.mask_overlay import foreground_mask_cpu
 from endofuse.realtime.overlay import HudInfo, OverlayStyle, blend_and_outline, draw_hud
 from endofuse.realtime.tracing import now
 

@@ -11,10 +11,10 @@ import pytest
 from endofuse import cli
 from endofuse.realtime.engines import open_engine
 from endofuse.realtime.engines import onnx_export
-from endofuse.realtime.engines.frames import dataset_pairs, preprocess_pair, synthetic_pairs
+from endofuse.realtime.engines.calibration import dataset_pairs, preprocess_pair, synthetic_pairs
 from endofuse.realtime.engines.onnx_export import missing_nbi_path_for
-from endofuse.realtime.engines.triton_repo import check_repository
-from endofuse.realtime.engines.triton_schema import parse_model_config
+from endofuse.realtime.engines.tritonserver_repo import check_repository
+from endofuse.realtime.engines.tritonserver_schema import parse_model_config
 from test_engines_helpers import SIZE, exported, torch_logits  # noqa: F401
 
 

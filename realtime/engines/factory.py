@@ -104,7 +104,7 @@ def cached_int8(onnx_path: Path, calibration_count: int = 32) -> Path:
     meta = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
     if meta.get("precision") == "int8":
         return Path(onnx_path)
-    from endofuse.realtime.engines.frames import calibration_pairs, preprocess_pair
+    from endofuse.realtime.engines.calibration import calibration_pairs, preprocess_pair
     from endofuse.realtime.engines.quantize import quantize_int8
 
     folder = cache_entry("onnx-int8", file_sha256(onnx_path)[:24], f"synthetic{calibration_count}")

@@ -1,4 +1,4 @@
-"""The part of Triton's `ModelConfig` schema that endofuse writes, for parsing config.pbtxt.
+"""The part of Triton Inference Server's `ModelConfig` schema that endofuse writes, for parsing config.pbtxt.
 
 Field names, numbers and enum values are transcribed from Triton's public
 `model_config.proto` (package `inference`). Parsing a config.pbtxt against

@@ -24,7 +24,7 @@ import onnx
 
 from endofuse.errors import EndofuseError
 from endofuse.realtime.engines.onnx_export import missing_nbi_path_for
-from endofuse.realtime.engines.triton_schema import parse_model_config
+from endofuse.realtime.engines.tritonserver_schema import parse_model_config
 
 PLATFORM_FILES = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}
 DEFAULT_MODEL_NAME = "endofuse"

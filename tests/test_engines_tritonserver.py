@@ -11,8 +11,8 @@ from onnx import TensorProto, helper
 
 from endofuse.errors import EndofuseError
 from endofuse.realtime.engines.onnx_export import missing_nbi_path_for
-from endofuse.realtime.engines.triton_repo import TritonSettings, check_repository, write_triton_repository
-from endofuse.realtime.engines.triton_schema import parse_model_config
+from endofuse.realtime.engines.tritonserver_repo import TritonSettings, check_repository, write_triton_repository
+from endofuse.realtime.engines.tritonserver_schema import parse_model_config
 
 SIZE = 16
 
