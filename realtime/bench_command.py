@@ -16,12 +16,13 @@ All numbers come from this one run; warm-up frames are left out.
 from __future__ import annotations
 
 import argparse
+import itertools
 from pathlib import Path
 
 import numpy as np
 
 from endofuse.errors import EndofuseError
-from endofuse.machine import describe_machine, machine_line
+from endofuse.machine import describe_machine, machine_line, time_calls
 from endofuse.realtime.run_command import add_source_arguments, quiet_opencv, write_report
 from endofuse.realtime.tracing import now, percentiles
 
@@ -67,16 +68,16 @@ def bench_engine(engine, wli: list[np.ndarray], nbi: list[np.ndarray], frames: i
     device = getattr(engine, "device", None)
     inputs = [(preprocess(w, engine.input_size, device), preprocess(n, engine.input_size, device))
               for w, n in zip(wli, nbi)]
-    for i in range(warmup):
-        engine.infer(*inputs[i % len(inputs)])
-    latencies = []
-    started = now()
-    for i in range(frames):
-        t0 = now()
-        out = engine.infer(*inputs[i % len(inputs)])
+    ring = itertools.cycle(inputs)
+
+    def infer() -> None:
+        out = engine.infer(*next(ring))
         if hasattr(out, "cpu"):  # torch on CUDA: the result must be there, as in the pipeline
             out.cpu()
-        latencies.append((now() - t0) * 1000)
+
+    time_calls(infer, 0, warmup)  # warm-up calls only
+    started = now()
+    latencies = time_calls(infer, frames, clock=now)
     elapsed = now() - started
     return {"fps": frames / elapsed, "latency_ms": percentiles(latencies)}, latencies
 

@@ -10,7 +10,10 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 # Two cores: keep torch from oversubscribing when pytest and a subprocess run at once.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
+import importlib.util  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
+from types import ModuleType  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -30,3 +33,20 @@ def sample_data_dir() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+BENCHMARKS = REPO_ROOT / "benchmarks"
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """A script from benchmarks/ (not a package) imported by path, as `python benchmarks/NAME.py` would see it."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))  # for its `_common` helper
+    module_name = f"benchmarks_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module

@@ -296,8 +296,10 @@ def test_uploads_over_the_size_limit_are_refused_by_the_server(monkeypatch, tmp_
 
 
 def test_the_benchmarked_http_click_is_a_real_segment_call(served, pair_files):
-    # demo/bench_roundtrip.py times this request sequence; it must do the whole job.
-    from endofuse.demo.bench_roundtrip import http_segment
+    # benchmarks/demo_roundtrip.py times this request sequence; it must do the whole job.
+    from conftest import load_benchmark
+
+    http_segment = load_benchmark("demo_roundtrip").http_segment
 
     _, url, _, _ = served
     with httpx.Client(base_url=url.rstrip("/"), timeout=60) as http:

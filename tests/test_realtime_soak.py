@@ -1,8 +1,12 @@
 """The soak script's memory verdict (hand-computed cases) and a short real soak with the stand-in engine."""
 import pytest
 
-from endofuse.realtime.soak import memory_verdict, resident_bytes, soak
 from endofuse.realtime.testing import ColourThresholdEngine
+
+from conftest import load_benchmark
+
+soak_script = load_benchmark("soak")
+memory_verdict, resident_bytes, soak = soak_script.memory_verdict, soak_script.resident_bytes, soak_script.soak
 
 MB = 2**20
 

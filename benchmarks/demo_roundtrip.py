@@ -3,7 +3,7 @@ the same pair through the demo's HTTP API (upload both PNGs, queue, JPEG/PNG enc
 result stream, download both outputs: what a browser does per click), and
 through `gradio_client`, measured interleaved in one run on the same engine.
 
-    python -m endofuse.demo.bench_roundtrip --engine torch --repeats 20
+    python benchmarks/demo_roundtrip.py --engine torch --repeats 20 [--json OUT]
 """
 from __future__ import annotations
 
@@ -11,10 +11,13 @@ import argparse
 import json
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import cv2
+
+from endofuse.machine import time_calls
+
+from _common import add_json_argument, record, report, table
 
 
 def _interleaved_medians_ms(runs: list, repeats: int) -> list[float]:
@@ -23,10 +26,8 @@ def _interleaved_medians_ms(runs: list, repeats: int) -> list[float]:
         run()  # the first call pays lazy initialisation; not counted
     times: list[list[float]] = [[] for _ in runs]
     for _ in range(repeats):
-        for run, bucket in zip(runs, times):
-            start = time.perf_counter()
-            run()
-            bucket.append((time.perf_counter() - start) * 1000)
+        for run, bucket in zip(runs, times, strict=True):
+            bucket += time_calls(run, 1)
     return [statistics.median(bucket) for bucket in times]
 
 
@@ -46,12 +47,13 @@ def http_segment(http, wli_path: Path, nbi_path: Path, model_label: str, backend
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default=None, help="default: the bundled demo weights")
     parser.add_argument("--engine", default="torch")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--size", default="360x400",
                         help="HxW of the synthetic pair (real frames: 805x832 up to 1078x1727)")
+    add_json_argument(parser)
     args = parser.parse_args(argv)
 
     import httpx
@@ -85,12 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         app.close()
     size = f"{wli.shape[1]}x{wli.shape[0]}"
-    print(f"| path ({size} pair, engine {engine.name}, {engine.model_label}) | median ms |")
-    print("|---|---|")
-    print(f"| segment_pair in-process | {direct:.1f} |")
-    print(f"| HTTP API, one click's requests (loopback) | {raw:.1f} (+{raw - direct:.1f}, {raw / direct:.2f}x) |")
-    print(f"| gradio_client.predict (loopback) | {via_client:.1f} (+{via_client - direct:.1f}, "
-          f"{via_client / direct:.2f}x) |")
+    rows = [["segment_pair in-process", direct, None, None],
+            ["HTTP API, one click's requests (loopback)", raw, raw - direct, raw / direct],
+            ["gradio_client.predict (loopback)", via_client, via_client - direct, via_client / direct]]
+    tab = table(f"{size} pair, engine {engine.name}, {engine.model_label}, medians of {args.repeats} interleaved runs",
+                ["path", "median ms", "added ms", "x in-process"], rows)
+    report(record("demo_roundtrip", "Demo: what the web layer adds per click", [tab], argv), args.json)
     return 0
 
 

@@ -1,7 +1,7 @@
-"""Benchmark: fused ops vs unfused PyTorch references, time and memory per shape.
+"""Kernels: fused ops vs unfused PyTorch references, time and memory per shape.
 
-    python -m endofuse.kernels.bench              # every op, shapes for the device present
-    python -m endofuse.kernels.bench --ops attention dacl --repeats 50
+    python benchmarks/kernels.py              # every op, shapes for the device present
+    python benchmarks/kernels.py --ops attention dacl --repeats 50 --json benchmarks/results/kernels-cpu.json
 
 On a CUDA device the fused column is the Triton kernels; on CPU it is the
 package's own torch/OpenCV fallbacks (Triton timings need a GPU; the Triton
@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -25,6 +24,9 @@ import torch.nn.functional as F
 from endofuse.kernels import attention, dacl_loss, mmd_loss, overlay, preprocess
 from endofuse.kernels.dacl import loss_from_gram
 from endofuse.kernels.mmd import mmd_from_distances
+from endofuse.machine import time_calls
+
+from _common import add_json_argument, record, report, table
 
 OPS = ("attention", "dacl", "mmd", "preprocess", "overlay")
 
@@ -35,16 +37,7 @@ def synchronize(device: torch.device) -> None:
 
 
 def median_ms(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        samples.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(samples)
+    return statistics.median(time_calls(fn, repeats, warmup, sync=lambda: synchronize(device)))
 
 
 def graph_ms(fn: Callable[[], object], device: torch.device) -> float | None:
@@ -97,10 +90,10 @@ class Row:
     reference_mem: str = ""
     extra: str = ""
 
-    def cells(self) -> list[str]:
+    def cells(self) -> list:
         ratio = self.reference_ms / self.fused_ms if self.fused_ms > 0 else float("nan")
-        return [self.op, self.shape, self.pass_, f"{self.fused_ms:.3f}", f"{self.reference_ms:.3f}", f"{ratio:.2f}x",
-                self.fused_mem, self.reference_mem, self.extra]
+        return [self.op, self.shape, self.pass_, self.fused_ms, self.reference_ms, ratio,
+                self.fused_mem or "-", self.reference_mem or "-", self.extra]
 
 
 def mib(n: int | None) -> str:
@@ -204,7 +197,7 @@ def bench_mmd(device, dtype, repeats, quick):
 
 def sample_frames(device):
     rng = np.random.default_rng(0)
-    frames = [rng.integers(0, 256, (1078, 1727, 3), dtype=np.uint8), rng.integers(0, 256, (805, 832, 3), dtype=np.uint8)]
+    frames = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((1078, 1727, 3), (805, 832, 3))]
     return [torch.from_numpy(f).to(device) for f in frames] if device.type == "cuda" else frames
 
 
@@ -253,12 +246,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--full", action="store_true", help="paper-size shapes on CPU too (slow)")
+    add_json_argument(parser)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     quick = device.type == "cpu" and not args.full
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     fused_label = "Triton kernels" if device.type == "cuda" else "torch/OpenCV fallbacks (Triton timings need a GPU)"
-    print(f"# endofuse.kernels.bench on {name}, torch {torch.__version__}; fused = {fused_label}")
     dtypes = [torch.float16, torch.float32] if device.type == "cuda" else [torch.float32]
     runners = {
         "attention": lambda: [r for dt in dtypes for r in bench_attention(device, dt, args.repeats, quick)],
@@ -268,17 +261,20 @@ def main(argv: list[str] | None = None) -> int:
         "overlay": lambda: bench_overlay(device, args.repeats, quick),
     }
     rows: list[Row] = []
+    failed = {}
     for op in args.ops:
         try:
             rows += runners[op]()
         except Exception as exc:  # one broken op should not hide the others' numbers
-            print(f"# {op}: FAILED {type(exc).__name__}: {str(exc)[:300]}")
+            failed[op] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            print(f"# {op}: FAILED {failed[op]}")
     header = ["op", "shape", "pass", "fused ms", "reference ms", "ref/fused", "fused MiB", "reference MiB", "note"]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(row.cells()) + " |")
-    return 0
+    tab = table(f"{name}, fused = {fused_label}", header, [row.cells() for row in rows],
+                note="Memory: bytes autograd saves for the backward; peak allocated during fwd+bwd on CUDA only.")
+    rec = record("kernels", "Fused kernels vs unfused PyTorch references", [tab], argv,
+                 details={"device": name, "failed": failed})
+    report(rec, args.json)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""Soak test: run the pipeline for many frames and check resident memory stays flat.
+"""Soak: run the pipeline for many frames and check resident memory stays flat.
 
-    python -m endofuse.realtime.soak --frames 10000 --engine onnxruntime --json soak.json
+    python benchmarks/soak.py --frames 10000 --engine onnxruntime --json benchmarks/results/soak.json
 
 The pipeline runs as fast as possible (lossless) on a ring of synthetic pairs;
 resident memory (VmRSS) is sampled every `--every` frames. The baseline is
@@ -12,11 +12,12 @@ every later sample stays within `--tolerance` (default 5 %) of it. Exit code
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from endofuse.realtime.tracing import now
+
+from _common import add_json_argument, record, report, table
 
 
 def resident_bytes() -> int:
@@ -83,14 +84,14 @@ def soak(engine, frames: int, every: int = 100, settle: int = 500, tolerance: fl
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m endofuse.realtime.soak", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=10_000)
     parser.add_argument("--checkpoint", default=None, help="default: the bundled demo weights")
     parser.add_argument("--engine", default="onnxruntime")
     parser.add_argument("--every", type=int, default=100, help="sample memory every N frames")
     parser.add_argument("--settle", type=int, default=500, help="frames before the baseline sample")
     parser.add_argument("--tolerance", type=float, default=0.05)
-    parser.add_argument("--json", default=None)
+    add_json_argument(parser)
     args = parser.parse_args(argv)
     from endofuse.realtime.engines import open_engine
     from endofuse.realtime.run_command import quiet_opencv
@@ -101,12 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     result = soak(engine, args.frames, args.every, args.settle, args.tolerance)
     result.update(model=engine.model_label, engine=engine.name)
     memory = result["memory"]
-    print(f"soak: {result['frames']} frames in {result['seconds']:.0f} s ({result['fps']:.1f} fps); RSS "
-          f"{memory['baseline_mb']:.1f} MB after {args.settle} frames, peak {memory['peak_mb']:.1f} MB, final "
-          f"{memory['final_mb']:.1f} MB: growth {100 * memory['growth']:.2f} % "
-          f"({'flat' if memory['flat'] else 'GREW'}, tolerance {100 * args.tolerance:.0f} %)")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    columns = ["engine", "frames", "seconds", "pairs/s", "p50 ms", "p99 ms", f"RSS MB after {args.settle} frames",
+               "peak RSS MB", "final RSS MB", "growth %", "flat"]
+    row = [engine.name, result["frames"], result["seconds"], result["fps"], result["latency_ms"]["p50"],
+           result["latency_ms"]["p99"], memory["baseline_mb"], memory["peak_mb"], memory["final_mb"],
+           100 * memory["growth"], memory["flat"]]
+    tab = table(f"{result['model']}, lossless, as fast as possible, RSS sampled every {args.every} frames",
+                columns, [row], f"flat = growth within {100 * args.tolerance:g} % of the baseline sample")
+    report(record("soak", "Soak: resident memory over a long run", [tab], argv, details=result), args.json)
     return 0 if memory["flat"] else 1
 
 

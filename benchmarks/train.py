@@ -1,6 +1,6 @@
-"""Training benchmark: a small ablation (like the paper's), throughput and 2-rank scaling.
+"""Training: a small ablation (like the paper's), throughput and 2-rank scaling.
 
-    python -m endofuse.train.bench [--pairs 64] [--epochs 8] [--img-size 96] [--out bench_runs]
+    python benchmarks/train.py [--pairs 64] [--epochs 8] [--img-size 96] [--out bench_runs] [--json OUT]
 
 1. Writes a synthetic dataset (`endofuse synth`), trains `tiny` once per variant
    (full; without da / fd / dacl; without NBI) and prints the validation Dice
@@ -25,12 +25,13 @@ from pathlib import Path
 
 import torch
 
-from endofuse.machine import machine_line
 from endofuse.model import load_checkpoint
 from endofuse.train.data import load_split
 from endofuse.train.evaluate import evaluate_model
 from endofuse.train.synth_command import write_dataset
 from endofuse.train.trainer import TrainOptions, train
+
+from _common import add_json_argument, record, report, table
 
 VARIANTS = {"full": (), "no-da": ("da",), "no-fd": ("fd",), "no-dacl": ("dacl",), "no-nbi (WLI only)": ("nbi",)}
 TARGET_DICE = 0.85
@@ -90,7 +91,7 @@ def scaling(args, data: Path) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m endofuse.train.bench", description="training benchmark")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=64)
     parser.add_argument("--test-pairs", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=8)
@@ -103,30 +104,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scaling-epochs", type=int, default=3)
     parser.add_argument("--skip-scaling", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("bench_runs"))
+    add_json_argument(parser)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     data = args.out / "data"
     if not (data / "Test.csv").is_file():
         write_dataset(data, args.pairs, args.test_pairs, (288, 320), seed=0, progress=False)
-    print(f"# endofuse train bench: {args.model} at {args.img_size}px, {args.pairs} train / {args.test_pairs} test "
-          f"synthetic pairs, {args.epochs} epochs, recipe {args.recipe}, torch threads {torch.get_num_threads()}, "
-          f"{os.cpu_count()} CPU(s)\n# {machine_line()}", flush=True)
+    setup = (f"{args.model} at {args.img_size}px, {args.pairs} train / {args.test_pairs} test synthetic pairs, "
+             f"{args.epochs} epochs, recipe {args.recipe}, torch threads {torch.get_num_threads()}")
+    print(f"# {setup}", flush=True)
     wanted = [v.strip() for v in args.variants.split(",")]
     results = [run_variant(args, data, name, ablate) for name, ablate in VARIANTS.items() if name.split()[0] in wanted
                or name in wanted]
-    print("\n| variant | best val Dice | final val Dice | native Dice (Test.csv) | native HD95 px "
-          f"| s to val Dice {TARGET_DICE} | train pairs/s | wall s |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in results:
-        to_target = f"{r['to_target']:.0f}" if r["to_target"] is not None else "not reached"
-        hd = f"{r['native_hd95']:.1f}" if r["native_hd95"] is not None else "n/a"
-        print(f"| {r['name']} | {r['best']:.4f} | {r['final']:.4f} | {r['native_dice']:.4f} | {hd} | {to_target} "
-              f"| {r['pairs_per_s']:.1f} | {r['wall']:.0f} |")
+    columns = ["variant", "best val Dice", "final val Dice", "native Dice (Test.csv)", "native HD95 px",
+               f"s to val Dice {TARGET_DICE}", "train pairs/s", "wall s"]
+    rows = [[r["name"], r["best"], r["final"], r["native_dice"], r["native_hd95"],
+             r["to_target"] if r["to_target"] is not None else "not reached", r["pairs_per_s"], r["wall"]]
+            for r in results]
+    tables = [table(f"ablation: {setup}", columns, rows)]
     if not args.skip_scaling:
         one, two = scaling(args, data)
-        print(f"\nDDP scaling (gloo, 1 thread per process, {args.scaling_epochs} epochs, first skipped): "
-              f"1 process {one:.1f} pairs/s, 2 ranks {two:.1f} pairs/s, ratio {two / one:.2f}x")
+        tables.append(table(f"DDP scaling (gloo, 1 thread per process, {args.scaling_epochs} epochs, first skipped)",
+                            ["processes", "train pairs/s", "vs 1 process"], [[1, one, 1.0], [2, two, two / one]]))
+    report(record("train", "Training: ablation, throughput and DDP scaling", tables, argv), args.json)
     return 0
 
 
