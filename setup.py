@@ -41,6 +41,8 @@ EXTRAS = {
     # TensorRT wheels come from NVIDIA's own index (pypi.nvidia.com) on a CUDA machine.
     "gpu": ["tensorrt>=10.8", "onnxruntime-gpu>=1.20"],
     "demo": ["gradio>=6,<7", "gradio-client>=2", "matplotlib>=3.8"],
+    # Holoscan 4.x Python operators; the CUDA runtime wheel lets it import on machines without CUDA.
+    "holoscan": ["holoscan-cu12>=4.5,<5", "nvidia-cuda-runtime-cu12>=12.4", "pyyaml>=6"],
     "dev": ["pytest>=8", "pytest-timeout>=2", "playwright>=1.45", "scipy>=1.11", "matplotlib>=3.8"],
 }
 EXTRAS["all"] = sorted({r for k, reqs in EXTRAS.items() if k != "gpu" for r in reqs})

@@ -1,0 +1,208 @@
+"""The endofuse Holoscan app: `endofuse run --runtime holoscan` and, HoloHub style,
+
+    python -m endofuse.realtime.holoscan.app --config app.yaml
+
+The YAML has one section per operator, named as the operator is in the graph
+(`wli_source`, `nbi_source`, `sync`, `inference`, `overlay`, `recorder`), plus
+`scheduler` ({kind: greedy | event | multi_thread, workers: N}) and
+`tracking` ({enabled: true}). See realtime/holoscan/app.yaml.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import signal
+import sys
+from pathlib import Path
+
+from endofuse.errors import EndofuseError
+from endofuse.realtime.holoscan._runtime import import_holoscan
+
+import_holoscan()
+
+from holoscan.core import Application, DataFlowMetric  # noqa: E402
+from holoscan.schedulers import EventBasedScheduler, GreedyScheduler, MultiThreadScheduler  # noqa: E402
+
+from endofuse.realtime.holoscan.operators import (  # noqa: E402
+    EndofuseInferenceOp,
+    EndofuseOverlayOp,
+    EndofuseSourceOp,
+    EndofuseSyncOp,
+)
+from endofuse.realtime.holoscan.recorder import EndofuseRecorderOp  # noqa: E402
+
+SCHEDULERS = ("greedy", "event", "multi_thread")
+SECTIONS = ("wli_source", "nbi_source", "sync", "inference", "overlay", "recorder", "scheduler", "tracking")
+
+
+class EndofuseApp(Application):
+    """Two endofuse sources -> sync -> inference -> overlay -> recorder, configured by `sections`.
+
+    `sections` maps the YAML section names to keyword arguments; sources may be
+    given as `Source` objects (`source:` key) or spec strings. A missing
+    `nbi_source` (or `source: null`) runs WLI-only.
+    """
+
+    def __init__(self, sections: dict, engine=None, sinks=(), **kwargs) -> None:
+        unknown = set(sections) - set(SECTIONS)
+        if unknown:
+            raise EndofuseError(f"unknown config section(s) {', '.join(sorted(unknown))}; "
+                                f"expected {', '.join(SECTIONS)}")
+        self.sections, self._engine, self._sinks = {k: dict(v or {}) for k, v in sections.items()}, engine, sinks
+        self.tracker = None
+        super().__init__(**kwargs)
+
+    def compose(self) -> None:
+        s = self.sections
+        wli_cfg, nbi_cfg = dict(s.get("wli_source", {})), dict(s.get("nbi_source", {}))
+        live = bool(wli_cfg.get("live", False))
+        fps = float(wli_cfg.get("fps", 30.0))
+        self.wli_op = EndofuseSourceOp(self, role="wli", name="wli_source", **wli_cfg)
+        live = live or self.wli_op.live
+        self.nbi_op = None
+        if nbi_cfg.get("source") is not None:
+            nbi_cfg.setdefault("fps", fps)
+            nbi_cfg["live"] = live or bool(nbi_cfg.get("live", False))
+            self.nbi_op = EndofuseSourceOp(self, role="nbi", name="nbi_source", stop_with=self.wli_op, **nbi_cfg)
+            if not live:
+                self.wli_op.wait_for = self.nbi_op  # lossless: pairing independent of scheduling
+        sync_cfg = dict(s.get("sync", {}))
+        sync_cfg.setdefault("wli_fps", self.wli_op.source.fps)
+        self.sync_op = EndofuseSyncOp(self, name="sync", **sync_cfg)
+        infer_cfg = dict(s.get("inference", {}))
+        if self._engine is not None:
+            infer_cfg["engine"] = self._engine
+        self.inference_op = EndofuseInferenceOp(self, name="inference", **infer_cfg)
+        self.overlay_op = EndofuseOverlayOp(self, name="overlay", **s.get("overlay", {}))
+        rec_cfg = dict(s.get("recorder", {}))
+        rec_cfg.setdefault("fps", self.wli_op.source.fps)
+        self.recorder_op = EndofuseRecorderOp(self, name="recorder", sync_op=self.sync_op,
+                                              inference_op=self.inference_op, wli_op=self.wli_op,
+                                              nbi_op=self.nbi_op, live=live, sinks=self._sinks, **rec_cfg)
+        self.recorder_op.extra_report = self.holoscan_report
+        self.add_flow(self.wli_op, self.sync_op, {("frame", "wli")})
+        if self.nbi_op is not None:
+            self.add_flow(self.nbi_op, self.sync_op, {("frame", "nbi")})
+        self.add_flow(self.sync_op, self.inference_op, {("pair", "pair")})
+        self.add_flow(self.inference_op, self.overlay_op, {("segmented", "segmented")})
+        self.add_flow(self.overlay_op, self.recorder_op, {("result", "result")})
+
+    def holoscan_report(self) -> dict:
+        """The Holoscan part of the report: scheduler and data-flow-tracking latency per path."""
+        paths = {}
+        if self.tracker is not None:
+            for path in self.tracker.get_path_strings():
+                paths[path] = {
+                    "avg_ms": self.tracker.get_metric(path, DataFlowMetric.AVG_E2E_LATENCY),
+                    "min_ms": self.tracker.get_metric(path, DataFlowMetric.MIN_E2E_LATENCY),
+                    "max_ms": self.tracker.get_metric(path, DataFlowMetric.MAX_E2E_LATENCY),
+                    "messages": int(self.tracker.get_metric(path, DataFlowMetric.NUM_DST_MESSAGES)),
+                }
+        cfg = self.sections.get("scheduler", {})
+        return {"holoscan": {"scheduler": cfg.get("kind", "greedy"), "workers": int(cfg.get("workers", 1)),
+                             "flow_tracking_ms": paths}}
+
+
+def make_scheduler(app: Application, kind: str = "greedy", workers: int = 1):
+    if kind == "greedy":
+        return GreedyScheduler(app, name="greedy")
+    if kind == "event":
+        return EventBasedScheduler(app, worker_thread_number=int(workers), name="event")
+    if kind == "multi_thread":
+        return MultiThreadScheduler(app, worker_thread_number=int(workers), check_recession_period_ms=0.0,
+                                    name="multi_thread")
+    raise EndofuseError(f"scheduler kind must be one of {', '.join(SCHEDULERS)}, got {kind!r}")
+
+
+def run_app(app: EndofuseApp, handle_signals: bool = True) -> dict:
+    """Run to the end; Ctrl-C / SIGTERM stop the graph, finalise the video and mark the report interrupted.
+
+    Returns the report (also written to the recorder's `report` path).
+    """
+    cfg = app.sections.get("scheduler", {})
+    app.scheduler(make_scheduler(app, cfg.get("kind", "greedy"), cfg.get("workers", 1)))
+    tracking = app.sections.get("tracking", {})
+    if tracking.get("enabled", True):
+        warmup = int(app.sections.get("recorder", {}).get("warmup_frames", 10))
+        app.tracker = app.track(num_start_messages_to_skip=warmup, num_last_messages_to_discard=0)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if handle_signals and _main_thread() else None
+    future = app.run_async()
+    try:
+        _wait(future)
+    except KeyboardInterrupt:
+        recorder = getattr(app, "recorder_op", None)
+        if recorder is not None:
+            recorder.interrupted = True
+        app.stop_execution()
+        try:
+            future.result(timeout=30)
+        finally:
+            if recorder is not None:
+                recorder.close()
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    app.recorder_op.close()
+    return app.recorder_op.report()
+
+
+def _wait(future: concurrent.futures.Future) -> None:
+    while True:  # a short timeout keeps the main thread in Python, where signals are handled
+        try:
+            return future.result(timeout=0.2)
+        except concurrent.futures.TimeoutError:
+            continue
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def load_config(path: str) -> dict:
+    """The YAML config as a dict of sections (one line naming the file on a bad file)."""
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        raise EndofuseError(f"config '{file}': no such file")
+    try:
+        data = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        raise EndofuseError(f"config '{file}': not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise EndofuseError(f"config '{file}': expected sections {', '.join(SECTIONS)}")
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m endofuse.realtime.holoscan.app", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="the app's YAML (sections named after the operators)")
+    args = parser.parse_args(argv)
+    from endofuse.realtime.run_command import quiet_opencv, summary_line
+
+    quiet_opencv()
+    try:
+        sections = load_config(args.config)
+        report = run_app(EndofuseApp(sections))
+    except KeyboardInterrupt:
+        print("endofuse holoscan app: interrupted", file=sys.stderr)
+        return 130
+    except (EndofuseError, ValueError, FileNotFoundError) as exc:
+        print(f"endofuse holoscan app: error: {exc}", file=sys.stderr)
+        return getattr(exc, "exit_code", 1)
+    rec = sections.get("recorder", {}) or {}
+    report_path = Path(rec["report"]) if rec.get("report") else None
+    print(summary_line(report, rec.get("out"), report_path).replace("endofuse run", "endofuse holoscan app"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

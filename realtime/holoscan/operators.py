@@ -1,0 +1,249 @@
+"""The endofuse operators for a Holoscan 4.x graph (port names are the public contract).
+
+    EndofuseSourceOp --frame--> wli \\
+                                     EndofuseSyncOp --pair--> EndofuseInferenceOp --segmented-->
+    EndofuseSourceOp --frame--> nbi /
+        EndofuseOverlayOp --overlay--> (HolovizOp, a recorder, ...)
+                          --result---> EndofuseRecorderOp (or any operator taking a FrameResult)
+
+Each `compute` calls the same endofuse functions the native pipeline runs
+(`Synchroniser`, `segment.preprocess`, `engine.infer`, `segment.finish_frame`),
+so both runtimes give the same masks for the same pairs and an adapter for
+another Holoscan API stays a thin shell.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+from endofuse.realtime.holoscan._runtime import import_holoscan
+
+import_holoscan()
+
+from holoscan.conditions import PeriodicCondition  # noqa: E402
+from holoscan.core import ConditionType, IOSpec, Operator  # noqa: E402
+
+from endofuse.realtime.holoscan.frames import (  # noqa: E402
+    FrameStamper,
+    Segmented,
+    SyncedPair,
+    check_channel_order,
+    from_bgr,
+)
+from endofuse.realtime.overlay import HudInfo, OverlayStyle  # noqa: E402
+from endofuse.realtime.pipeline import FrameResult  # noqa: E402
+from endofuse.realtime.segment import FUSED, WLI_ONLY, engine_label, finish_frame, preprocess  # noqa: E402
+from endofuse.realtime.source_specs import open_source  # noqa: E402
+from endofuse.realtime.sources import Source, SourceLost  # noqa: E402
+from endofuse.realtime.sync import Synchroniser, SyncPolicy  # noqa: E402
+from endofuse.realtime.tracing import FrameTrace, now  # noqa: E402
+
+
+class EndofuseSourceOp(Operator):
+    """An endofuse source (file, folder, camera, `synthetic`, a `Source`) -> output `frame` (a `Frame`).
+
+    `frames` stops after that many frames. `live=True` plays a recording like a
+    camera: a frame is due every 1/fps, and frames that fell due while the graph
+    was busy are skipped and counted in `dropped` (a camera does not wait).
+    `wait_for` (another source op, lossless runs of recordings): emit a frame only
+    once that source has reached its time or ended, so pairing does not depend
+    on scheduling. `stop_with`: end when that source op has ended (an endless
+    NBI source next to a finite WLI one). The source ends the operator; with
+    the WLI source ended, the graph drains and stops.
+    """
+
+    def __init__(self, fragment, *args, source: Source | str, role: str = "wli", fps: float = 30.0,
+                 frames: int | None = None, live: bool = False, wait_for: EndofuseSourceOp | None = None,
+                 stop_with: EndofuseSourceOp | None = None, **kwargs) -> None:
+        self.role = role.lower()
+        if self.role not in ("wli", "nbi"):
+            raise ValueError(f"role must be 'wli' or 'nbi', got {role!r}")
+        self.source = source if isinstance(source, Source) else open_source(source, self.role.upper(), fps, frames)
+        self.max_frames, self.live = frames, live or self.source.live
+        self.wait_for, self.stop_with = wait_for, stop_with
+        self.epoch: float | None = None
+        self.emitted = self.dropped = 0
+        self.last_sync_time: float | None = None
+        self.finished = False
+        self.warnings: list[str] = []
+        if self.live:  # tick once per frame period instead of spinning
+            args = (*args, PeriodicCondition(fragment, int(1e9 / self.source.fps), name=f"{self.role}_period"))
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec) -> None:
+        port = spec.output("frame")
+        if self.live and self.role == "nbi":
+            port.condition(ConditionType.NONE)  # a live NBI stream never waits for WLI: the sync port drops oldest
+
+    def start(self) -> None:
+        peer = self.wait_for or self.stop_with
+        self.epoch = peer.epoch if peer is not None and peer.epoch is not None else now()
+        # Pacing happens here (skip what fell due) rather than by sleeping, which would stall the scheduler.
+        self.source.start(self.epoch, paced=False)
+
+    def _end(self) -> None:
+        self.finished = True
+        self.source.close()
+        self.stop_execution()
+
+    def compute(self, op_input, op_output, context) -> None:
+        if self.finished:
+            return
+        if (self.max_frames is not None and self.emitted >= self.max_frames) or \
+                (self.stop_with is not None and self.stop_with.finished):
+            return self._end()
+        if self.live and not self.source.live:
+            due = math.floor((now() - self.epoch) * self.source.fps)
+            if self.emitted + self.dropped > due:
+                return  # not due yet
+            while self.emitted + self.dropped < due and self.source.next_frame() is not None:
+                self.dropped += 1
+        elif self.wait_for is not None and not self.wait_for.finished:
+            t = self.epoch + (self.emitted + self.dropped) / self.source.fps
+            if self.wait_for.last_sync_time is None or self.wait_for.last_sync_time < t:
+                return  # lossless: the other stream has not reached this frame's time yet
+        try:
+            frame = self.source.next_frame()
+        except SourceLost as exc:
+            if self.role == "wli":
+                raise
+            self.warnings.append(f"{exc}; continuing WLI-only")
+            frame = None
+        if frame is None:
+            return self._end()
+        self.emitted += 1
+        self.last_sync_time = frame.sync_time
+        op_output.emit(frame, "frame")
+
+    def stop(self) -> None:
+        self.source.close()
+
+
+class EndofuseSyncOp(Operator):
+    """Inputs `wli` (drives) and `nbi` (never gates) -> output `pair` (a `SyncedPair`).
+
+    Every WLI frame is paired by endofuse's `Synchroniser`: the NBI frame nearest
+    in time within `tolerance` s (default half a WLI period) is `paired`, within
+    `staleness` s (default three periods) `stale`, otherwise WLI-only (`missing`).
+    Frames are endofuse `Frame`s or HWC uint8 numpy/cupy/holoscan Tensors/one-
+    tensor maps in `channel_order` (RGB/RGBA or BGR), stamped on arrival.
+    """
+
+    def __init__(self, fragment, *args, wli_fps: float = 30.0, tolerance: float | None = None,
+                 staleness: float | None = None, channel_order: str = "rgb", **kwargs) -> None:
+        default = SyncPolicy.for_fps(wli_fps)
+        tolerance = default.tolerance_s if tolerance is None else float(tolerance)
+        staleness = max(default.staleness_s, tolerance) if staleness is None else float(staleness)
+        self.sync = Synchroniser(SyncPolicy(tolerance, staleness))
+        self.channel_order = check_channel_order(channel_order)
+        self._wli = FrameStamper("WLI", self.channel_order)
+        self._nbi = FrameStamper("NBI", self.channel_order)
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec) -> None:
+        spec.input("wli")
+        # One slot, newest wins: a multi-slot port logs an error on every empty read, and the
+        # synchroniser pairs with the newest NBI frame anyway when both streams share a rate.
+        spec.input("nbi", policy=IOSpec.QueuePolicy.POP).condition(ConditionType.NONE)
+        spec.output("pair")
+
+    def compute(self, op_input, op_output, context) -> None:
+        started = now()
+        nbi = op_input.receive("nbi")  # NBI first: arrival stamps then precede the WLI frame's
+        for value in (nbi if isinstance(nbi, (tuple, list)) else () if nbi is None else (nbi,)):
+            self.sync.add_nbi(self._nbi(value)[0])
+        frame, order = self._wli(op_input.receive("wli"))
+        trace = FrameTrace(frame.capture_time, {"capture": frame.read_ms})
+        pairing = self.sync.pair(frame)
+        if pairing is None:
+            return  # not newer than the previous WLI frame: counted by the synchroniser
+        trace.add("sync", max(started, frame.capture_time))
+        op_output.emit(SyncedPair(pairing, order, trace), "pair")
+
+
+def resolve_engine(engine, backend: str = "auto", device: str | None = None, model: str = "tiny"):
+    """An engine object as it is, or `open_engine` on a path / None (the bundled demo weights)."""
+    if engine is not None and hasattr(engine, "infer"):
+        return engine
+    from endofuse.realtime.engines import open_engine
+
+    if engine is not None and not os.path.exists(engine):
+        from endofuse.errors import EndofuseError
+
+        raise EndofuseError(f"engine file '{engine}': no such file")
+    return open_engine(engine, backend=backend, device=device, model_name=model)
+
+
+class EndofuseInferenceOp(Operator):
+    """Input `pair` -> output `segmented`: preprocess both frames, run the engine (NBI missing: WLI-only path).
+
+    `engine`: an engine from `open_engine` (OpenVINO, ONNX Runtime, TensorRT,
+    torch), a checkpoint/model path, or None for the bundled demo weights.
+    """
+
+    def __init__(self, fragment, *args, engine=None, backend: str = "auto", device: str | None = None,
+                 model: str = "tiny", warmup: bool = True, **kwargs) -> None:
+        self.engine = resolve_engine(engine, backend, device, model)
+        self._warmup = warmup
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec) -> None:
+        spec.input("pair")
+        spec.output("segmented")
+
+    def start(self) -> None:
+        if self._warmup:
+            self.engine.warmup()
+
+    def compute(self, op_input, op_output, context) -> None:
+        pair: SyncedPair = op_input.receive("pair")
+        size, device = tuple(self.engine.input_size), getattr(self.engine, "device", None)
+        started = now()
+        wli = preprocess(pair.wli.image, size, device)
+        nbi = None if pair.nbi is None else preprocess(pair.nbi.image, size, device)
+        t_pre = pair.trace.add("preprocess", started)
+        logits = self.engine.infer(wli, nbi)
+        pair.trace.add("infer", t_pre)
+        op_output.emit(Segmented(pair, logits, self.engine), "segmented")
+
+
+class EndofuseOverlayOp(Operator):
+    """Input `segmented` -> outputs `overlay` and `result`; either may be left unconnected.
+
+    `overlay`: a tensor map {"overlay": HxWx3 uint8} in the channel order the
+    frames came in (for `HolovizOp(tensors=[dict(name="overlay", type="color")])`
+    or a recorder). `result`: an `endofuse.realtime.FrameResult` (overlay in
+    BGR, mask, mode, latency, timings, nbi_index).
+    """
+
+    def __init__(self, fragment, *args, alpha: float = 0.45, hud: bool = True, contour: bool = True,
+                 **kwargs) -> None:
+        self.style = OverlayStyle(alpha=alpha, contour=contour, hud=hud)
+        self._done: list[float] = []
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec) -> None:
+        spec.input("segmented")
+        spec.output("overlay").condition(ConditionType.NONE)
+        spec.output("result").condition(ConditionType.NONE)
+
+    def compute(self, op_input, op_output, context) -> None:
+        item: Segmented = op_input.receive("segmented")
+        pair, trace, frame = item.pair, item.pair.trace, item.pair.wli
+        mode = FUSED if pair.nbi is not None else WLI_ONLY
+        mask, overlay, post_ms, overlay_ms = finish_frame(item.logits, frame.image, self.style,
+                                                          lambda: self._hud(mode, item.engine, trace))
+        trace.stages_ms["postprocess"], trace.stages_ms["overlay"] = post_ms, overlay_ms
+        ready = now()
+        self._done = (self._done + [ready])[-30:]
+        skew = pair.pairing.skew_s
+        result = FrameResult(frame.index, overlay, mask, mode, trace.stages_ms, trace.latency_ms(ready), frame.image,
+                             pair.pairing.status, None if skew is None else skew * 1000.0,
+                             None if pair.nbi is None else pair.nbi.index)
+        op_output.emit({"overlay": from_bgr(overlay, pair.channel_order)}, "overlay")
+        op_output.emit(result, "result")
+
+    def _hud(self, mode: str, engine, trace: FrameTrace) -> HudInfo:
+        times = self._done
+        fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else None
+        return HudInfo(mode, engine_label(engine), getattr(engine, "model_label", ""), fps, trace.latency_ms())

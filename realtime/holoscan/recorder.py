@@ -1,0 +1,125 @@
+"""`EndofuseRecorderOp`: FrameResults -> video file / image folder + report.json (the `endofuse run` keys)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from endofuse.realtime.holoscan._runtime import import_holoscan
+
+import_holoscan()
+
+from holoscan.core import Operator  # noqa: E402
+
+from endofuse.realtime.segment import engine_label  # noqa: E402
+from endofuse.realtime.sinks import ImageFolderSink, VideoFileSink  # noqa: E402
+from endofuse.realtime.sync import MISSING, PAIRED, STALE  # noqa: E402
+from endofuse.realtime.tracing import LatencyStats, now, percentiles  # noqa: E402
+
+
+class EndofuseRecorderOp(Operator):
+    """Input `result` (a `FrameResult`) -> `out` video, `frames_dir` PNGs, `report` JSON (written at stop).
+
+    The report has the keys of `endofuse run`'s report. Pass the graph's
+    `sync_op` / `inference_op` / source ops for the sync counters, the engine's
+    name and the source names; `extra_report` (a callable returning a dict) adds
+    keys such as Holoscan's data-flow-tracking latency.
+    """
+
+    def __init__(self, fragment, *args, out: str | None = None, frames_dir: str | None = None,
+                 report: str | None = None, fps: float = 30.0, warmup_frames: int = 10, sync_op=None,
+                 inference_op=None, wli_op=None, nbi_op=None, live: bool = False, sinks=(), **kwargs) -> None:
+        self.sinks = list(sinks)
+        if out:
+            self.sinks.append(VideoFileSink(out, fps))
+        if frames_dir:
+            self.sinks.append(ImageFolderSink(frames_dir))
+        self.report_path = Path(report) if report else None
+        self.stats = LatencyStats(warmup_frames)
+        self.sync_op, self.inference_op, self.wli_op, self.nbi_op = sync_op, inference_op, wli_op, nbi_op
+        self.live = live
+        self.frames = 0
+        self.counts = {PAIRED: 0, STALE: 0, MISSING: 0}
+        self.skews_ms: list[float] = []
+        self.resolution_changes = 0
+        self._last_size = None
+        self.interrupted = False
+        self.extra_report = None
+        self._closed = False
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec) -> None:
+        spec.input("result")
+
+    def compute(self, op_input, op_output, context) -> None:
+        result = op_input.receive("result")
+        for sink in self.sinks:
+            sink.write(result)
+        ready = now()
+        self.stats.record(result.latency_ms, result.timings_ms, ready)
+        self.frames += 1
+        self.counts[result.status] = self.counts.get(result.status, 0) + 1
+        if result.skew_ms is not None:
+            self.skews_ms.append(result.skew_ms)
+        size = result.frame.shape[:2]
+        if self._last_size is not None and size != self._last_size:
+            self.resolution_changes += 1
+        self._last_size = size
+
+    def stop(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Finalise the video and write the report (idempotent; also called by the app on Ctrl-C)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            for sink in self.sinks:
+                sink.close()
+        finally:
+            if self.report_path is not None:
+                from endofuse.realtime.run_command import write_report
+
+                write_report(self.report(), self.report_path)
+
+    def report(self) -> dict:
+        summary = self.stats.summary()
+        engine = getattr(self.inference_op, "engine", None)
+        sync = self.sync_op.sync.summary() if self.sync_op is not None else None
+        skews = [abs(s) for s in self.skews_ms]
+        dropped = {"wli_capture": getattr(self.wli_op, "dropped", 0), "results": 0}
+        warnings = [w for op in (self.wli_op, self.nbi_op) if op is not None for w in op.warnings]
+        report = {
+            "model": getattr(engine, "model_label", ""),
+            "engine": engine_label(engine) if engine is not None else "",
+            "input_size": list(getattr(engine, "input_size", ())),
+            "wli": getattr(getattr(self.wli_op, "source", None), "name", "WLI port"),
+            "nbi": None if self.nbi_op is None else self.nbi_op.source.name,
+            "live": self.live,
+            "frames": self.frames,
+            "paired": self.counts[PAIRED],
+            "stale_pairs": self.counts[STALE],
+            "nbi_missing": self.counts[MISSING],
+            "dropped": sum(dropped.values()),
+            "dropped_by_port": dropped,
+            "nbi_dropped": getattr(self.nbi_op, "dropped", 0),
+            "fps": summary["fps"],
+            "latency_ms": summary["latency_ms"],
+            "stages_ms": summary["stages_ms"],
+            "warmup_frames": min(self.stats.warmup, self.stats.seen),
+            "counted_frames": self.stats.counted,
+            "skew_abs_ms": percentiles(skews),
+            "skew_mean_ms": (sum(self.skews_ms) / len(self.skews_ms)) if self.skews_ms else math.nan,
+            "sync": {k: (sync[k] if sync else 0)
+                     for k in ("nbi_duplicates", "nbi_out_of_order", "nbi_too_late", "wli_rejected")},
+            "resolution_changes": self.resolution_changes,
+            "camera_reconnects": sum(getattr(getattr(op, "source", None), "reconnects", 0)
+                                     for op in (self.wli_op, self.nbi_op) if op is not None),
+            "warnings": warnings,
+            "runtime": "holoscan",
+        }
+        if self.extra_report is not None:
+            report.update(self.extra_report())
+        if self.interrupted:
+            report["interrupted"] = True
+        return report

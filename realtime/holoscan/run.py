@@ -1,0 +1,61 @@
+"""`endofuse run --runtime holoscan`: the same flags, outputs and report keys as the native runtime.
+
+The sources, engine and sinks are opened exactly as `endofuse run` opens them
+(so a bad file is the same one-line error before any graph exists), then run
+as a Holoscan graph (`EndofuseApp`). The report adds `runtime: "holoscan"` and
+`holoscan.flow_tracking_ms`: Holoscan's data-flow-tracking latency per path.
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from endofuse.errors import EndofuseError
+
+
+def run_holoscan(args: argparse.Namespace) -> int:
+    from endofuse.realtime.engines import open_engine
+    from endofuse.realtime.holoscan.app import EndofuseApp, run_app
+    from endofuse.realtime.run_command import Stopped, _stopped_code, stop_on_signals, summary_line, write_report
+    from endofuse.realtime.sinks import ImageFolderSink, VideoFileSink
+    from endofuse.realtime.source_specs import open_source_pair
+
+    if args.display:
+        raise EndofuseError("--display is not available with --runtime holoscan; "
+                            "add a HolovizOp after EndofuseOverlayOp in your own graph (see docs/holoscan.md)")
+    report_path = Path(args.report) if args.report else None
+    with stop_on_signals():
+        wli, nbi = open_source_pair(args.wli, args.nbi, args.fps, args.frames, args.camera_timeout)
+        try:
+            engine = open_engine(args.checkpoint, backend=args.engine, device=args.device, model_name=args.model)
+            sinks = [VideoFileSink(args.out, wli.fps)] if args.out else []
+            if args.frames_dir:
+                sinks.append(ImageFolderSink(args.frames_dir, force=getattr(args, "force", False)))
+            sections = {
+                "wli_source": {"source": wli, "frames": args.frames, "live": args.live},
+                "nbi_source": {"source": nbi},
+                "overlay": {"alpha": args.alpha, "hud": not args.no_hud},
+                "recorder": {"warmup_frames": args.warmup},
+                "scheduler": {"kind": getattr(args, "scheduler", "greedy") or "greedy",
+                              "workers": getattr(args, "workers", 1) or 1},
+            }
+            app = EndofuseApp(sections, engine=engine, sinks=sinks)
+        except BaseException as exc:
+            for source in (wli, nbi):
+                if source is not None:
+                    source.close()
+            if isinstance(exc, Stopped):
+                return _stopped_code(exc)
+            raise
+        try:
+            report = run_app(app, handle_signals=False)
+        except Stopped as stop:
+            report = app.recorder_op.report() | {"signal": signal.Signals(stop.signum).name}
+            write_report(report, report_path)
+            print(summary_line(report, args.out, report_path), file=sys.stderr)
+            return _stopped_code(stop)
+    write_report(report, report_path)
+    print(summary_line(report, args.out, report_path))
+    return 0
