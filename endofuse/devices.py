@@ -1,0 +1,33 @@
+"""`--device` strings checked once, for every command: cpu, cuda, cuda:N - or one line saying why not."""
+from __future__ import annotations
+
+import re
+
+from endofuse.errors import EndofuseError
+
+DEVICE_FORMS = "cpu, cuda or cuda:N"
+
+
+def check_device(spec: str | None, what: str = "--device", torch_cuda: bool = True) -> str | None:
+    """`spec` normalised ("cuda" stays "cuda"); EndofuseError when it is malformed or names a missing GPU.
+
+    None (the engine's own choice) passes through. `torch_cuda=False` checks the form only (an
+    engine such as ONNX Runtime finds its GPU itself, without torch).
+    """
+    if spec is None:
+        return None
+    text = str(spec).strip().lower()
+    match = re.fullmatch(r"(cpu|cuda)(?::(\d+))?", text)
+    if match is None or (match.group(1) == "cpu" and match.group(2) is not None):
+        raise EndofuseError(f"{what} {spec!r}: not a device; use {DEVICE_FORMS}")
+    if match.group(1) == "cuda" and torch_cuda:
+        import torch
+
+        if not torch.cuda.is_available():
+            build = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise EndofuseError(f"{what} {spec!r}: {build} (torch {torch.__version__}); use --device cpu")
+        index = int(match.group(2) or 0)
+        if index >= torch.cuda.device_count():
+            raise EndofuseError(f"{what} {spec!r}: only {torch.cuda.device_count()} CUDA device(s) visible; "
+                                f"use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    return text
