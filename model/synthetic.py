@@ -20,6 +20,7 @@ masks are uint8 in {0, 1}.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -206,11 +207,17 @@ def _camera(center: tuple[float, float], angle_deg: float, zoom: float, out_size
                      [0.0, 0.0, 1.0]])
 
 
-def _misregistration(rng: np.random.Generator, size: Size, nbi_size: Size) -> np.ndarray:
-    """3x3 affine from WLI frame pixels to NBI frame pixels: small shift/rotation/zoom, then resize."""
+def _misregistration(rng: np.random.Generator, size: Size, nbi_size: Size,
+                     limits: tuple[float, float, float] = (0.025, 3.0, 0.03)) -> np.ndarray:
+    """3x3 affine from WLI frame pixels to NBI frame pixels: small shift/rotation/zoom, then resize.
+
+    `limits` = (shift as a fraction of the size, rotation in degrees, zoom deviation), each drawn uniformly in +-.
+    """
     h, w = size
-    shift = rng.uniform(-0.025, 0.025, 2) * np.array([w, h])
-    jitter = _camera((w / 2 - shift[0], h / 2 - shift[1]), rng.uniform(-3, 3), rng.uniform(0.97, 1.03), size)
+    max_shift, max_rotation, max_zoom = limits
+    shift = rng.uniform(-max_shift, max_shift, 2) * np.array([w, h])
+    jitter = _camera((w / 2 - shift[0], h / 2 - shift[1]), rng.uniform(-max_rotation, max_rotation),
+                     rng.uniform(1 - max_zoom, 1 + max_zoom), size)
     resize = np.diag([nbi_size[1] / w, nbi_size[0] / h, 1.0])
     return resize @ jitter
 
@@ -225,7 +232,8 @@ class SyntheticScene:
     WLI frame pixels to NBI frame pixels (the mis-registration, then the resize).
     """
 
-    def __init__(self, seed: int = 0, size: Size = (480, 540), nbi_size: Size | None = None):
+    def __init__(self, seed: int = 0, size: Size = (480, 540), nbi_size: Size | None = None,
+                 misregistration: tuple[float, float, float] = (0.025, 3.0, 0.03)):
         h, w = int(size[0]), int(size[1])
         if h < 16 or w < 16:
             raise ValueError(f"SyntheticScene size must be at least 16x16, got {size}")
@@ -239,7 +247,7 @@ class SyntheticScene:
         self._canvas_center = (canvas_shape[1] / 2, canvas_shape[0] / 2)
         self._phases = rng.uniform(0, 2 * math.pi, 4)
         self._periods = rng.uniform(6.0, 11.0, 4)
-        self.nbi_warp = _misregistration(rng, self.size, self.nbi_size)
+        self.nbi_warp = _misregistration(rng, self.size, self.nbi_size, misregistration)
         self._shading = {self.size: _lens_shading(self.size), self.nbi_size: _lens_shading(self.nbi_size)}
         self._fov = octagon_mask(self.size)
 
@@ -267,8 +275,46 @@ class SyntheticScene:
         return wli, nbi, mask & self._fov
 
 
-def make_pair(seed: int, size: Size = (288, 320), nbi_size: Size | None = None):
-    """An independent still (wli_bgr, nbi_bgr, mask) pair: a fresh scene per seed, at a random pose."""
-    scene = SyntheticScene(seed, size, nbi_size)
+@dataclass(frozen=True)
+class DomainShift:
+    """How `endofuse synth --shift` test scenes differ from the training scenes.
+
+    Colour calibration: each frame gets its own per-channel gain in [1 - color_gain, 1 + color_gain]
+    and gamma in [1 / (1 + gamma), 1 + gamma]. Blur: Gaussian, sigma drawn in `blur_sigma` pixels
+    per 320 px of frame width (scaled with the size), each frame on its own. Misregistration of NBI
+    against WLI: shift up to `shift` of the size, rotation up to `rotation` degrees, zoom within
+    1 +- `zoom` (training scenes: 0.025, 3 degrees, 0.03).
+    """
+
+    color_gain: float = 0.15
+    gamma: float = 0.25
+    blur_sigma: tuple[float, float] = (1.0, 2.5)
+    shift: float = 0.06
+    rotation: float = 8.0
+    zoom: float = 0.08
+
+
+def _calibrate_and_blur(rng: np.random.Generator, frame: np.ndarray, shift: DomainShift) -> np.ndarray:
+    gain = rng.uniform(1 - shift.color_gain, 1 + shift.color_gain, 3)
+    gamma = float(np.exp(rng.uniform(-np.log1p(shift.gamma), np.log1p(shift.gamma))))
+    out = np.clip((frame.astype(np.float32) / 255.0) ** gamma * gain, 0.0, 1.0)
+    sigma = rng.uniform(*shift.blur_sigma) * frame.shape[1] / 320.0
+    out = cv2.GaussianBlur(out, (0, 0), sigma)
+    return np.round(out * 255.0).astype(np.uint8)
+
+
+def make_pair(seed: int, size: Size = (288, 320), nbi_size: Size | None = None, shift: DomainShift | None = None):
+    """An independent still (wli_bgr, nbi_bgr, mask) pair: a fresh scene per seed, at a random pose.
+
+    `shift` renders the scene under a `DomainShift` (the mask stays aligned to the WLI frame).
+    """
+    if shift is None:
+        scene = SyntheticScene(seed, size, nbi_size)
+    else:
+        scene = SyntheticScene(seed, size, nbi_size, misregistration=(shift.shift, shift.rotation, shift.zoom))
     t = float(np.random.default_rng([seed, 1]).uniform(0, 60))
-    return scene.frame(t)
+    wli, nbi, mask = scene.frame(t)
+    if shift is not None:
+        rng = np.random.default_rng([seed, 2])
+        wli, nbi = _calibrate_and_blur(rng, wli, shift), _calibrate_and_blur(rng, nbi, shift)
+    return wli, nbi, mask

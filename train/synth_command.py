@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from endofuse.errors import EndofuseError
-from endofuse.model.synthetic import SyntheticScene, make_pair
+from endofuse.model.synthetic import DomainShift, SyntheticScene, make_pair
 
 DEFAULT_SIZE = (288, 320)
 SEED_STRIDE = 1_000_003  # pair seeds of different --seed values never collide for < 1M pairs
@@ -40,14 +40,19 @@ def pair_seed(seed: int, index: int) -> int:
 
 
 def write_dataset(out: Path, train_pairs: int, test_pairs: int, size: tuple[int, int], seed: int,
-                  nbi_size: tuple[int, int] | None = None, progress: bool = True) -> None:
-    """Write `train_pairs` + `test_pairs` independent pairs and the two CSVs; test scenes differ from train."""
+                  nbi_size: tuple[int, int] | None = None, progress: bool = True,
+                  shift: DomainShift | None = None) -> None:
+    """Write `train_pairs` + `test_pairs` independent pairs and the two CSVs; test scenes differ from train.
+
+    `shift` renders the test pairs (only) under a `DomainShift`: other colour calibration, blur and
+    a larger WLI/NBI misregistration than the training pairs.
+    """
     imgs = out / "imgs"
     imgs.mkdir(parents=True, exist_ok=True)
     rows = {"Training.csv": [], "Test.csv": []}
     total = train_pairs + test_pairs
     for i in tqdm(range(total), desc="synth pairs", unit="pair", disable=not progress):
-        wli, nbi, mask = make_pair(pair_seed(seed, i), size, nbi_size)
+        wli, nbi, mask = make_pair(pair_seed(seed, i), size, nbi_size, shift=shift if i >= train_pairs else None)
         stem = f"synth{seed}_{i:05d}"
         names = (f"imgs/{stem}_1.png", f"imgs/{stem}_2.png", f"imgs/{stem}_1_label.png")
         for name, image in zip(names, (wli, nbi, mask * np.uint8(255))):
@@ -92,6 +97,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video", type=float, default=None, metavar="SECONDS", help="also write a moving WLI/NBI mp4 pair")
     parser.add_argument("--fps", type=float, default=30.0, help="video frame rate (default 30)")
     parser.add_argument("--seed", type=int, default=0)
+    d = DomainShift()
+    parser.add_argument("--shift", action="store_true",
+                        help=f"test pairs differ from the training pairs: per-channel colour gain +-{d.color_gain:g}, "
+                             f"gamma in [1/{1 + d.gamma:g}, {1 + d.gamma:g}], Gaussian blur sigma "
+                             f"{d.blur_sigma[0]:g}-{d.blur_sigma[1]:g} px per 320 px, NBI misregistration up to {d.shift * 100:g}%% shift, {d.rotation:g} degrees, "
+                             f"zoom +-{d.zoom:g}")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -101,7 +112,8 @@ def main(args: argparse.Namespace) -> int:
         if args.pairs < 1:
             raise ValueError(f"--pairs must be >= 1, got {args.pairs}")
         test_pairs = args.test_pairs if args.test_pairs is not None else max(1, args.pairs // 4)
-        write_dataset(args.out, args.pairs, test_pairs, args.size, args.seed, args.nbi_size)
+        write_dataset(args.out, args.pairs, test_pairs, args.size, args.seed, args.nbi_size,
+                      shift=DomainShift() if args.shift else None)
         print(f"wrote {args.pairs} training + {test_pairs} test pairs to {args.out} (Training.csv, Test.csv)")
     if args.video is not None:
         if args.video <= 0 or args.fps <= 0:
