@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from endofuse.checks import check_fps
 from endofuse.errors import EndofuseError
 from endofuse.machine import describe_machine, machine_line, time_calls
 from endofuse.realtime.run_command import add_source_arguments, quiet_opencv, write_report
@@ -125,6 +126,7 @@ def run_bench(args: argparse.Namespace) -> tuple[dict, dict]:
 
 def main(args: argparse.Namespace) -> int:
     quiet_opencv()
+    check_fps(args.paced_fps, "--paced-fps")
     for target in (args.json, args.plot):
         if target and not Path(target).parent.exists():
             raise EndofuseError(f"'{target}': folder '{Path(target).parent}' does not exist")

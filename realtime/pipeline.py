@@ -17,15 +17,16 @@ import collections
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from endofuse.realtime.operators import CaptureOp, InferenceOp, Inferred
 from endofuse.realtime.overlay import HudInfo, OverlayStyle
 from endofuse.realtime.queues import BLOCK, LATEST, Closed, FrameQueue, Timeout
 from endofuse.realtime.segment import FUSED, WLI_ONLY, engine_label, finish_frame
 from endofuse.realtime.source_specs import open_source_pair
 from endofuse.realtime.sources import DEFAULT_FPS, Source
-from endofuse.realtime.sync import SyncPolicy, Synchroniser
+from endofuse.realtime.sync import MISSING, PAIRED, STALE, Synchroniser, SyncPolicy
 from endofuse.realtime.tracing import LatencyStats, now
+
+from endofuse.outputs import finite_or_none
 
 
 @dataclass
@@ -70,6 +71,8 @@ class Pipeline:
         self.stats = LatencyStats(self.config.warmup_frames)
         self.sync = Synchroniser(self.config.sync or SyncPolicy.for_fps(wli.fps))
         self.frames_out = 0
+        # pairing of the frames that reached the sinks (the synchroniser also counts in-flight ones)
+        self.status_counts: collections.Counter = collections.Counter()
         self.resolution_changes = 0
         self.warnings: list[str] = []
         self._errors: list[BaseException] = []
@@ -168,6 +171,7 @@ class Pipeline:
         self.stats.record(latency, trace.stages_ms, ready)
         self._done_times.append(ready)
         self.frames_out += 1
+        self.status_counts[item.pairing.status] += 1
         return result
 
     def _hud(self, mode: str, trace) -> HudInfo:
@@ -200,6 +204,8 @@ class Pipeline:
                 source.close()
         errors = []
         for sink in self.sinks:
+            if self._errors and hasattr(sink, "mark_partial"):
+                sink.mark_partial(str(self._errors[0]))
             try:
                 sink.close()
             except Exception as exc:  # noqa: BLE001 - close every sink, report the first failure
@@ -213,7 +219,7 @@ class Pipeline:
         summary = self.stats.summary()
         sync = self.sync.summary()
         dropped = {"wli_capture": self.wli_port.dropped, "results": self.result_port.dropped}
-        return {
+        report = {
             "model": getattr(self.engine, "model_label", ""),
             "engine": engine_label(self.engine),
             "input_size": list(self.engine.input_size),
@@ -221,9 +227,9 @@ class Pipeline:
             "nbi": None if self.nbi is None else self.nbi.name,
             "live": self.config.live,
             "frames": self.frames_out,
-            "paired": sync["paired"],
-            "stale_pairs": sync["stale_pairs"],
-            "nbi_missing": sync["nbi_missing"],
+            "paired": self.status_counts[PAIRED],
+            "stale_pairs": self.status_counts[STALE],
+            "nbi_missing": self.status_counts[MISSING],
             "dropped": sum(dropped.values()),
             "dropped_by_port": dropped,
             "nbi_dropped": 0 if self.nbi_port is None else self.nbi_port.dropped,
@@ -239,6 +245,10 @@ class Pipeline:
             "camera_reconnects": sum(getattr(s, "reconnects", 0) for s in (self.wli, self.nbi) if s is not None),
             "warnings": list(self.warnings),
         }
+        if self.stats.counted == 0:
+            report["statistics_note"] = (f"no statistics: {self.frames_out} frame(s), all within the "
+                                         f"{self.config.warmup_frames}-frame warm-up (use more --frames or less --warmup)")
+        return finite_or_none(report)
 
 
 def build_pipeline(wli_source, nbi_source, engine, live: bool = False, alpha: float = 0.45, *,

@@ -6,18 +6,28 @@
     endofuse run --wli interleaved:0 --nbi interleaved:0        # one device alternating WLI/NBI
 
 Without --checkpoint it uses the bundled demo weights (trained on synthetic
-data: a demo model, labelled so in the HUD and report). Ctrl-C stops cleanly:
-the output video is finalised and the report written before exiting.
+data: a demo model, labelled so in the HUD and report). Ctrl-C (SIGINT) and
+SIGTERM stop cleanly: the output video is finalised and the report written
+with "interrupted": true before exiting 130 / 143. Outputs are checked against
+the inputs before any work (see docs/faults.md).
 """
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import os
+import signal
 import sys
 from pathlib import Path
 
+from endofuse.checks import check_fps
 from endofuse.errors import EndofuseError
+from endofuse.outputs import (
+    check_output_file,
+    finite_or_none,
+    refuse_overlap,
+    write_json,
+)
 
 # FFmpeg and OpenCV print their own warnings straight to stderr (e.g. "moov atom not
 # found" for a truncated file); we report such problems ourselves in one line.
@@ -52,18 +62,80 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames-dir", default=None, metavar="DIR",
                         help="also write overlay_NNNNNN.png and mask_NNNNNN.png per frame into DIR")
     parser.add_argument("--display", action="store_true", help="show the overlay in a window (q/Esc stops)")
+    parser.add_argument("--force", action="store_true",
+                        help="allow --frames-dir to be a folder that already holds files endofuse did not write")
     parser.add_argument("--report", default=None, metavar="JSON", help="write the latency/sync report here")
     parser.add_argument("--frames", type=int, default=None, metavar="N",
                         help="stop after N WLI frames (needed for cameras and synthetic sources)")
     parser.add_argument("--live", action="store_true",
                         help="play recordings paced at their own fps with latest-frame-wins queues, like a camera "
                              "(default for cameras/streams; files otherwise run as fast as possible, losslessly)")
-    parser.add_argument("--fps", type=float, default=30.0, help="frame rate of synthetic and image-folder sources")
+    parser.add_argument("--fps", type=float, default=30.0,
+                        help="frame rate of synthetic and image-folder sources (finite, > 0)")
     parser.add_argument("--alpha", type=float, default=0.45, help="overlay opacity in [0, 1]")
     parser.add_argument("--no-hud", action="store_true", help="do not draw the HUD box")
     parser.add_argument("--warmup", type=int, default=10, help="frames left out of the statistics (default 10)")
     parser.add_argument("--camera-timeout", type=float, default=30.0,
                         help="seconds a lost camera is retried (with back-off) before giving up")
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM/SIGINT during a run: stop like Ctrl-C, remember which signal for the exit code."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """SIGINT and SIGTERM raise `Stopped` once in the main thread; a second signal is ignored while finalising."""
+    def handler(signum, frame):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        raise Stopped(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _path_inputs(args: argparse.Namespace) -> tuple[dict, list[str]]:
+    """Inputs that are files or folders (cameras, streams and synthetic scenes are not)."""
+    from endofuse.realtime.source_specs import (
+        INTERLEAVED_PREFIX,
+        STREAM_PREFIXES,
+        is_camera,
+    )
+
+    inputs, folders = {"--checkpoint": args.checkpoint}, []
+    for label, spec in (("--wli", args.wli), ("--nbi", args.nbi)):
+        if spec is None:
+            continue
+        spec = str(spec).removeprefix(INTERLEAVED_PREFIX)
+        if spec.startswith(("synthetic",) + STREAM_PREFIXES) or is_camera(spec) or "!" in spec:
+            continue
+        inputs[label] = spec
+        if Path(spec).is_dir():
+            folders.append(label)
+    return inputs, folders
+
+
+def check_run_outputs(args: argparse.Namespace) -> None:
+    """Everything about the outputs that can fail, checked before a single frame is processed."""
+    inputs, input_dirs = _path_inputs(args)
+    outputs = {"--out": args.out, "--report": args.report, "--frames-dir": args.frames_dir}
+    refuse_overlap(outputs, inputs, output_dirs=["--frames-dir"], input_dirs=input_dirs)
+    if args.report:
+        check_output_file(args.report, "--report")
+    if args.frames_dir and Path(args.frames_dir).exists() and not Path(args.frames_dir).is_dir():
+        raise EndofuseError(f"--frames-dir '{args.frames_dir}' is an existing file: give a folder")
+    endless = [s for s in (args.wli, args.nbi) if s is not None and str(s).startswith("synthetic")]
+    if endless and args.frames is None and not args.display:
+        raise EndofuseError(f"'{endless[0]}' is an endless source: give --frames N (or --display and stop with q)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -76,51 +148,78 @@ def main(args: argparse.Namespace) -> int:
 
     if args.frames is not None and args.frames < 1:
         raise EndofuseError(f"--frames must be >= 1, got {args.frames}")
+    check_fps(args.fps)
+    check_run_outputs(args)
     report_path = Path(args.report) if args.report else None
-    if report_path is not None and not report_path.parent.exists():
-        raise EndofuseError(f"report '{report_path}': folder '{report_path.parent}' does not exist")
     style = OverlayStyle(alpha=args.alpha, hud=not args.no_hud)  # checks alpha before any work
-    wli, nbi = open_source_pair(args.wli, args.nbi, args.fps, args.frames, args.camera_timeout)
-    sinks = []
-    try:
-        engine = open_engine(args.checkpoint, backend=args.engine, device=args.device, model_name=args.model)
-        if args.out:
-            sinks.append(VideoFileSink(args.out, wli.fps))
-        if args.frames_dir:
-            sinks.append(ImageFolderSink(args.frames_dir))
-        config = PipelineConfig(live=args.live, style=style, frames=args.frames, warmup_frames=args.warmup)
-        pipeline = Pipeline(wli, nbi, engine, config, sinks)
-        if args.display:
-            pipeline.sinks.append(WindowSink("endofuse", pipeline.stop))
-        engine.warmup()
-    except BaseException:
-        for source in (wli, nbi):
-            if source is not None:
-                source.close()
-        raise
-    try:
-        pipeline.run()
-    except KeyboardInterrupt:
-        pipeline.close()  # finalises the video before the report is written
-        write_report(pipeline.report() | {"interrupted": True}, report_path)
-        raise
+    with stop_on_signals():
+        try:
+            wli, nbi = open_source_pair(args.wli, args.nbi, args.fps, args.frames, args.camera_timeout)
+        except Stopped as stop:
+            return _stopped_code(stop)
+        sinks = []
+        try:
+            engine = open_engine(args.checkpoint, backend=args.engine, device=args.device, model_name=args.model)
+            if args.out:
+                sinks.append(VideoFileSink(args.out, wli.fps))
+            if args.frames_dir:
+                sinks.append(ImageFolderSink(args.frames_dir, force=args.force))
+            config = PipelineConfig(live=args.live, style=style, frames=args.frames, warmup_frames=args.warmup)
+            pipeline = Pipeline(wli, nbi, engine, config, sinks)
+            if args.display:
+                pipeline.sinks.append(WindowSink("endofuse", pipeline.stop))
+            engine.warmup()
+        except BaseException as exc:
+            for source in (wli, nbi):
+                if source is not None:
+                    source.close()
+            if isinstance(exc, Stopped):
+                return _stopped_code(exc)
+            raise
+        try:
+            pipeline.run()
+        except Stopped as stop:
+            pipeline.close()  # finalises the video before the report is written
+            report = pipeline.report() | {"interrupted": True, "signal": signal.Signals(stop.signum).name}
+            write_report(report, report_path)
+            print(summary_line(report, _written(sinks, args.out), report_path), file=sys.stderr)
+            return _stopped_code(stop)
+        except EndofuseError as exc:
+            # a source failed mid-stream: the frames so far are kept (as .partial) and the report says where
+            report = pipeline.report() | {"complete": False, "error": str(exc),
+                                          "stopped_after_frames": pipeline.frames_out}
+            video = _written(sinks, args.out)
+            if video:
+                report["partial_video"] = str(video)
+            if report_path is not None:
+                write_report(report, report_path)
+            raise
     report = pipeline.report()
     write_report(report, report_path)
     print(summary_line(report, args.out, report_path))
     return 0
 
 
+def _stopped_code(stop: Stopped) -> int:
+    print(f"endofuse run: interrupted ({signal.Signals(stop.signum).name})", file=sys.stderr)
+    return 128 + stop.signum  # 130 for SIGINT, 143 for SIGTERM, as a shell reports them
+
+
+def _written(sinks: list, out: str | None) -> str | None:
+    for sink in sinks:
+        if getattr(sink, "written_path", None) is not None:
+            return str(sink.written_path)
+    return None
+
+
 def write_report(report: dict, path: Path | None) -> None:
+    """Strict JSON (NaN/inf -> null), written atomically; a full disk is one line naming the file."""
     if path is not None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
-        os.replace(tmp, path)
+        write_json(path, finite_or_none(report))
 
 
-def _json_default(value):
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
+def _num(value, unit: str = "") -> str:
+    return "n/a" if value is None else f"{value:.1f}{unit}"
 
 
 def summary_line(report: dict, out: str | None, report_path: Path | None) -> str:
@@ -128,8 +227,8 @@ def summary_line(report: dict, out: str | None, report_path: Path | None) -> str
     fused = report["paired"] + report["stale_pairs"]
     parts = [
         f"{report['frames']} frames ({fused} fused, {report['nbi_missing']} WLI-only, {report['dropped']} dropped)",
-        f"{report['fps']:.1f} fps",
-        f"latency p50 {latency['p50']:.1f} ms, p99 {latency['p99']:.1f} ms",
+        f"{_num(report['fps'])} fps",
+        f"latency p50 {_num(latency['p50'], ' ms')}, p99 {_num(latency['p99'], ' ms')}",
         f"{report['engine']} / {report['model']}",
     ]
     targets = [str(p) for p in (out, report_path) if p]

@@ -7,13 +7,21 @@ video file is finalised and playable whatever stopped the run.
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
 
 from endofuse.errors import EndofuseError
+from endofuse.outputs import (
+    OutputFolder,
+    WriteError,
+    check_output_file,
+    fsync_file,
+    write_image,
+)
 
 FOURCC_BY_SUFFIX = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
 
@@ -31,8 +39,7 @@ class VideoFileSink:
         if suffix not in FOURCC_BY_SUFFIX:
             raise EndofuseError(f"output video '{self.path}': unsupported extension "
                                 f"(use one of {', '.join(sorted(FOURCC_BY_SUFFIX))})")
-        if not self.path.parent.exists():
-            raise EndofuseError(f"output video '{self.path}': folder '{self.path.parent}' does not exist")
+        check_output_file(self.path, "output video")  # a bad folder fails before the run, not after it
         self.fps = fps
         self.fourcc = FOURCC_BY_SUFFIX[suffix]
         self._partial = self.path.with_name(f".{self.path.stem}.partial{suffix}")
@@ -40,6 +47,8 @@ class VideoFileSink:
         self.size: tuple[int, int] | None = None  # (W, H)
         self.frames = 0
         self.resized_frames = 0
+        self.partial_reason: str | None = None  # set when the run failed mid-stream
+        self.written_path: Path | None = None  # where the video ended up (final or .partial name)
 
     def write(self, result) -> None:
         image = result.overlay
@@ -55,32 +64,70 @@ class VideoFileSink:
         self._writer.write(image)
         self.frames += 1
 
+    def mark_partial(self, reason: str) -> None:
+        """The run stopped on an error: keep what was written under a name that says it is partial."""
+        self.partial_reason = reason
+
+    @property
+    def partial_path(self) -> Path:
+        return self.path.with_name(f"{self.path.stem}.partial{self.path.suffix}")
+
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
-            os.replace(self._partial, self.path)
+        """Finalise, check every frame is in the file, then rename; a failed write keeps the old file."""
+        if self._writer is None:
+            return
+        self._writer.release()
+        self._writer = None
+        try:
+            fsync_file(self._partial)
+            written = _count_frames(self._partial)
+            if written != self.frames:
+                raise WriteError(f"output video '{self.path}': only {written} of {self.frames} frames could be "
+                                 f"written ({_disk_reason(self.path.parent)})")
+        except BaseException:
+            self._partial.unlink(missing_ok=True)
+            raise
+        self.written_path = self.partial_path if self.partial_reason else self.path
+        os.replace(self._partial, self.written_path)
+
+
+def _count_frames(path: Path) -> int:
+    """Frames a reader finds in a finished video (0 when the container cannot be opened)."""
+    capture = cv2.VideoCapture(str(path))
+    try:
+        return int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if capture.isOpened() else 0
+    finally:
+        capture.release()
+
+
+def _disk_reason(folder: Path) -> str:
+    try:
+        if shutil.disk_usage(folder).free < 1 << 20:
+            return "no space left on device"
+    except OSError:
+        pass
+    return "the video encoder failed to write"
 
 
 class ImageFolderSink:
     """Writes `overlay_NNNNNN.png` (and `mask_NNNNNN.png`, 0/255) per frame into a folder."""
 
-    def __init__(self, folder: str | os.PathLike, masks: bool = True) -> None:
+    def __init__(self, folder: str | os.PathLike, masks: bool = True, force: bool = False) -> None:
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.output = OutputFolder(self.folder, "--frames-dir", force=force).prepare()
         self.masks = masks
         self.frames = 0
 
     def write(self, result) -> None:
         name = f"{result.index:06d}.png"
-        if not cv2.imwrite(str(self.folder / f"overlay_{name}"), result.overlay):
-            raise EndofuseError(f"image folder '{self.folder}': cannot write overlay_{name}")
+        # cv2.imwrite returns False on a full disk without saying why; write_image names the reason
+        write_image(self.folder / f"overlay_{name}", result.overlay, durable=False)
         if self.masks:
-            cv2.imwrite(str(self.folder / f"mask_{name}"), result.mask * np.uint8(255))
+            write_image(self.folder / f"mask_{name}", result.mask * np.uint8(255), durable=False)
         self.frames += 1
 
     def close(self) -> None:
-        pass
+        self.output.commit()
 
 
 class WindowSink:

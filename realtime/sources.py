@@ -15,6 +15,7 @@ between WLI and NBI and splits an interleaved single stream in two.
 """
 from __future__ import annotations
 
+import math
 import os
 import threading
 from dataclasses import dataclass, field
@@ -22,9 +23,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from endofuse.realtime.tracing import now
 
 from endofuse.errors import EndofuseError
-from endofuse.realtime.tracing import now
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 DEFAULT_FPS = 30.0
@@ -54,7 +55,10 @@ class Source:
 
     def __init__(self, name: str, fps: float = DEFAULT_FPS) -> None:
         self.name = name
-        self.fps = float(fps) if fps and fps > 0 and fps == fps else DEFAULT_FPS
+        fps = float(fps)
+        if not (math.isfinite(fps) and fps > 0):
+            raise EndofuseError(f"{name}: frame rate must be a finite number > 0, got {fps}")
+        self.fps = fps
         self._index = 0
         self._epoch = 0.0
         self._paced = False
@@ -144,6 +148,10 @@ class VideoFileSource(Source):
             raise EndofuseError(f"{self.role} video '{self.path}': no such file")
         if not self.path.is_file():
             raise EndofuseError(f"{self.role} video '{self.path}': not a regular file")
+        kind = image_kind(self.path)
+        if kind is not None:  # OpenCV would play a still image as a one-frame "video"
+            raise EndofuseError(f"{self.role} video '{self.path}': this is a {kind} image, not a video; give a "
+                                "folder of images (played at --fps) or a video file")
         capture = cv2.VideoCapture(str(self.path))
         if not capture.isOpened():
             raise EndofuseError(
@@ -181,8 +189,25 @@ class VideoFileSource(Source):
             self._capture = None
 
 
+IMAGE_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"BM", "BMP"),
+                    (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"GIF8", "GIF"))
+
+
+def image_kind(path: Path) -> str | None:
+    """"PNG", "JPEG", ... when the file's first bytes are an image signature (whatever its name)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return None
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return next((kind for magic, kind in IMAGE_SIGNATURES if head.startswith(magic)), None)
+
+
 def _valid_fps(fps: float) -> float:
-    return float(fps) if fps and fps == fps and 0 < fps < 1000 else DEFAULT_FPS
+    # containers often store 0, nan or 90000 (a timebase) when the rate is unknown
+    return float(fps) if fps and math.isfinite(fps) and 0 < fps < 1000 else DEFAULT_FPS
 
 
 class ImageFolderSource(Source):

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 from pathlib import Path
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
+from endofuse.checks import check_fps
 from endofuse.errors import EndofuseError
 from endofuse.model.synthetic import DomainShift, SyntheticScene, make_pair
+from endofuse.outputs import OutputFolder, atomic_file, write_image
 
 DEFAULT_SIZE = (288, 320)
 SEED_STRIDE = 1_000_003  # pair seeds of different --seed values never collide for < 1M pairs
@@ -56,11 +59,10 @@ def write_dataset(out: Path, train_pairs: int, test_pairs: int, size: tuple[int,
         stem = f"synth{seed}_{i:05d}"
         names = (f"imgs/{stem}_1.png", f"imgs/{stem}_2.png", f"imgs/{stem}_1_label.png")
         for name, image in zip(names, (wli, nbi, mask * np.uint8(255))):
-            if not cv2.imwrite(str(out / name), image):
-                raise EndofuseError(f"could not write {out / name}")
+            write_image(out / name, image, durable=False)  # a full disk is one line naming the file
         rows["Training.csv" if i < train_pairs else "Test.csv"].append(names)
     for csv_name, entries in rows.items():
-        with open(out / csv_name, "w", newline="", encoding="utf-8") as f:
+        with atomic_file(out / csv_name, "w", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(["wli_path", "nbi_path", "label_path"])
             writer.writerows(entries)
@@ -97,6 +99,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video", type=float, default=None, metavar="SECONDS", help="also write a moving WLI/NBI mp4 pair")
     parser.add_argument("--fps", type=float, default=30.0, help="video frame rate (default 30)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true",
+                        help="write into a folder that holds files endofuse did not write (same names are replaced)")
     d = DomainShift()
     parser.add_argument("--shift", action="store_true",
                         help=f"test pairs differ from the training pairs: per-channel colour gain +-{d.color_gain:g}, "
@@ -111,13 +115,24 @@ def main(args: argparse.Namespace) -> int:
     if args.pairs is not None:
         if args.pairs < 1:
             raise ValueError(f"--pairs must be >= 1, got {args.pairs}")
+    if args.video is not None:
+        if not (math.isfinite(args.video) and args.video > 0):
+            raise EndofuseError(f"--video must be a finite number of seconds > 0, got {args.video}")
+        check_fps(args.fps)
+    # an existing dataset (CSVs, masks) is never overwritten unless it is one synth wrote, or --force
+    folder = OutputFolder(args.out, "synth OUT", force=args.force).prepare()
+    try:
+        return _write(args)
+    finally:
+        folder.commit()
+
+
+def _write(args: argparse.Namespace) -> int:
         test_pairs = args.test_pairs if args.test_pairs is not None else max(1, args.pairs // 4)
         write_dataset(args.out, args.pairs, test_pairs, args.size, args.seed, args.nbi_size,
                       shift=DomainShift() if args.shift else None)
         print(f"wrote {args.pairs} training + {test_pairs} test pairs to {args.out} (Training.csv, Test.csv)")
     if args.video is not None:
-        if args.video <= 0 or args.fps <= 0:
-            raise ValueError(f"--video and --fps must be positive, got {args.video} s at {args.fps} fps")
         write_video(args.out, args.video, args.fps, args.size, args.seed, args.nbi_size)
         print(f"wrote {args.out / 'wli.mp4'}, {args.out / 'nbi.mp4'}, {args.out / 'mask.mp4'}")
     return 0

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from endofuse import __version__
+from endofuse.checks import check_device
 from endofuse.errors import EndofuseError
 from endofuse.realtime.engines.base import Engine
 from endofuse.realtime.engines.cache import cache_entry, file_sha256
@@ -61,9 +62,11 @@ def open_engine(checkpoint_or_model_file: str | os.PathLike | nn.Module | None =
                 compile: bool = False, channels_last: bool = False, threads: int | None = None,
                 fp16: bool = True) -> Engine:
     """Opens an engine (see the module docstring). `model_name` picks the bundled weights when the source is None."""
+    device = check_device(device, torch_cuda=False)  # "banana": one line, before any model is loaded
     source = _resolve_source(checkpoint_or_model_file, model_name)
     backend = resolve_backend(backend, source)
     if backend == "torch":
+        check_device(device)  # a CUDA request without a CUDA torch
         model, label = load_model_and_label(source)
         from endofuse.realtime.engines.torch_engine import TorchEngine
         return TorchEngine(model, model_label=label, device=device, compile=compile, channels_last=channels_last)

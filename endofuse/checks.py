@@ -1,6 +1,7 @@
-"""`--device` strings checked once, for every command: cpu, cuda, cuda:N - or one line saying why not."""
+"""Option values checked once for every command (--device, --fps): accepted, or one line saying why not."""
 from __future__ import annotations
 
+import math
 import re
 
 from endofuse.errors import EndofuseError
@@ -31,3 +32,10 @@ def check_device(spec: str | None, what: str = "--device", torch_cuda: bool = Tr
             raise EndofuseError(f"{what} {spec!r}: only {torch.cuda.device_count()} CUDA device(s) visible; "
                                 f"use cuda:0..cuda:{torch.cuda.device_count() - 1}")
     return text
+
+
+def check_fps(value: float, flag: str = "--fps") -> float:
+    """A finite frame rate > 0 (inf would hang a video writer; 0, negative and nan mean nothing)."""
+    if not math.isfinite(value) or value <= 0:
+        raise EndofuseError(f"{flag} must be a finite number > 0 (frames per second), got {value}")
+    return value
