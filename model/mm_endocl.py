@@ -18,8 +18,12 @@ import torch.nn as nn
 
 from endofuse.model import losses
 from endofuse.model.blocks import AttentionMeanPool, Mlp
+from endofuse.model.cluster_negatives import OnlineKMeans, cluster_dacl
 from endofuse.model.decoder import CascadedDecoder
+from endofuse.model.distill import prototype_distill, relation_distill
 from endofuse.model.encoder import EncoderOutput, HybridViTEncoder
+from endofuse.model.fusion import DMAFusion
+from endofuse.model.mir import MaskedNBIReconstruction
 
 try:  # fused ops from the kernels package (Triton on CUDA, plain torch elsewhere)
     from endofuse.kernels import dacl_loss as _dacl_loss
@@ -28,21 +32,27 @@ except ImportError:  # FALLBACK until endofuse.kernels provides them
     _dacl_loss, _mmd_loss = losses.dacl, losses.mmd
 
 AUX_KEYS = ("da", "align", "diff", "orth_wli", "orth_nbi", "mi", "dacl", "fd")
+# terms of the related-work options, returned only when switched on (see `forward_train`)
+METHOD_KEYS = ("cgns", "mir", "relation", "prototype")
+FUSIONS = ("token", "dmaf")
+NEGATIVES = ("batch", "cluster")
+DISTILL_TERMS = ("relation", "prototype")
 
 
 class DisentangleFuse(nn.Module):
     """Specific/share MLPs per modality, share fusion, three modal-fusion MLPs summed."""
 
-    def __init__(self, dim: int, share_hidden: int):
+    def __init__(self, dim: int, share_hidden: int, with_fuse: bool = True):
         super().__init__()
         self.specific_wli = Mlp(dim, dim)
         self.specific_nbi = Mlp(dim, dim)
         self.share_wli = Mlp(dim, dim)
         self.share_nbi = Mlp(dim, dim)
-        self.share_fusion = Mlp(2 * dim, share_hidden, dim)
-        self.fuse_specific_wli = Mlp(dim, dim)
-        self.fuse_share = Mlp(dim, dim)
-        self.fuse_specific_nbi = Mlp(dim, dim)
+        if with_fuse:  # False with fusion="dmaf", whose block replaces the summed MLPs
+            self.share_fusion = Mlp(2 * dim, share_hidden, dim)
+            self.fuse_specific_wli = Mlp(dim, dim)
+            self.fuse_share = Mlp(dim, dim)
+            self.fuse_specific_nbi = Mlp(dim, dim)
 
     def split(self, tokens_wli: torch.Tensor, tokens_nbi: torch.Tensor) -> dict[str, torch.Tensor]:
         """The four disentangled token maps (B, N, D)."""
@@ -52,6 +62,10 @@ class DisentangleFuse(nn.Module):
             "share_w": self.share_wli(tokens_wli),
             "share_n": self.share_nbi(tokens_nbi),
         }
+
+    def split_wli(self, tokens_wli: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The WLI half of `split` (NBI absent)."""
+        return {"spec_w": self.specific_wli(tokens_wli), "share_w": self.share_wli(tokens_wli)}
 
     def fuse(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
         share = self.share_fusion(torch.cat([parts["share_w"], parts["share_n"]], dim=-1))
@@ -85,6 +99,14 @@ class MMEndoCLConfig:
     # training-time probability per sample of replacing NBI tokens with the missing token
     modality_dropout: float = 0.0
     da_kernel: str = "gaussian"
+    # "token": the summed fusion MLPs (+ missing_nbi_token); "dmaf": masked attention over both modalities
+    fusion: str = "token"
+    # DACL negatives: "batch" (the reference) or "cluster" (CM-CGNS cluster-guided, `clusters` centroids)
+    negatives: str = "batch"
+    clusters: int = 16
+    centroid_momentum: float = 0.9
+    # training-only masked NBI reconstruction head (absent from the export graph)
+    mir: bool = False
 
 
 class MMEndoCL(nn.Module):
@@ -94,8 +116,14 @@ class MMEndoCL(nn.Module):
         super().__init__()
         if config.img_size % 16:
             raise ValueError(f"img_size must be a multiple of 16, got {config.img_size}")
-        if config.missing_nbi_token is False and config.modality_dropout > 0:
-            raise ValueError("modality_dropout needs missing_nbi_token=True")
+        if config.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {config.fusion!r}")
+        if config.negatives not in NEGATIVES:
+            raise ValueError(f"negatives must be one of {NEGATIVES}, got {config.negatives!r}")
+        if config.fusion == "dmaf" and config.missing_nbi_token:
+            raise ValueError("fusion='dmaf' masks a missing NBI out; it takes no missing_nbi_token")
+        if config.missing_nbi_token is False and config.fusion == "token" and config.modality_dropout > 0:
+            raise ValueError("modality_dropout needs missing_nbi_token=True or fusion='dmaf'")
         self.name, self.config, self.num_classes = name, config, num_classes
         self.img_size = config.img_size
         self.overrides = dict(overrides or {})
@@ -109,7 +137,12 @@ class MMEndoCL(nn.Module):
 
         self.encoder_wli = encoder()
         self.encoder_nbi = encoder()
-        self.fusion = DisentangleFuse(c.hidden_size, c.share_hidden)
+        self.fusion = DisentangleFuse(c.hidden_size, c.share_hidden, with_fuse=c.fusion == "token")
+        tokens = (c.img_size // 16) ** 2
+        self.dmaf = DMAFusion(c.hidden_size, c.heads, c.mlp_dim) if c.fusion == "dmaf" else None
+        self.cluster = OnlineKMeans(c.clusters, tokens * c.hidden_size, c.centroid_momentum) \
+            if c.negatives == "cluster" else None
+        self.mir_head = MaskedNBIReconstruction(c.hidden_size, c.heads, tokens) if c.mir else None
         pool_dim = c.hidden_size * len(c.shallow_taps)
         self.pool_wli = AttentionMeanPool(pool_dim)
         self.pool_nbi = AttentionMeanPool(pool_dim)
@@ -156,6 +189,12 @@ class MMEndoCL(nn.Module):
         """Logits (B, num_classes, H, W); `nbi=None` takes the missing-NBI path."""
         self.check_inputs(wli, nbi)
         wli_out = self.encoder_wli(wli)
+        if self.dmaf is not None:
+            if nbi is None:  # NBI keys absent: the same as masking all of them
+                fused, _ = self.dmaf(self.fusion.split_wli(wli_out.tokens))
+            else:
+                fused, _ = self.dmaf(self.fusion.split(wli_out.tokens, self.encoder_nbi(nbi).tokens))
+            return self.decoder(fused, wli_out.skips)
         if nbi is None and self.missing_nbi_token is not None:
             tokens_nbi = self._missing_tokens(wli.shape[0])
         else:  # paper fallback without NBI: WLI fed to both encoders
@@ -163,9 +202,14 @@ class MMEndoCL(nn.Module):
         parts = self.fusion.split(wli_out.tokens, tokens_nbi)
         return self.decoder(self.fusion.fuse(parts), wli_out.skips)
 
+    @property
+    def handles_missing_nbi(self) -> bool:
+        """True when a missing NBI has its own path (learned token or DMAF mask), not WLI twice."""
+        return self.missing_nbi_token is not None or self.dmaf is not None
+
     def _nbi_dropped(self, batch: int, nbi: torch.Tensor | None, device: torch.device) -> torch.Tensor:
-        """Per-sample bool: NBI replaced by the missing token (absent, or modality dropout)."""
-        if self.missing_nbi_token is None:
+        """Per-sample bool: NBI treated as missing (absent, or modality dropout)."""
+        if not self.handles_missing_nbi:
             return torch.zeros(batch, dtype=torch.bool, device=device)
         if nbi is None:
             return torch.ones(batch, dtype=torch.bool, device=device)
@@ -173,45 +217,120 @@ class MMEndoCL(nn.Module):
             return torch.rand(batch, device=device) < self.config.modality_dropout
         return torch.zeros(batch, dtype=torch.bool, device=device)
 
+    def _missing_path(self, tokens_wli: torch.Tensor) -> torch.Tensor:
+        """Fused tokens of the missing-NBI path (the distillation student)."""
+        if self.dmaf is not None:
+            return self.dmaf(self.fusion.split_wli(tokens_wli))[0]
+        return self.fusion.fuse(self.fusion.split(tokens_wli, self._missing_tokens(tokens_wli.shape[0])))
+
     def forward_train(
-        self, wli: torch.Tensor, nbi: torch.Tensor | None = None
+        self,
+        wli: torch.Tensor,
+        nbi: torch.Tensor | None = None,
+        target: torch.Tensor | None = None,
+        distill: tuple[str, ...] = (),
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(logits, aux) with aux terms `da, align, diff, orth_wli, orth_nbi, mi, dacl, fd`.
 
         Samples whose NBI is dropped (modality dropout or `nbi=None` with a missing
-        token) still go through the fusion and the decoder, but are left out of every
-        aux term: those terms compare two real modalities. When no sample keeps its
-        NBI, every aux term is 0.
+        token / DMAF) still go through the fusion and the decoder, but are left out of
+        every aux term: those terms compare two real modalities. When no sample keeps
+        its NBI, every aux term is 0.
+
+        Related-work terms, present only when switched on: `cgns` (negatives="cluster":
+        the false-negative margin loss; `dacl` then uses the cluster-guided negatives),
+        `mir` (mir=True: L1 of the masked NBI patches rebuilt from the WLI shared
+        tokens, every sample with an NBI frame), `relation` / `prototype` (names in
+        `distill`: the missing-NBI path taught by the full path on the kept samples;
+        `prototype` needs `target` (B, H, W)).
         """
         self.check_inputs(wli, nbi)
+        unknown = sorted(set(distill) - set(DISTILL_TERMS))
+        if unknown:
+            raise ValueError(f"unknown distillation term(s) {unknown}; choose from {DISTILL_TERMS}")
+        if distill and not self.handles_missing_nbi:
+            raise ValueError("distillation needs a missing-NBI path: fusion='dmaf' or missing_nbi_token=True")
         batch = wli.shape[0]
         wli_out = self.encoder_wli(wli, with_shallow=True)
         dropped = self._nbi_dropped(batch, nbi, wli.device)
         nbi_out: EncoderOutput | None = None
-        if self.missing_nbi_token is None:
+        if not self.handles_missing_nbi:
             nbi_out = self.encoder_nbi(wli if nbi is None else nbi, with_shallow=True)
-            tokens_nbi = nbi_out.tokens
+            parts = self.fusion.split(wli_out.tokens, nbi_out.tokens)
         elif bool(dropped.all()):
-            tokens_nbi = self._missing_tokens(batch)
+            parts = self.fusion.split_wli(wli_out.tokens) if self.dmaf is not None else \
+                self.fusion.split(wli_out.tokens, self._missing_tokens(batch))
         else:
             nbi_out = self.encoder_nbi(nbi, with_shallow=True)
-            tokens_nbi = torch.where(dropped[:, None, None], self._missing_tokens(batch), nbi_out.tokens)
-        parts = self.fusion.split(wli_out.tokens, tokens_nbi)
-        logits = self.decoder(self.fusion.fuse(parts), wli_out.skips)
+            tokens_nbi = nbi_out.tokens if self.dmaf is not None else \
+                torch.where(dropped[:, None, None], self._missing_tokens(batch), nbi_out.tokens)
+            parts = self.fusion.split(wli_out.tokens, tokens_nbi)
+        if self.dmaf is not None:
+            fused, _ = self.dmaf(parts, None if nbi_out is None else ~dropped)
+        else:
+            fused = self.fusion.fuse(parts)
+        logits = self.decoder(fused, wli_out.skips)
+        kept = ~dropped
         if nbi_out is None:
             zero = logits.new_zeros(())
-            return logits, {key: zero for key in AUX_KEYS}
-        return logits, self._aux_terms(wli_out, nbi_out, parts, ~dropped)
+            aux = {key: zero for key in AUX_KEYS}
+            if self.cluster is not None:
+                aux["cgns"] = zero
+                self._update_clusters(None, kept)
+        else:
+            aux = self._aux_terms(wli_out, nbi_out, parts, kept)
+        if self.mir_head is not None:
+            aux["mir"] = logits.new_zeros(()) if nbi is None else self.mir_head(parts["share_w"], nbi)
+        if distill:
+            aux.update(self._distill_terms(wli_out.tokens, fused, kept if nbi_out is not None else None,
+                                           target, distill))
+        return logits, aux
+
+    def _distill_terms(self, tokens_wli: torch.Tensor, fused: torch.Tensor, kept: torch.Tensor | None,
+                       target: torch.Tensor | None, distill: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        zero = fused.new_zeros(())
+        if kept is None or not bool(kept.any()):
+            return {name: zero for name in distill}
+        student = self._missing_path(tokens_wli[kept])
+        teacher = fused[kept].detach()
+        out = {}
+        if "relation" in distill:
+            out["relation"] = relation_distill(student, teacher)
+        if "prototype" in distill:
+            out["prototype"] = zero if target is None else \
+                prototype_distill(student, teacher, target[kept], self.num_classes)
+        return out
+
+    def _update_clusters(self, parts: dict[str, torch.Tensor] | None, kept: torch.Tensor) -> None:
+        """Move the k-means centroids (training only; every rank calls it, with or without rows)."""
+        if not self.training:
+            return
+        if parts is None:
+            rows = torch.zeros(0, self.cluster.centroids.shape[1], device=kept.device)
+        else:
+            rows = torch.cat([parts[k].flatten(1) for k in ("share_w", "share_n", "spec_w", "spec_n")])
+        self.cluster.update(rows)
 
     def _aux_terms(
         self, wli_out: EncoderOutput, nbi_out: EncoderOutput, parts: dict[str, torch.Tensor], kept: torch.Tensor
     ) -> dict[str, torch.Tensor]:
+        if not bool(kept.any()):
+            zero = parts["share_w"].new_zeros(())
+            aux = {key: zero for key in AUX_KEYS}
+            if self.cluster is not None:
+                aux["cgns"] = zero
+                self._update_clusters(None, kept)
+            return aux
         pooled_wli = self.pool_wli(torch.cat(wli_out.shallow, dim=-1)[kept])
         pooled_nbi = self.pool_nbi(torch.cat(nbi_out.shallow, dim=-1)[kept])
         p = {key: value[kept] for key, value in parts.items()}
         aux = {"da": _mmd_loss(pooled_nbi, pooled_wli, kernel=self.config.da_kernel)}
         aux.update(losses.disentangle(p["spec_w"], p["spec_n"], p["share_w"], p["share_n"]))
-        aux["dacl"] = _dacl_loss(p["share_w"], p["share_n"], p["spec_w"], p["spec_n"], temperature=0.1)
+        if self.cluster is not None:
+            aux.update(cluster_dacl(p["share_w"], p["share_n"], p["spec_w"], p["spec_n"], self.cluster, 0.1))
+            self._update_clusters(p, kept)
+        else:
+            aux["dacl"] = _dacl_loss(p["share_w"], p["share_n"], p["spec_w"], p["spec_n"], temperature=0.1)
         aux["fd"] = aux["mi"] + 0.01 * aux["dacl"]
         return aux
 
@@ -258,6 +377,11 @@ def build_model(name: str, num_classes: int = 2, img_size: int | None = None, **
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     values = {key: _as_config_value(value) for key, value in overrides.items()}
+    if values.get("fusion", "token") != "token":
+        if name == "paper":
+            raise ValueError("model 'paper' keeps the reference fusion (checkpoint parity); fusion='dmaf' is for "
+                             "tiny and small")
+        values.setdefault("missing_nbi_token", False)  # DMAF masks a missing NBI instead of replacing it
     size = {} if img_size is None else {"img_size": int(img_size)}
     config = dataclasses.replace(MODEL_CONFIGS[name], **values, **size)
     return MMEndoCL(name, config, num_classes=num_classes, overrides=values)

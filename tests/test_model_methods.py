@@ -1,0 +1,140 @@
+"""Related-work options inside the model: dmaf, cluster negatives, mir, distillation (gradients, export)."""
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from endofuse.model import build_model, losses
+from endofuse.model.cluster_negatives import cluster_dacl
+
+SMALL = dict(img_size=32, dropout=0.0)  # a 2x2 token grid keeps each test a fraction of a second
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def pair(model, batch=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    size = model.img_size
+    return torch.rand(batch, 3, size, size, generator=g), torch.rand(batch, 3, size, size, generator=g)
+
+
+def grad_sum(module) -> float:
+    return float(sum(p.grad.abs().sum() for p in module.parameters() if p.grad is not None))
+
+
+def test_dmaf_model_ignores_nbi_when_missing_and_has_no_token():
+    torch.manual_seed(0)
+    model = build_model("tiny", fusion="dmaf", **SMALL).eval()
+    assert model.missing_nbi_token is None and model.dmaf is not None
+    assert not hasattr(model.fusion, "share_fusion")  # the summed fusion MLPs are not built
+    wli, nbi = pair(model)
+    forced = torch.tensor([True, False, True])
+    model._nbi_dropped = lambda batch, nbi, device: forced  # a fixed modality-dropout pattern
+    with torch.no_grad():
+        alone, fused = model(wli, None), model(wli, nbi)
+        mixed, aux = model.forward_train(wli, nbi)
+        mixed_other, _ = model.forward_train(wli, torch.where(forced[:, None, None, None], torch.rand_like(nbi), nbi))
+    # dropped samples take the missing-NBI path whatever their NBI frames hold; kept ones the fused path
+    torch.testing.assert_close(mixed[forced], alone[forced], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(mixed[~forced], fused[~forced], atol=1e-5, rtol=1e-4)
+    assert torch.equal(mixed[forced], mixed_other[forced])
+    assert not torch.allclose(alone, fused)
+    assert float(aux["dacl"]) > 0.0  # the kept sample still has the aux terms
+
+
+def test_paper_keeps_the_reference_fusion():
+    with pytest.raises(ValueError, match="reference fusion"):
+        build_model("paper", fusion="dmaf")
+
+
+def test_cluster_negatives_update_centroids_and_match_cluster_dacl():
+    torch.manual_seed(1)
+    model = build_model("tiny", negatives="cluster", clusters=4, modality_dropout=0.0, **SMALL).train()
+    wli, nbi = pair(model, batch=2)
+    _, aux = model.forward_train(wli, nbi)  # first step fills the 4 centroids from 8 rows
+    assert model.cluster.ready and float(aux["cgns"]) == 0.0
+    before = model.cluster.centroids.clone()
+    with torch.no_grad():
+        parts = model.fusion.split(model.encoder_wli(wli).tokens, model.encoder_nbi(nbi).tokens)
+        expected = cluster_dacl(parts["share_w"], parts["share_n"], parts["spec_w"], parts["spec_n"], model.cluster)
+    _, aux = model.forward_train(wli, nbi)
+    torch.testing.assert_close(aux["dacl"].detach(), expected["dacl"], atol=1e-5, rtol=1e-4)
+    assert not torch.equal(model.cluster.centroids, before)  # training moves them
+    model.eval()
+    after = model.cluster.centroids.clone()
+    model.forward_train(wli, nbi)
+    assert torch.equal(model.cluster.centroids, after)  # evaluation does not
+    assert {"cluster.centroids", "cluster.filled"} <= set(model.state_dict())
+
+
+def test_mir_gradient_reaches_wli_side_and_head_only():
+    torch.manual_seed(2)
+    model = build_model("tiny", mir=True, modality_dropout=0.0, **SMALL).train()
+    wli, nbi = pair(model)
+    _, aux = model.forward_train(wli, nbi)
+    aux["mir"].backward()
+    assert grad_sum(model.mir_head) > 0 and grad_sum(model.encoder_wli) > 0 and grad_sum(model.fusion.share_wli) > 0
+    for name in ("encoder_nbi", "decoder", "pool_wli"):
+        assert grad_sum(getattr(model, name)) == 0.0, name
+    assert grad_sum(model.fusion.specific_wli) == 0.0 and grad_sum(model.fusion.share_nbi) == 0.0
+
+
+@pytest.mark.parametrize("fusion", ["token", "dmaf"])
+def test_distillation_teaches_the_missing_path_only(fusion):
+    torch.manual_seed(3)
+    model = build_model("tiny", fusion=fusion, modality_dropout=0.0, **SMALL).train()
+    wli, nbi = pair(model)
+    target = torch.zeros(3, 32, 32, dtype=torch.long)
+    target[:, 8:24, 4:20] = 1
+    _, aux = model.forward_train(wli, nbi, target=target, distill=("relation", "prototype"))
+    assert aux["relation"].item() > 0 and aux["prototype"].item() > 0
+    (aux["relation"] + aux["prototype"]).backward()
+    assert grad_sum(model.encoder_wli) > 0
+    assert grad_sum(model.encoder_nbi) == 0.0 and grad_sum(model.decoder) == 0.0  # the teacher is detached
+    if fusion == "token":
+        assert float(model.missing_nbi_token.grad.abs().sum()) > 0
+    else:
+        assert grad_sum(model.dmaf) > 0 and grad_sum(model.dmaf.proj_nbi) == 0.0
+
+
+def test_distillation_needs_a_missing_path():
+    model = build_model("tiny", missing_nbi_token=False, modality_dropout=0.0, **SMALL).train()
+    wli, nbi = pair(model)
+    with pytest.raises(ValueError, match="missing-NBI path"):
+        model.forward_train(wli, nbi, distill=("relation",))
+
+
+def test_options_off_keep_the_reference_terms():
+    torch.manual_seed(4)
+    model = build_model("tiny", modality_dropout=0.0, **SMALL).train()
+    wli, nbi = pair(model)
+    _, aux = model.forward_train(wli, nbi)
+    assert "cgns" not in aux and "mir" not in aux and "relation" not in aux
+    with torch.no_grad():
+        parts = model.fusion.split(model.encoder_wli(wli).tokens, model.encoder_nbi(nbi).tokens)
+        ref = losses.dacl(parts["share_w"], parts["share_n"], parts["spec_w"], parts["spec_n"], 0.1)
+    torch.testing.assert_close(aux["dacl"].detach(), ref, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow  # torch.export of two graphs: tens of seconds on 2 cores
+def test_dmaf_onnx_export_matches_eager_and_leaves_training_heads_out(tmp_path):
+    from endofuse.realtime.engines.onnx_export import export_onnx
+
+    torch.manual_seed(5)
+    model = build_model("tiny", fusion="dmaf", mir=True, negatives="cluster", clusters=4, **SMALL).eval()
+    result = export_onnx(model, tmp_path / "dmaf.onnx", model_label="dmaf test", log=lambda *a: None)
+    wli, nbi = pair(model, batch=1, seed=9)
+    for path, feeds, eager in ((result.path, {"wli": wli, "nbi": nbi}, model(wli, nbi)),
+                               (result.missing_nbi_path, {"wli": wli}, model(wli, None))):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        out = session.run(None, {k: v.numpy() for k, v in feeds.items()})[0]
+        assert abs(out - eager.detach().numpy()).max() < 1e-4
+        names = {init.name for init in onnx.load(str(path)).graph.initializer}
+        assert not any("mir_head" in n or "cluster" in n for n in names)
+    assert any("dmaf" in n for n in {i.name for i in onnx.load(str(result.path)).graph.initializer})
