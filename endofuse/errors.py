@@ -1,4 +1,7 @@
-"""The one exception type the CLI turns into a single clean line (no traceback)."""
+"""The exceptions the CLI turns into a single clean line (no traceback): `EndofuseError` and its subclasses.
+
+Anything else raised under `endofuse COMMAND` is a bug and shows its traceback.
+"""
 
 
 class EndofuseError(Exception):
@@ -9,3 +12,11 @@ class EndofuseError(Exception):
     """
 
     exit_code = 1
+
+
+class MissingFileError(EndofuseError, FileNotFoundError):
+    """A file or folder the user named (or that a dataset lists) does not exist."""
+
+
+class InvalidOptionError(EndofuseError, ValueError):
+    """An option or argument value outside what it accepts; the message names the option and the valid values."""

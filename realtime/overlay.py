@@ -1,8 +1,8 @@
-"""Drawing on the WLI frame: alpha-blended mask, its contour, and a small HUD.
+"""How the overlay looks (`OverlayStyle`) and the HUD drawn on it.
 
-CPU path (numpy / OpenCV, a few ms on an 800x800 frame). The CUDA path lives
-in `segment.py`, which hands CUDA tensors to `endofuse.kernels.overlay` (same
-look: alpha blend plus a 2-px inner contour) when the engine runs on a GPU.
+The mask, blend and contour themselves are `endofuse.kernels.overlay` (CPU twin
+or Triton kernel), called from `segment.finish_frame`; this module adds the
+small HUD box with the mode, engine, model and live numbers.
 """
 from __future__ import annotations
 
@@ -11,10 +11,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from endofuse.kernels.mask_overlay import inner_contour
+from endofuse.kernels.mask_overlay import DEFAULT_ALPHA, DEFAULT_COLOR
 
-# BGR: a green that reads on both reddish mucosa and the dark border.
-DEFAULT_COLOR = (0, 255, 0)
 MODE_COLORS = {"FUSED": (0, 200, 0), "WLI-ONLY": (0, 165, 255)}
 
 
@@ -22,45 +20,14 @@ MODE_COLORS = {"FUSED": (0, 200, 0), "WLI-ONLY": (0, 165, 255)}
 class OverlayStyle:
     """How the overlay looks; `contour=False` and `hud=False` leave only the blend."""
 
-    alpha: float = 0.45
+    alpha: float = DEFAULT_ALPHA
     color: tuple[int, int, int] = DEFAULT_COLOR
-    contour: bool = True  # a 2-px inner contour in full colour (always drawn by the CUDA kernel)
+    contour: bool = True  # a 2-px inner contour in full colour
     hud: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"overlay alpha must be in [0, 1], got {self.alpha}")
-
-
-def blend_mask(frame: np.ndarray, mask: np.ndarray, alpha: float, color=DEFAULT_COLOR) -> np.ndarray:
-    """A copy of `frame` where mask pixels become (1-alpha)*frame + alpha*color (rounded).
-
-    Only the mask's bounding box is blended (one `cv2.transform` pass: a 3x4
-    affine colour map) and copied back through the mask: a few ms on an 800x800
-    frame instead of tens with boolean indexing.
-    """
-    if frame.shape[:2] != mask.shape:
-        raise ValueError(f"mask {mask.shape} does not match frame {frame.shape[:2]}")
-    out = frame.copy()
-    x, y, w, h = cv2.boundingRect(mask.astype(np.uint8, copy=False))
-    if alpha == 0.0 or w == 0 or h == 0:
-        return out
-    affine = np.hstack([np.eye(3) * (1.0 - alpha), np.asarray(color, np.float64)[:, None] * alpha]).astype(np.float32)
-    blended = cv2.transform(frame[y : y + h, x : x + w], affine)
-    cv2.copyTo(blended, mask[y : y + h, x : x + w].astype(np.uint8, copy=False), out[y : y + h, x : x + w])
-    return out
-
-
-def blend_and_outline(frame: np.ndarray, mask: np.ndarray, style: OverlayStyle) -> np.ndarray:
-    """Blend, then paint the mask's inner contour (2 px, as the CUDA kernel does) in full colour.
-
-    The contour lies inside the mask, so the overlay differs from the frame only
-    on mask pixels (and in the HUD box, drawn separately).
-    """
-    out = blend_mask(frame, mask, style.alpha, style.color)
-    if style.contour and style.alpha > 0:
-        out[inner_contour(mask.astype(np.uint8, copy=False)) != 0] = style.color
-    return out
 
 
 @dataclass(frozen=True)
@@ -117,10 +84,3 @@ def draw_hud(image: np.ndarray, info: HudInfo) -> tuple[int, int, int, int]:
         cv2.putText(box, text, origin, FONT, 0.55 * scale, color, 1, cv2.LINE_AA)
     return x0, y0, x1, y1
 
-
-def render_overlay(frame: np.ndarray, mask: np.ndarray, style: OverlayStyle, hud: HudInfo | None = None) -> np.ndarray:
-    """Blend + contour + (optional) HUD on a copy of the BGR `frame` (CPU path)."""
-    out = blend_and_outline(frame, mask, style)
-    if style.hud and hud is not None:
-        draw_hud(out, hud)
-    return out

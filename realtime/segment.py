@@ -1,21 +1,20 @@
 """One WLI/NBI pair through preprocess -> engine -> postprocess -> overlay.
 
 `segment_pair` is the embedding API for a single pair (used by the demo); the
-pipeline calls the same three stage functions from its own threads, so there
-is one implementation of each stage.
+pipeline calls the same stage functions from its own threads. Both stages are
+`endofuse.kernels` ops (CPU twin or Triton kernel by where the data lives), the
+same ones training, evaluation and INT8 calibration call.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
-import cv2
 import numpy as np
 import torch
 
 from endofuse import kernels
-from endofuse.kernels.mask_overlay import foreground_mask_cpu
-from endofuse.realtime.overlay import HudInfo, OverlayStyle, blend_and_outline, draw_hud
+from endofuse.realtime.overlay import HudInfo, OverlayStyle, draw_hud
 from endofuse.realtime.tracing import now
 
 FUSED = "FUSED"
@@ -37,59 +36,33 @@ def on_gpu(engine) -> bool:
 
 
 def preprocess(frame_bgr: np.ndarray, size: tuple[int, int], device: str | None = None):
-    """BGR uint8 HxWx3 -> RGB float32 [0, 1] (1, 3, H, W) at `size` = (H, W).
+    """BGR uint8 HxWx3 -> RGB float32 [0, 1] (1, 3, H, W) at `size` = (H, W): `endofuse.kernels.preprocess`.
 
-    The whole frame is resized bilinearly (the octagonal border is kept, as in
-    training). CPU: `cv2.dnn.blobFromImage` does resize + BGR->RGB + scale +
-    NCHW in one pass, from the uint8 frame like the training loader (~0.5 ms
-    for 540x480 -> 160x160, 8x faster than a float resize; values differ from
-    `endofuse.kernels.preprocess` by under 1/255). CUDA: the fused Triton
-    kernel of `endofuse.kernels.preprocess` on the uploaded uint8 frame.
+    The whole frame is resized (the octagonal border is kept, as in training).
+    CPU: a numpy batch (what ONNX Runtime takes). CUDA: the frame is uploaded as
+    uint8 and resized on the device by the Triton kernel.
     """
     if device is not None and str(device).startswith("cuda"):
-        frame = torch.from_numpy(frame_bgr).to(device, non_blocking=True)
-        return kernels.preprocess(frame, size)
-    height, width = size
-    return cv2.dnn.blobFromImage(frame_bgr, 1.0 / 255.0, (width, height), swapRB=True, crop=False)
-
-
-def postprocess(logits, frame_shape: tuple[int, ...]) -> np.ndarray:
-    """Logits (1, C, h, w) -> uint8 {0, 1} mask at the frame's native (H, W) (class > 0 = tumour).
-
-    Logits are resized bilinearly, then argmax'ed. With two classes that is the
-    sign of the resized margin l1 - l0 (bilinear resizing is linear): one
-    channel to resize instead of two.
-    """
-    logits = logits.detach().float().cpu().numpy() if isinstance(logits, torch.Tensor) else np.asarray(logits)
-    if logits.ndim != 4 or logits.shape[0] != 1 or logits.shape[1] < 2:
-        raise ValueError(f"engine returned logits of shape {logits.shape}, expected (1, C>=2, h, w)")
-    height, width = frame_shape[:2]
-    if logits.shape[1] > 2:
-        return foreground_mask_cpu(logits[0], height, width)
-    margin = np.ascontiguousarray(logits[0, 1] - logits[0, 0], dtype=np.float32)
-    resized = cv2.resize(margin, (width, height), interpolation=cv2.INTER_LINEAR)
-    return (resized > 0).astype(np.uint8)
+        return kernels.preprocess(frame_bgr, size, device=device)
+    return kernels.preprocess(frame_bgr, size).numpy()
 
 
 def finish_frame(logits, frame_bgr: np.ndarray, style: OverlayStyle,
                  hud: Callable[[], HudInfo] | None = None) -> tuple[np.ndarray, np.ndarray, float, float]:
     """Logits -> (mask, overlay, postprocess ms, overlay ms) at the frame's native size.
 
-    CUDA logits go through the fused Triton kernel (mask + blend + contour in one
-    launch, timed as postprocess) with one device->host copy per frame, which the
-    overlay needs anyway; otherwise OpenCV/numpy. `hud` is called at drawing time
-    so it can show the latency up to that moment.
+    Postprocess is `endofuse.kernels.overlay` (mask + blend + contour; the fused
+    Triton kernel for CUDA logits, then one device->host copy); overlay is the
+    HUD. `hud` is called at drawing time so it can show the latency up to that moment.
     """
     started = now()
     if isinstance(logits, torch.Tensor) and logits.is_cuda:
         frame = torch.from_numpy(frame_bgr).to(logits.device, non_blocking=True)
-        image, mask = kernels.overlay(frame, logits, style.alpha, style.color)
+        image, mask = kernels.overlay(frame, logits, style.alpha, style.color, contour=style.contour)
         mask, overlay = mask.cpu().numpy(), image.cpu().numpy()
-        t_post = now()
     else:
-        mask = postprocess(logits, frame_bgr.shape)
-        t_post = now()
-        overlay = blend_and_outline(frame_bgr, mask, style)
+        overlay, mask = kernels.overlay(frame_bgr, logits, style.alpha, style.color, contour=style.contour)
+    t_post = now()
     if style.hud and hud is not None:
         draw_hud(overlay, hud())
     done = now()

@@ -9,8 +9,8 @@ from scipy import ndimage
 
 from endofuse.model.synthetic import SyntheticScene
 from endofuse.realtime import FUSED, WLI_ONLY, OverlayStyle, segment_pair
-from endofuse.realtime.overlay import HudInfo, blend_and_outline, blend_mask, draw_hud, hud_rectangle
-from endofuse.realtime.segment import postprocess
+from endofuse.kernels.mask_overlay import foreground_mask_cpu, paint
+from endofuse.realtime.overlay import HudInfo, draw_hud, hud_rectangle
 from endofuse.realtime.testing import ColourThresholdEngine
 
 COLOR = (0, 255, 0)
@@ -19,10 +19,10 @@ COLOR = (0, 255, 0)
 def reference_mask(wli_bgr: np.ndarray, input_size, threshold: float) -> np.ndarray:
     """What ColourThresholdEngine + postprocess must give, computed with torch's bilinear resize.
 
-    The frame is resized as uint8 (rounded), like the training loader, then scaled to [0, 1].
+    The frame is resized in float from its uint8 bytes (no rounding back to uint8), then scaled to [0, 1].
     """
-    rgb = torch.from_numpy(wli_bgr[:, :, ::-1].copy()).permute(2, 0, 1)[None].float()
-    small = torch.round(F.interpolate(rgb, size=input_size, mode="bilinear", align_corners=False)) / 255
+    rgb = torch.from_numpy(wli_bgr[:, :, ::-1].copy()).permute(2, 0, 1)[None].double()
+    small = F.interpolate(rgb, size=input_size, mode="bilinear", align_corners=False) / 255
     margin = small[:, :1] - threshold
     native = F.interpolate(margin, size=wli_bgr.shape[:2], mode="bilinear", align_corners=False)
     return (native[0, 0] > 0).numpy().astype(np.uint8)
@@ -46,7 +46,7 @@ def test_blend_matches_the_formula_and_leaves_the_rest(scene_pair):
     mask = np.zeros(wli.shape[:2], np.uint8)
     mask[40:200, 100:350] = 1
     mask[250, 5] = 1
-    out = blend_mask(wli, mask, 0.3, COLOR)
+    out = paint(wli, mask, 0.3, COLOR, contour=False)
     expected = wli.astype(np.float64) * 0.7 + np.array(COLOR, np.float64) * 0.3
     inside = mask.astype(bool)
     assert np.abs(out[inside].astype(np.int16) - np.round(expected[inside])).max() <= 1
@@ -58,7 +58,7 @@ def test_contour_is_the_inner_two_pixel_band_in_full_colour(scene_pair):
     mask = np.zeros(wli.shape[:2], np.uint8)
     mask[60:150, 80:300] = 1
     mask[0:30, 400:457] = 1  # touches the frame edge: the edge is not a boundary
-    out = blend_and_outline(wli, mask, OverlayStyle(alpha=0.45, color=COLOR, hud=False))
+    out = paint(wli, mask, 0.45, COLOR)
     contour = reference_contour(mask)
     assert (out[contour] == COLOR).all()
     interior = mask.astype(bool) & ~contour
@@ -82,7 +82,7 @@ def test_preprocess_resizes_the_whole_frame_to_rgb_nchw_in_unit_range(scene_pair
 def test_postprocess_is_argmax_of_bilinear_logits(classes):
     rng = np.random.default_rng(classes)
     logits = rng.normal(size=(1, classes, 17, 23)).astype(np.float32)
-    mask = postprocess(logits, (101, 77, 3))
+    mask = foreground_mask_cpu(logits[0], 101, 77)
     up = F.interpolate(torch.from_numpy(logits), size=(101, 77), mode="bilinear", align_corners=False)
     expected = (up.argmax(1)[0] != 0).numpy().astype(np.uint8)
     assert mask.shape == (101, 77) and mask.dtype == np.uint8

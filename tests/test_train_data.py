@@ -5,12 +5,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
 from endofuse import cli
 from endofuse.errors import EndofuseError
 from endofuse.model.synthetic import make_pair
 from endofuse.train.augment import PairAugment
-from endofuse.train.data import PairDataset, holdout_split, load_split, read_mask
+from endofuse.model.dataset import holdout_split, load_split, read_mask
+from endofuse.train.data import PairDataset
 from endofuse.train.synth_command import pair_seed
 
 SIZE = (64, 72)
@@ -21,6 +24,12 @@ def synth_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth")
     assert cli.main(["synth", str(out), "--pairs", "4", "--test-pairs", "2", "--size", "64x72", "--seed", "3"]) == 0
     return out
+
+
+def bilinear_rgb(bgr: np.ndarray, size: int) -> np.ndarray:
+    """The model input by an independent route: torch's half-pixel bilinear resize (float64) of the RGB frame / 255."""
+    rgb = torch.from_numpy(bgr[:, :, ::-1].copy()).permute(2, 0, 1)[None].double()
+    return (F.interpolate(rgb, size=(size, size), mode="bilinear", align_corners=False)[0] / 255.0).numpy()
 
 
 def _write_csv(path: Path, rows, encoding="utf-8", name="Training.csv"):
@@ -48,8 +57,7 @@ def test_dataset_items_match_an_independent_resize(synth_dir):
     item = PairDataset(records, img_size=32)[2]
     assert item["wli"].shape == (3, 32, 32) and item["nbi"].shape == (3, 32, 32) and item["mask"].shape == (32, 32)
     bgr = cv2.imread(str(records[2].wli))
-    expected = cv2.resize(bgr, (32, 32), interpolation=cv2.INTER_LINEAR)[..., ::-1].transpose(2, 0, 1) / 255.0
-    np.testing.assert_allclose(item["wli"].numpy(), expected, atol=1e-6)
+    np.testing.assert_allclose(item["wli"].numpy(), bilinear_rgb(bgr, 32), atol=2e-4)
     label = cv2.imread(str(records[2].label), cv2.IMREAD_GRAYSCALE)
     expected_mask = cv2.resize((label > 127).astype(np.uint8), (32, 32), interpolation=cv2.INTER_NEAREST)
     np.testing.assert_array_equal(item["mask"].numpy(), expected_mask)
@@ -98,8 +106,7 @@ def test_gbk_csv_train_csv_name_rgb_masks_and_nbi_of_its_own_size(tmp_path):
     records = load_split(tmp_path, "train")
     item = PairDataset(records, img_size=48)[0]
     np.testing.assert_array_equal(item["mask"].numpy(), cv2.resize(mask, (48, 48), interpolation=cv2.INTER_NEAREST))
-    expected_nbi = cv2.resize(nbi, (48, 48), interpolation=cv2.INTER_LINEAR)[..., ::-1].transpose(2, 0, 1) / 255.0
-    np.testing.assert_allclose(item["nbi"].numpy(), expected_nbi, atol=1e-6)
+    np.testing.assert_allclose(item["nbi"].numpy(), bilinear_rgb(nbi, 48), atol=2e-4)
 
 
 def test_corrupt_file_met_after_validation_names_the_file(tmp_path, synth_dir):

@@ -1,5 +1,8 @@
 """Paired augmentations for WLI/NBI/mask triples (the `default` recipe; off in `paper`).
 
+Frames are HxWx3 colour images (uint8, or float32 in [0, 1] as the training
+dataset hands them over after preprocessing); the mask is HxW uint8.
+
 Geometry (flip, small affine) is drawn once and applied to all three arrays, so
 the mask stays aligned to the WLI frame and the NBI frame keeps its relation to
 it. Colour jitter is drawn independently per modality, because the two
@@ -34,7 +37,8 @@ class PairAugment:
         return flip, matrix
 
     def colour(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Brightness, contrast and saturation jitter on a BGR uint8 image."""
+        """Brightness, contrast and saturation jitter on a colour image: uint8, or float in [0, 1]."""
+        top = 255.0 if image.dtype == np.uint8 else 1.0
         img = image.astype(np.float32)
         b = 1.0 + rng.uniform(-self.brightness, self.brightness)
         c = 1.0 + rng.uniform(-self.contrast, self.contrast)
@@ -42,7 +46,7 @@ class PairAugment:
         grey = img.mean(axis=2, keepdims=True)
         img = grey + (img - grey) * s
         img = (img - img.mean()) * c + img.mean()
-        return np.clip(img * b, 0, 255).astype(np.uint8)
+        return np.clip(img * b, 0, top).astype(image.dtype)
 
     def __call__(self, wli: np.ndarray, nbi: np.ndarray, mask: np.ndarray, rng: np.random.Generator):
         flip, matrix = self.geometry(rng, wli.shape[:2])

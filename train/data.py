@@ -1,176 +1,23 @@
-"""Datasets in the reference format (see the method file, "Data format").
+"""The training dataset: rows of a reference-format CSV (`endofuse.model.dataset`) as model-ready tensors.
 
-A dataset folder holds `Training.csv` (or `Train.csv`) and `Test.csv` with a
-header `wli_path,nbi_path,label_path`; columns are read by position, paths are
-relative to the folder, files may be UTF-8 or GBK. The whole CSV is validated
-before training starts and every bad row is reported at once.
-
-Frames are resized on their own (WLI and NBI may differ in size) with the same
-bilinear resize the live path uses (`endofuse.kernels.preprocess`); masks with
-nearest neighbour. Masks may be grey or RGB with values {0, 255}.
+Frames go through `endofuse.kernels.preprocess`, the same function the live
+path, evaluation and INT8 calibration use, so the network trains on exactly
+the inputs it later sees; masks are resized with nearest neighbour.
 """
 from __future__ import annotations
 
-import csv
-import io
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np
 import torch
-from PIL import Image
 
 from endofuse.errors import EndofuseError
+from endofuse.kernels import preprocess
+from endofuse.model.dataset import PairRecord, read_image, read_mask
 
-TRAIN_CSV_NAMES = ("Training.csv", "Train.csv")
-TEST_CSV_NAME = "Test.csv"
-CSV_ENCODINGS = ("utf-8-sig", "gbk")
-HEADER = ("wli_path", "nbi_path", "label_path")
-
-
-@dataclass(frozen=True)
-class PairRecord:
-    """One CSV row: the three files of a WLI/NBI pair and where it came from."""
-
-    row: int  # 1-based data row (the header is not counted)
-    line: int  # 1-based line of the CSV file
-    csv_path: Path
-    wli: Path
-    nbi: Path
-    label: Path
-
-    @property
-    def where(self) -> str:
-        return f"{self.csv_path.name} row {self.row} (line {self.line})"
-
-
-def split_csv_path(root: Path, split: str) -> Path | None:
-    """The CSV of a split ("train" or "test") in a dataset folder, or None when absent."""
-    root = Path(root)
-    if split == "train":
-        names = TRAIN_CSV_NAMES
-    elif split == "test":
-        names = (TEST_CSV_NAME,)
-    else:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    for name in names:
-        if (root / name).is_file():
-            return root / name
-    return None
-
-
-def decode_csv_text(path: Path) -> str:
-    """The CSV's text, trying UTF-8 (with or without BOM) then GBK."""
-    raw = Path(path).read_bytes()
-    for encoding in CSV_ENCODINGS:
-        try:
-            return raw.decode(encoding)
-        except UnicodeDecodeError:
-            continue
-    raise EndofuseError(f"{path}: not UTF-8 or GBK text")
-
-
-def _resolve(root: Path, cell: str) -> Path:
-    # Reference CSVs may come from Windows: accept backslashes.
-    p = Path(cell.strip().replace("\\", "/"))
-    return p if p.is_absolute() else root / p
-
-
-def read_split_csv(path: Path) -> tuple[list[PairRecord], list[str]]:
-    """Parse a split CSV into records; returns (records, problems) with one problem per malformed row."""
-    path = Path(path)
-    root = path.parent
-    records, problems = [], []
-    rows = list(csv.reader(io.StringIO(decode_csv_text(path))))
-    if not rows:
-        raise EndofuseError(f"{path}: empty CSV (expected the header {','.join(HEADER)})")
-    data_row = 0
-    for line, cells in enumerate(rows[1:], start=2):
-        if not any(c.strip() for c in cells):
-            continue
-        data_row += 1
-        if len(cells) < 3 or not all(c.strip() for c in cells[:3]):
-            problems.append(f"{path.name} row {data_row} (line {line}): expected 3 paths, got {cells!r}")
-            continue
-        records.append(PairRecord(data_row, line, path, *(_resolve(root, c) for c in cells[:3])))
-    return records, problems
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    """(H, W) from the image header, after checking the file's structure (no full decode)."""
-    with Image.open(path) as im:
-        size = (im.height, im.width)
-        im.verify()  # PNG: walks every chunk and checks CRCs; catches truncation and corruption
-    return size
-
-
-def record_problems(record: PairRecord) -> list[str]:
-    """Everything wrong with one row: missing files, unreadable images, mask size != WLI size."""
-    problems, sizes = [], {}
-    for role in ("wli", "nbi", "label"):
-        p = getattr(record, role)
-        if not p.is_file():
-            problems.append(f"{record.where}: {role} file missing: {p}")
-            continue
-        try:
-            sizes[role] = _image_size(p)
-        except Exception as exc:  # noqa: BLE001 - any decoder failure means "unreadable"
-            problems.append(f"{record.where}: {role} image unreadable: {p} ({type(exc).__name__}: {exc})")
-    if "wli" in sizes and "label" in sizes and sizes["wli"] != sizes["label"]:
-        (wh, ww), (mh, mw) = sizes["wli"], sizes["label"]
-        problems.append(f"{record.where}: mask {record.label} is {mw}x{mh} but its WLI frame {record.wli} is {ww}x{wh}")
-    return problems
-
-
-def load_split(root: Path, split: str, validate: bool = True) -> list[PairRecord]:
-    """Read and (by default) validate a split; raises one EndofuseError listing every bad row."""
-    path = split_csv_path(root, split)
-    if path is None:
-        wanted = " or ".join(TRAIN_CSV_NAMES) if split == "train" else TEST_CSV_NAME
-        raise FileNotFoundError(f"{root}: no {wanted} (dataset folders use the reference CSV format)")
-    records, problems = read_split_csv(path)
-    if validate:
-        for record in records:
-            problems.extend(record_problems(record))
-    if problems:
-        raise EndofuseError(f"{path}: {len(problems)} bad row(s):\n  " + "\n  ".join(problems))
-    if not records:
-        raise EndofuseError(f"{path}: no data rows")
-    return records
-
-
-def read_image(path: Path) -> np.ndarray:
-    """BGR uint8 HxWx3; raises EndofuseError naming the file when it cannot be decoded."""
-    try:
-        data = np.fromfile(str(path), dtype=np.uint8)  # imdecode: safe with non-ASCII paths
-    except OSError as exc:
-        raise EndofuseError(f"cannot read image {path}: {exc}") from exc
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise EndofuseError(f"cannot decode image {path} (corrupt or not an image)")
-    return image
-
-
-def read_mask(path: Path) -> np.ndarray:
-    """A grey or RGB {0, 255} mask -> uint8 {0, 1} HxW (any channel above 127 counts as tumour)."""
-    try:
-        data = np.fromfile(str(path), dtype=np.uint8)
-    except OSError as exc:
-        raise EndofuseError(f"cannot read mask {path}: {exc}") from exc
-    mask = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if mask is None:
-        raise EndofuseError(f"cannot decode mask {path} (corrupt or not an image)")
-    if mask.ndim == 3:
-        mask = mask[..., :3].max(axis=2)
-    return (mask > 127).astype(np.uint8)
-
-
-def resize_frame(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize to (H, W), the same interpolation as the live path's preprocess."""
-    h, w = size
-    return cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+# augment(wli, nbi, mask, rng) on HxWx3 float32 RGB [0, 1] frames and an HxW uint8 mask at model size
+Augment = Callable[[np.ndarray, np.ndarray, np.ndarray, np.random.Generator], tuple]
 
 
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -178,20 +25,11 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
 
 
-def to_tensor(image_bgr: np.ndarray) -> torch.Tensor:
-    """BGR uint8 HxWx3 -> RGB float32 [0, 1] 3xHxW (the model's input convention)."""
-    rgb = np.ascontiguousarray(image_bgr[..., ::-1].transpose(2, 0, 1))
-    return torch.from_numpy(rgb).float().div_(255.0)
-
-
-Augment = Callable[[np.ndarray, np.ndarray, np.ndarray, np.random.Generator], tuple]
-
-
 class PairDataset(torch.utils.data.Dataset):
-    """WLI/NBI/mask triples resized to `img_size`, cached in memory after the first read.
+    """WLI/NBI/mask triples at `img_size`, cached in memory after the first read.
 
     Items are dicts: `wli`, `nbi` (RGB float32 [0,1] 3xSxS), `mask` (int64 SxS in {0,1}),
-    `index`. `augment(wli, nbi, mask, rng)` runs on the resized uint8 arrays; its
+    `index`. `augment(wli, nbi, mask, rng)` runs on the preprocessed frames; its
     randomness comes from `seed`, the epoch (`set_epoch`) and the index, so a
     resumed run sees the same augmentations.
     """
@@ -203,7 +41,7 @@ class PairDataset(torch.utils.data.Dataset):
         self.augment = augment
         self.seed = seed
         self.epoch = 0
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {} if cache else None
+        self._cache: dict[int, tuple[torch.Tensor, np.ndarray]] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -211,8 +49,8 @@ class PairDataset(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Resized (wli_bgr, nbi_bgr, mask) uint8 arrays of one row."""
+    def load(self, index: int) -> tuple[torch.Tensor, np.ndarray]:
+        """((2, 3, S, S) preprocessed WLI and NBI, SxS uint8 mask) of one row."""
         if self._cache is not None and index in self._cache:
             return self._cache[index]
         r = self.records[index]
@@ -220,28 +58,17 @@ class PairDataset(torch.utils.data.Dataset):
         if mask.shape != wli.shape[:2]:
             raise EndofuseError(f"{r.where}: mask {r.label} is {mask.shape[1]}x{mask.shape[0]} "
                                 f"but its WLI frame {r.wli} is {wli.shape[1]}x{wli.shape[0]}")
-        item = (resize_frame(wli, self.size), resize_frame(nbi, self.size), resize_mask(mask, self.size))
+        item = (preprocess([wli, nbi], self.size), resize_mask(mask, self.size))
         if self._cache is not None:
             self._cache[index] = item
         return item
 
     def __getitem__(self, index: int) -> dict:
-        wli, nbi, mask = self.load(index)
+        frames, mask = self.load(index)
+        wli, nbi = frames[0], frames[1]
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, self.epoch, index])
-            wli, nbi, mask = self.augment(wli, nbi, mask, rng)
-        return {"wli": to_tensor(wli), "nbi": to_tensor(nbi),
-                "mask": torch.from_numpy(np.ascontiguousarray(mask)).long(), "index": index}
-
-
-def holdout_split(records: Sequence[PairRecord], fraction: float, seed: int) -> tuple[list, list]:
-    """Deterministic (train, val) split of one CSV's records; val gets at least one row."""
-    if not 0 < fraction < 1:
-        raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
-    if len(records) < 2:
-        raise EndofuseError(f"{records[0].csv_path if records else 'dataset'}: need at least 2 rows to hold out a validation split")
-    order = np.random.default_rng(seed).permutation(len(records))
-    n_val = max(1, int(round(fraction * len(records))))
-    val = sorted(order[:n_val].tolist())
-    train = sorted(order[n_val:].tolist())
-    return [records[i] for i in train], [records[i] for i in val]
+            hwc = [np.ascontiguousarray(t.numpy().transpose(1, 2, 0)) for t in (wli, nbi)]
+            wli, nbi, mask = self.augment(hwc[0], hwc[1], mask, rng)
+            wli, nbi = (torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))) for a in (wli, nbi))
+        return {"wli": wli, "nbi": nbi, "mask": torch.from_numpy(np.ascontiguousarray(mask)).long(), "index": index}

@@ -1,10 +1,12 @@
 """Score a model on a dataset split: reference metrics at 224 and native-resolution metrics.
 
-The model sees each frame resized to its own input size (as in training and in
-the live path). "reference": logits upsampled (bilinear) to 224x224 and compared
-with the mask resized nearest to 224, as the reference code does. "native":
-logits upsampled to the WLI frame's own size, exactly as the live overlay does
-(`endofuse.kernels.overlay`), compared with the full-size mask.
+Frames become model inputs through `endofuse.kernels.preprocess` and masks and
+overlays come from `endofuse.kernels.overlay`: the functions the live path
+calls, so the masks written here are bit for bit the ones `endofuse run` shows
+for the same frames with the torch engine. "reference": logits upsampled
+(bilinear) to 224x224 and compared with the mask resized nearest to 224, as the
+reference code does. "native": the live mask at the WLI frame's own size,
+compared with the full-size mask.
 """
 from __future__ import annotations
 
@@ -18,10 +20,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from endofuse.kernels import overlay
-from endofuse.train.data import PairRecord, read_image, read_mask, resize_frame, to_tensor
-from endofuse.train.run_files import write_text_atomic
-from endofuse.train.metrics import (
+from endofuse.kernels import overlay, preprocess
+from endofuse.model.dataset import PairRecord, read_image, read_mask
+from endofuse.model.metrics import (
     REFERENCE_SIZE,
     format_table,
     image_metrics,
@@ -29,17 +30,15 @@ from endofuse.train.metrics import (
     summarize_native,
     summarize_reference,
 )
-
-OVERLAY_ALPHA = 0.45
-OVERLAY_COLOR = (0, 255, 0)  # BGR green: readable on both the red WLI and the teal NBI
+from endofuse.train.run_files import write_text_atomic
 
 
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, wli_bgr: np.ndarray, nbi_bgr: np.ndarray | None) -> torch.Tensor:
     """(1, C, S, S) logits for one native-size pair; `nbi_bgr=None` takes the WLI-only path."""
     size = (model.img_size, model.img_size)
-    wli = to_tensor(resize_frame(wli_bgr, size))[None]
-    nbi = None if nbi_bgr is None else to_tensor(resize_frame(nbi_bgr, size))[None]
+    wli = preprocess(wli_bgr, size)
+    nbi = None if nbi_bgr is None else preprocess(nbi_bgr, size)
     return model(wli, nbi).float()
 
 
@@ -73,7 +72,7 @@ def evaluate_model(model: torch.nn.Module, records: Sequence[PairRecord], out: P
         nbi = None if wli_only else read_image(record.nbi)
         gt = read_mask(record.label)
         logits = predict_logits(model, wli, nbi)
-        image, pred = overlay(wli, logits[0], OVERLAY_ALPHA, OVERLAY_COLOR)
+        image, pred = overlay(wli, logits[0])  # the live overlay's default look, without the HUD
         ref = image_metrics(reference_prediction(logits), resize_nearest(gt, REFERENCE_SIZE))
         native = image_metrics(pred, gt)
         per_image.append({"row": record.row, "wli": str(record.wli), "stem": stem,

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from endofuse.model import load_checkpoint
-from endofuse.train.data import load_split
+from endofuse.model.dataset import load_split
 from endofuse.train.evaluate import evaluate_model, print_summary, write_json_atomic
 
 

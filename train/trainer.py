@@ -22,10 +22,11 @@ from tqdm import tqdm
 from endofuse.errors import EndofuseError
 from endofuse.model import AUX_KEYS, build_model, count_parameters, read_checkpoint, save_checkpoint
 from endofuse.model.checkpoint import model_from_checkpoint
+from endofuse.model.dataset import holdout_split, load_split, split_csv_path
 from endofuse.model.losses import fd_weight, segmentation_loss
+from endofuse.model.metrics import overlap_metrics
 from endofuse.train import distributed as ddp
-from endofuse.train.data import PairDataset, holdout_split, load_split, split_csv_path
-from endofuse.train.metrics import overlap_metrics
+from endofuse.train.data import PairDataset
 from endofuse.train.recipes import RECIPES, total_loss
 from endofuse.train.run_files import write_config, write_curves, write_log
 from endofuse.train.state import StopFlag, capture_rng, restore_rng

@@ -1,4 +1,4 @@
-"""Segmentation metrics: the reference's definitions and honest native-resolution ones.
+"""Segmentation metrics (the one Dice): the reference's definitions and honest native-resolution ones.
 
 Per image, on binary masks P (prediction) and G (ground truth):
   Dice = (2|P∩G| + 1e-4) / (|P| + |G| + 1e-4)
@@ -13,8 +13,7 @@ the number of excluded images reported.
 """
 from __future__ import annotations
 
-import math
-from typing import Iterable, Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -94,12 +93,6 @@ def summarize_native(per_image: Sequence[dict]) -> dict[str, float | int | None]
     out["hd95"] = float(np.mean(defined)) if defined else None
     out["hd95_excluded"] = len(per_image) - len(defined)
     return out
-
-
-def batch_dice(preds: Iterable[np.ndarray], gts: Iterable[np.ndarray]) -> float:
-    """Mean per-image Dice (the validation score used to pick best.pt)."""
-    scores = [overlap_metrics(p, g)["dice"] for p, g in zip(preds, gts)]
-    return float(np.mean(scores)) if scores else math.nan
 
 
 def format_table(summaries: dict[str, dict]) -> str:

@@ -7,7 +7,7 @@ from scipy import ndimage
 
 from endofuse import cli
 from endofuse.model import build_model, save_checkpoint
-from endofuse.train.metrics import (
+from endofuse.model.metrics import (
     hd95,
     image_metrics,
     overlap_metrics,
@@ -93,7 +93,7 @@ def test_evaluate_cli_writes_metrics_masks_overlays(tmp_path, capsys):
     assert set(metrics["native"]) == {"dice", "iou", "sensitivity", "specificity", "hd95", "hd95_excluded"}
     assert len(metrics["per_image"]) == 2
     # Recompute the native Dice of each image from the written mask PNG and the ground truth.
-    from endofuse.train.data import load_split, read_mask
+    from endofuse.model.dataset import load_split, read_mask
 
     for record, entry in zip(load_split(data, "test"), metrics["per_image"]):
         written = cv2.imread(str(out / "masks" / f"{record.wli.stem}.png"), cv2.IMREAD_GRAYSCALE)
