@@ -2,9 +2,10 @@
 
 `reference_forward` below is a straightforward plain-torch re-statement of the
 reference network that reads the REFERENCE-keyed state dict directly (keys and
-shapes from ../shared/method/mm-endocl-state-dict.txt, numerics from the last
-section of the method file). It shares no code with endofuse.model. The paper
-model is built at most twice in this module (parity + CLI).
+shapes from tests/data/mm-endocl-state-dict.txt, a listing of the reference
+checkpoint; numerics from the MM-EndoCL method description). It shares no code
+with endofuse.model. The paper model is built at most twice in this module
+(parity + CLI).
 """
 import math
 import re
@@ -18,13 +19,11 @@ from endofuse import cli
 from endofuse.model import build_model, read_checkpoint
 from endofuse.model.convert import convert_foreign_state_dict, convert_reference_state_dict
 
-LISTING = Path(__file__).resolve().parents[1].parent / "shared" / "method" / "mm-endocl-state-dict.txt"
+LISTING = Path(__file__).resolve().parent / "data" / "mm-endocl-state-dict.txt"  # key, shape, dtype per line
 TOL = 1e-4
 
 
 def _read_listing() -> list[tuple[str, tuple[int, ...], str]]:
-    if not LISTING.is_file():
-        pytest.skip(f"reference state-dict listing not found at {LISTING}")
     rows = []
     for line in LISTING.read_text().splitlines():
         if line.startswith("#") or not line.strip():
