@@ -25,6 +25,7 @@ import torch
 
 from endofuse.machine import time_calls
 from endofuse.model.flops import pair_flops
+from endofuse.model.metrics import overlap_metrics
 from endofuse.realtime.engines import Engine, open_engine
 
 from _common import add_json_argument, record, report, table
@@ -47,9 +48,8 @@ class Row:
 
 
 def dice(pred: np.ndarray, target: np.ndarray) -> float:
-    """The reference's per-image Dice: (2|P∩G| + 1e-4) / (|P| + |G| + 1e-4)."""
-    inter = np.logical_and(pred, target).sum()
-    return float((2 * inter + 1e-4) / (pred.sum() + target.sum() + 1e-4))
+    """The reference's per-image Dice, as `endofuse evaluate` and training validation compute it."""
+    return overlap_metrics(pred, target)["dice"]
 
 
 def latencies_ms(engine: Engine, wli: np.ndarray, nbi: np.ndarray, iterations: int, warmup: int) -> np.ndarray:

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from endofuse.model import load_checkpoint
-from endofuse.train.data import load_split
+from endofuse.model.dataset import load_split
 from endofuse.train.evaluate import evaluate_model
 from endofuse.train.synth_command import write_dataset
 from endofuse.train.trainer import TrainOptions, train
