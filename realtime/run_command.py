@@ -75,6 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, default=0.45, help="overlay opacity in [0, 1]")
     parser.add_argument("--no-hud", action="store_true", help="do not draw the HUD box")
     parser.add_argument("--warmup", type=int, default=10, help="frames left out of the statistics (default 10)")
+    parser.add_argument("--runtime", default="native", choices=("native", "holoscan"),
+                        help="native threads, or an NVIDIA Holoscan graph (needs the [holoscan] extra; "
+                             "same outputs and report keys, plus Holoscan's per-path latency)")
     parser.add_argument("--camera-timeout", type=float, default=30.0,
                         help="seconds a lost camera is retried (with back-off) before giving up")
 
@@ -150,6 +153,10 @@ def main(args: argparse.Namespace) -> int:
         raise EndofuseError(f"--frames must be >= 1, got {args.frames}")
     check_fps(args.fps)
     check_run_outputs(args)
+    if getattr(args, "runtime", "native") == "holoscan":
+        from endofuse.realtime.holoscan.run import run_holoscan
+
+        return run_holoscan(args)
     report_path = Path(args.report) if args.report else None
     style = OverlayStyle(alpha=args.alpha, hud=not args.no_hud)  # checks alpha before any work
     with stop_on_signals():

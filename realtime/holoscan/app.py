@@ -50,6 +50,7 @@ class EndofuseApp(Application):
                                 f"expected {', '.join(SECTIONS)}")
         self.sections, self._engine, self._sinks = {k: dict(v or {}) for k, v in sections.items()}, engine, sinks
         self.tracker = None
+        self.errors: list[Exception] = []  # user errors raised inside operators (see stop_on_user_error)
         super().__init__(**kwargs)
 
     def compose(self) -> None:
@@ -73,7 +74,7 @@ class EndofuseApp(Application):
         if self._engine is not None:
             infer_cfg["engine"] = self._engine
         self.inference_op = EndofuseInferenceOp(self, name="inference", **infer_cfg)
-        self.overlay_op = EndofuseOverlayOp(self, name="overlay", **s.get("overlay", {}))
+        self.overlay_op = EndofuseOverlayOp(self, name="overlay", backpressure=("result",), **s.get("overlay", {}))
         rec_cfg = dict(s.get("recorder", {}))
         rec_cfg.setdefault("fps", self.wli_op.source.fps)
         self.recorder_op = EndofuseRecorderOp(self, name="recorder", sync_op=self.sync_op,
@@ -144,6 +145,8 @@ def run_app(app: EndofuseApp, handle_signals: bool = True) -> dict:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     app.recorder_op.close()
+    if app.errors:
+        raise app.errors[0]
     return app.recorder_op.report()
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 
+from endofuse.errors import EndofuseError
 from endofuse.realtime.holoscan._runtime import import_holoscan
 
 import_holoscan()
@@ -37,6 +38,17 @@ from endofuse.realtime.source_specs import open_source  # noqa: E402
 from endofuse.realtime.sources import Source, SourceLost  # noqa: E402
 from endofuse.realtime.sync import Synchroniser, SyncPolicy  # noqa: E402
 from endofuse.realtime.tracing import FrameTrace, now  # noqa: E402
+
+
+def stop_on_user_error(op: Operator, exc: Exception) -> bool:
+    """In an `EndofuseApp`, a user error (bad file mid-stream) stops the graph quietly and is re-raised by
+    `run_app` as one line; in any other graph it propagates as Holoscan reports it. True when handled."""
+    errors = getattr(op.fragment, "errors", None)
+    if errors is None or not isinstance(exc, EndofuseError):
+        return False
+    errors.append(exc)
+    op.fragment.stop_execution()
+    return True
 
 
 class EndofuseSourceOp(Operator):
@@ -87,6 +99,13 @@ class EndofuseSourceOp(Operator):
         self.stop_execution()
 
     def compute(self, op_input, op_output, context) -> None:
+        try:
+            self._compute(op_input, op_output)
+        except EndofuseError as exc:
+            if not stop_on_user_error(self, exc):
+                raise
+
+    def _compute(self, op_input, op_output) -> None:
         if self.finished:
             return
         if (self.max_frames is not None and self.emitted >= self.max_frames) or \
@@ -148,6 +167,13 @@ class EndofuseSyncOp(Operator):
         spec.output("pair")
 
     def compute(self, op_input, op_output, context) -> None:
+        try:
+            self._compute(op_input, op_output)
+        except EndofuseError as exc:
+            if not stop_on_user_error(self, exc):
+                raise
+
+    def _compute(self, op_input, op_output) -> None:
         started = now()
         nbi = op_input.receive("nbi")  # NBI first: arrival stamps then precede the WLI frame's
         for value in (nbi if isinstance(nbi, (tuple, list)) else () if nbi is None else (nbi,)):
@@ -168,8 +194,6 @@ def resolve_engine(engine, backend: str = "auto", device: str | None = None, mod
     from endofuse.realtime.engines import open_engine
 
     if engine is not None and not os.path.exists(engine):
-        from endofuse.errors import EndofuseError
-
         raise EndofuseError(f"engine file '{engine}': no such file")
     return open_engine(engine, backend=backend, device=device, model_name=model)
 
@@ -196,6 +220,13 @@ class EndofuseInferenceOp(Operator):
             self.engine.warmup()
 
     def compute(self, op_input, op_output, context) -> None:
+        try:
+            self._compute(op_input, op_output)
+        except EndofuseError as exc:
+            if not stop_on_user_error(self, exc):
+                raise
+
+    def _compute(self, op_input, op_output) -> None:
         pair: SyncedPair = op_input.receive("pair")
         size, device = tuple(self.engine.input_size), getattr(self.engine, "device", None)
         started = now()
@@ -214,20 +245,39 @@ class EndofuseOverlayOp(Operator):
     frames came in (for `HolovizOp(tensors=[dict(name="overlay", type="color")])`
     or a recorder). `result`: an `endofuse.realtime.FrameResult` (overlay in
     BGR, mask, mode, latency, timings, nbi_index).
+
+    An output with no receiver would stop the operator forever, so both ports
+    send without waiting for the receiver: under a multi-threaded scheduler a
+    slow receiver can then miss frames. Name the ports you connect in
+    `backpressure` (e.g. `("result",)`) and they wait for their receiver instead.
     """
 
     def __init__(self, fragment, *args, alpha: float = 0.45, hud: bool = True, contour: bool = True,
-                 **kwargs) -> None:
+                 backpressure: tuple[str, ...] | list[str] = (), **kwargs) -> None:
+        unknown = set(backpressure) - {"overlay", "result"}
+        if unknown:
+            raise ValueError(f"backpressure names output ports 'overlay'/'result', got {sorted(unknown)}")
+        self.backpressure = tuple(backpressure)
         self.style = OverlayStyle(alpha=alpha, contour=contour, hud=hud)
         self._done: list[float] = []
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec) -> None:
         spec.input("segmented")
-        spec.output("overlay").condition(ConditionType.NONE)
-        spec.output("result").condition(ConditionType.NONE)
+        for port in ("overlay", "result"):
+            if port not in self.backpressure:
+                spec.output(port).condition(ConditionType.NONE)
+            else:
+                spec.output(port)
 
     def compute(self, op_input, op_output, context) -> None:
+        try:
+            self._compute(op_input, op_output)
+        except EndofuseError as exc:
+            if not stop_on_user_error(self, exc):
+                raise
+
+    def _compute(self, op_input, op_output) -> None:
         item: Segmented = op_input.receive("segmented")
         pair, trace, frame = item.pair, item.pair.trace, item.pair.wli
         mode = FUSED if pair.nbi is not None else WLI_ONLY

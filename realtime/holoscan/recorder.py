@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from endofuse.errors import EndofuseError
 from endofuse.realtime.holoscan._runtime import import_holoscan
 
 import_holoscan()
@@ -51,7 +52,15 @@ class EndofuseRecorderOp(Operator):
         spec.input("result")
 
     def compute(self, op_input, op_output, context) -> None:
-        result = op_input.receive("result")
+        from endofuse.realtime.holoscan.operators import stop_on_user_error
+
+        try:
+            self._record(op_input.receive("result"))
+        except EndofuseError as exc:
+            if not stop_on_user_error(self, exc):
+                raise
+
+    def _record(self, result) -> None:
         for sink in self.sinks:
             sink.write(result)
         ready = now()
@@ -73,6 +82,10 @@ class EndofuseRecorderOp(Operator):
         if self._closed:
             return
         self._closed = True
+        errors = getattr(self.fragment, "errors", None)
+        for sink in self.sinks:
+            if errors and hasattr(sink, "mark_partial"):
+                sink.mark_partial(str(errors[0]))  # keep what was written, under a name saying so
         try:
             for sink in self.sinks:
                 sink.close()

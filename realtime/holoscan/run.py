@@ -56,6 +56,15 @@ def run_holoscan(args: argparse.Namespace) -> int:
             write_report(report, report_path)
             print(summary_line(report, args.out, report_path), file=sys.stderr)
             return _stopped_code(stop)
+        except EndofuseError as exc:
+            # a source failed mid-stream: as natively, the frames so far are kept (.partial) and reported
+            report = app.recorder_op.report() | {"complete": False, "error": str(exc),
+                                                 "stopped_after_frames": app.recorder_op.frames}
+            video = next((str(s.written_path) for s in sinks if getattr(s, "written_path", None)), None)
+            if video:
+                report["partial_video"] = video
+            write_report(report, report_path)
+            raise
     write_report(report, report_path)
     print(summary_line(report, args.out, report_path))
     return 0

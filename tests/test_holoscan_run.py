@@ -1,0 +1,121 @@
+"""`endofuse run --runtime holoscan` against the native runtime on the same video pair, bad inputs, Ctrl-C,
+and the HoloHub-style `python -m endofuse.realtime.holoscan.app --config app.yaml`."""
+import importlib.util
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+if importlib.util.find_spec("holoscan") is None:
+    pytest.skip("the [holoscan] extra is not installed", allow_module_level=True)
+
+from endofuse.cli import main  # noqa: E402
+from endofuse.realtime.testing import write_video  # noqa: E402
+
+FRAMES = 12
+
+
+@pytest.fixture(scope="module")
+def video_pair(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pair")
+    rng = np.random.default_rng(0)
+    for name in ("wli", "nbi"):
+        images = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(FRAMES)]
+        for image in images:
+            image[10:30, 15:45, 2] = 230  # something for the model to segment
+        write_video(folder / f"{name}.avi", images, fourcc="MJPG")
+    return folder / "wli.avi", folder / "nbi.avi"
+
+
+def run_cli(*argv):
+    return main(["run", *map(str, argv), "--engine", "onnxruntime", "--warmup", "2"])
+
+
+def test_holoscan_run_matches_native_masks_frames_and_report_keys(video_pair, tmp_path):
+    wli, nbi = video_pair
+    for runtime in ("native", "holoscan"):
+        assert run_cli("--runtime", runtime, "--wli", wli, "--nbi", nbi, "--out", tmp_path / f"{runtime}.avi",
+                       "--frames-dir", tmp_path / runtime, "--report", tmp_path / f"{runtime}.json") == 0
+    native, holo = (json.loads((tmp_path / f"{r}.json").read_text()) for r in ("native", "holoscan"))
+    assert set(native) <= set(holo) and set(holo) - set(native) == {"runtime", "holoscan"}
+    assert holo["frames"] == native["frames"] == FRAMES and holo["paired"] == native["paired"]
+    assert holo["holoscan"]["flow_tracking_ms"]  # one entry per tracked path
+    video = cv2.VideoCapture(str(tmp_path / "holoscan.avi"))
+    assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == FRAMES
+    for k in range(FRAMES):
+        a = cv2.imread(str(tmp_path / "native" / f"mask_{k:06d}.png"))
+        b = cv2.imread(str(tmp_path / "holoscan" / f"mask_{k:06d}.png"))
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("case", ["missing video", "corrupt engine", "truncated video"])
+def test_bad_input_is_one_line_naming_the_file(video_pair, tmp_path, capfd, case):
+    wli, nbi = video_pair
+    args = ["--wli", wli, "--nbi", nbi]
+    if case == "missing video":
+        args[1], named = tmp_path / "nope.avi", "nope.avi"
+    elif case == "corrupt engine":
+        (tmp_path / "bad.onnx").write_bytes(b"not a model" * 8)
+        args += ["--checkpoint", tmp_path / "bad.onnx"]
+        named = "bad.onnx"
+    else:
+        data = Path(wli).read_bytes()
+        (tmp_path / "cut.avi").write_bytes(data[: int(len(data) * 0.6)])
+        args[1], named = tmp_path / "cut.avi", "cut.avi"
+    capfd.readouterr()
+    assert run_cli("--runtime", "holoscan", *args, "--report", tmp_path / "r.json") == 1
+    err = [line for line in capfd.readouterr().err.splitlines() if line.startswith("endofuse") or "error" in line]
+    assert len(err) == 1 and named in err[0], err
+    if case == "truncated video":
+        report = json.loads((tmp_path / "r.json").read_text())
+        assert report["complete"] is False and 0 < report["frames"] < FRAMES
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
+def test_signal_finalises_video_and_marks_report_interrupted(tmp_path, signum):
+    out, report = tmp_path / "o.avi", tmp_path / "r.json"
+    cmd = [sys.executable, "-m", "endofuse", "run", "--runtime", "holoscan", "--wli", "synthetic", "--nbi",
+           "synthetic", "--frames", "100000", "--live", "--engine", "onnxruntime", "--out", str(out),
+           "--report", str(report)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / ".o.partial.avi").exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    time.sleep(0.5)  # a few frames into the video
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum, err
+    data = json.loads(report.read_text())
+    assert data["interrupted"] is True and data["frames"] > 0
+    video = cv2.VideoCapture(str(out))
+    assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == data["frames"]
+
+
+def test_holohub_style_app_runs_from_its_yaml(video_pair, tmp_path, capfd):
+    wli, nbi = video_pair
+    config = tmp_path / "app.yaml"
+    config.write_text(f"""
+wli_source: {{source: "{wli}"}}
+nbi_source: {{source: "{nbi}"}}
+sync: {{channel_order: bgr}}
+inference: {{backend: onnxruntime}}
+overlay: {{alpha: 0.4, hud: false}}
+recorder: {{out: "{tmp_path / 'o.avi'}", report: "{tmp_path / 'r.json'}", warmup_frames: 2}}
+scheduler: {{kind: event, workers: 2}}
+""")
+    from endofuse.realtime.holoscan.app import main as app_main  # what `python -m ...app` runs
+
+    assert app_main(["--config", str(config)]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["frames"] == FRAMES and report["holoscan"]["scheduler"] == "event"
+    assert int(cv2.VideoCapture(str(tmp_path / "o.avi")).get(cv2.CAP_PROP_FRAME_COUNT)) == FRAMES
+    capfd.readouterr()
+    assert app_main(["--config", str(tmp_path / "x.yaml")]) == 1
+    err = capfd.readouterr().err.strip()
+    assert err.endswith("no such file") and "x.yaml" in err and len(err.splitlines()) == 1
