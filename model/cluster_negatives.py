@@ -95,11 +95,18 @@ class OnlineKMeans(nn.Module):
 
 
 def _gather_rows(z: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows, in rank order (ranks may hold different counts: modality dropout)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return z
-    parts = [torch.empty_like(z) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, z.contiguous())
-    return torch.cat(parts)
+    world = dist.get_world_size()
+    counts = [torch.zeros(1, dtype=torch.long, device=z.device) for _ in range(world)]
+    dist.all_gather(counts, torch.tensor([z.shape[0]], device=z.device))
+    most = int(max(c.item() for c in counts))
+    padded = torch.zeros(most, z.shape[1], dtype=z.dtype, device=z.device)
+    padded[: z.shape[0]] = z
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[: int(c.item())] for part, c in zip(parts, counts, strict=True)])
 
 
 def false_negative_mask(clusters: torch.Tensor, batch: int) -> torch.Tensor:

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
 from endofuse.model.cluster_negatives import (
     OnlineKMeans,
     cluster_dacl,
@@ -99,7 +100,8 @@ def test_cluster_dacl_matches_brute_force_and_batch_dacl_before_ready():
     b, tokens, dim = 3, 4, 5
     base = torch.randn(1, tokens, dim)
     # shared features close to one another so some land in one cluster
-    parts = [base + 0.3 * torch.randn(b, tokens, dim) for _ in range(2)] + [torch.randn(b, tokens, dim) for _ in range(2)]
+    parts = [base + 0.3 * torch.randn(b, tokens, dim) for _ in range(2)]
+    parts += [torch.randn(b, tokens, dim) for _ in range(2)]
     km = OnlineKMeans(4, tokens * dim)
     out = cluster_dacl(*parts, km)
     torch.testing.assert_close(out["dacl"], dacl(*parts, temperature=0.1))
@@ -131,3 +133,25 @@ def test_gradient_reaches_features_not_centroids():
     assert torch.equal(km.centroids, before)  # the loss never moves centroids; only update() does
     assert [name for name, _ in km.named_parameters()] == []
     assert {name for name, _ in km.named_buffers()} == {"centroids", "filled"}
+
+
+def _gather_worker(rank: int, world: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from endofuse.model.cluster_negatives import _gather_rows
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    rows = torch.full((rank + 1, 2), float(rank))  # rank 0: one row, rank 1: two rows
+    gathered = _gather_rows(rows)
+    if rank == 1:
+        torch.save(gathered, out)
+    dist.destroy_process_group()
+
+
+def test_rows_of_unequal_counts_are_gathered_from_every_rank(tmp_path):
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "gathered.pt"
+    init = f"file://{tmp_path / 'rendezvous'}"
+    mp.spawn(_gather_worker, args=(2, init, str(out)), nprocs=2, join=True)
+    assert torch.load(out, weights_only=True).tolist() == [[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]
