@@ -20,8 +20,9 @@ from __future__ import annotations
 import math
 
 import torch
-from endofuse.model.blocks import Mlp
 from torch import nn
+
+from endofuse.model.blocks import Mlp
 
 
 def masked_attention(

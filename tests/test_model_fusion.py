@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
 from endofuse.model.fusion import DMAFusion
 
 B, N, D, HEADS = 3, 9, 16, 4
@@ -23,7 +24,9 @@ def module() -> DMAFusion:
 def reference(module: DMAFusion, parts: dict, available: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One sample at a time; a missing NBI is simply not in the key set (no mask at all)."""
     outs, weights = [], []
-    split = lambda x: x.reshape(1, x.shape[1], HEADS, -1).transpose(1, 2)
+    def split(x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(1, x.shape[1], HEADS, -1).transpose(1, 2)
+
     for i in range(B):
         p = {k: v[i : i + 1] for k, v in parts.items()}
         t_w = module.proj_wli(torch.cat([p["spec_w"], p["share_w"]], -1)) + module.modality_embed[0]
