@@ -10,6 +10,8 @@ from endofuse.train.evaluate import evaluate_model, print_summary, write_json_at
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", choices=("segment", "classify"), default="segment",
+                        help="segment (default) or classify: accuracy, macro-F1, i2i/t2i Recall@k and MRR")
     parser.add_argument("--data", type=Path, required=True, help="dataset folder (reference CSV format)")
     parser.add_argument("--checkpoint", type=Path, required=True, help="endofuse checkpoint (.pt)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
@@ -19,6 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.task == "classify":
+        from endofuse.train.classify_command import evaluate_main
+
+        return evaluate_main(args)
     records = load_split(args.data, args.split)
     model = load_checkpoint(args.checkpoint)
     args.out.mkdir(parents=True, exist_ok=True)

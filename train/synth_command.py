@@ -107,14 +107,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"gamma in [1/{1 + d.gamma:g}, {1 + d.gamma:g}], Gaussian blur sigma "
                              f"{d.blur_sigma[0]:g}-{d.blur_sigma[1]:g} px per 320 px, NBI misregistration up to {d.shift * 100:g}%% shift, {d.rotation:g} degrees, "
                              f"zoom +-{d.zoom:g}")
+    parser.add_argument("--classes", action="store_true",
+                        help="also write a classification folder (cls_train.csv, cls_test.csv, cls_imgs/): "
+                             "normal / small_lesion / large_lesion, WLI and NBI, one scene per pair")
 
 
 def main(args: argparse.Namespace) -> int:
     if args.pairs is None and args.video is None:
         raise EndofuseError("nothing to write: give --pairs N and/or --video SECONDS")
-    if args.pairs is not None:
-        if args.pairs < 1:
-            raise ValueError(f"--pairs must be >= 1, got {args.pairs}")
     if args.video is not None:
         if not (math.isfinite(args.video) and args.video > 0):
             raise EndofuseError(f"--video must be a finite number of seconds > 0, got {args.video}")
@@ -128,10 +128,21 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _write(args: argparse.Namespace) -> int:
+    if args.pairs is not None:
+        if args.pairs < 1:
+            raise ValueError(f"--pairs must be >= 1, got {args.pairs}")
         test_pairs = args.test_pairs if args.test_pairs is not None else max(1, args.pairs // 4)
         write_dataset(args.out, args.pairs, test_pairs, args.size, args.seed, args.nbi_size,
                       shift=DomainShift() if args.shift else None)
         print(f"wrote {args.pairs} training + {test_pairs} test pairs to {args.out} (Training.csv, Test.csv)")
+        if args.classes:
+            from endofuse.train.classify_synth import write_classification_dataset
+
+            counts = write_classification_dataset(args.out, args.pairs, test_pairs, args.size, args.seed)
+            print(f"wrote {counts['cls_train.csv']} + {counts['cls_test.csv']} classification images to {args.out} "
+                  f"(cls_train.csv, cls_test.csv)")
+    elif args.classes:
+        raise EndofuseError("--classes needs --pairs N (the number of training scenes)")
     if args.video is not None:
         write_video(args.out, args.video, args.fps, args.size, args.seed, args.nbi_size)
         print(f"wrote {args.out / 'wli.mp4'}, {args.out / 'nbi.mp4'}, {args.out / 'mask.mp4'}")

@@ -8,8 +8,11 @@ from endofuse.train.recipes import ABLATIONS, RECIPES, parse_ablate
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", choices=("segment", "classify"), default="segment",
+                        help="segment (default) or classify: frame classifier on cls_train.csv/cls_test.csv")
     parser.add_argument("--data", type=Path, required=True, help="dataset folder (Training.csv/Train.csv, Test.csv)")
-    parser.add_argument("--model", default="tiny", help="tiny | small | paper (default tiny)")
+    parser.add_argument("--model", default=None,
+                        help="tiny | small | paper (default tiny); --task classify: entrep-tiny (default) | entrep-b16")
     parser.add_argument("--epochs", type=int, required=True)
     parser.add_argument("--out", type=Path, required=True, help="run folder (last.pt, best.pt, log.csv, ...)")
     parser.add_argument("--recipe", choices=tuple(RECIPES), default="default",
@@ -29,10 +32,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from endofuse.train.trainer import TrainOptions, train
-
     if args.pretrained is not None and not args.pretrained.is_file():
         raise FileNotFoundError(f"--pretrained: file not found: {args.pretrained}")
+    if args.task == "classify":
+        from endofuse.train.classify_command import train_main
+
+        return train_main(args)
+    from endofuse.train.trainer import TrainOptions, train
+
+    args.model = args.model or "tiny"
     options = TrainOptions(
         data=args.data, out=args.out, model=args.model, epochs=args.epochs, recipe=args.recipe, resume=args.resume,
         batch_size=args.batch_size, lr=args.lr, amp=args.amp, pretrained=args.pretrained,
