@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 from endofuse.errors import EndofuseError
+from endofuse.outputs import OutputFolder, check_output_file, refuse_overlap
 
 FORMATS = ("onnx", "tensorrt", "triton-repo", "onnx-int8")
 
@@ -28,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-batch-size", type=int, default=8, help="largest batch served / in the TRT profile")
     group.add_argument("--queue-delay-us", type=int, default=500, help="Triton dynamic batching max queue delay")
     group.add_argument("--name", default="endofuse", help="Triton model name")
+    group.add_argument("--force", action="store_true",
+                       help="write the repository into a folder that holds files endofuse did not write")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -47,6 +50,7 @@ def main(args: argparse.Namespace) -> int:
     if source is None:
         from endofuse.model import demo_checkpoint_path
         source = demo_checkpoint_path()
+    repo = check_export_outputs(args, source)
     model, label = load_model_and_label(source)
     digest = file_sha256(source)
     dynamic = args.dynamic_batch or args.format == "triton-repo"
@@ -65,8 +69,33 @@ def main(args: argparse.Namespace) -> int:
             from endofuse.realtime.engines.tensorrt_engine import build_plans
             build_plans(fp32, out, fp16=args.fp16, max_batch=args.max_batch_size)
         else:
-            _write_triton(fp32, out, args, tensorrt_available())
+            try:
+                _write_triton(fp32, out, args, tensorrt_available())
+            finally:
+                repo.commit()
     return 0
+
+
+def check_export_outputs(args: argparse.Namespace, source: Path) -> OutputFolder | None:
+    """Refuse, before exporting, an output that is the checkpoint or calibration data, or a foreign folder.
+
+    Returns the prepared repository folder for triton-repo (files it holds are endofuse's).
+    """
+    from endofuse.realtime.engines.onnx_export import missing_nbi_path_for
+
+    out = Path(args.out)
+    inputs = {"--checkpoint": source, "--calibration": args.calibration}
+    if args.format == "triton-repo":
+        refuse_overlap({"--out": out}, inputs, output_dirs=["--out"])
+        return OutputFolder(out, "export --out", force=args.force).prepare()
+    if out.is_dir():
+        raise EndofuseError(f"--out '{out}' is a folder: give a file name (e.g. {out / 'model.onnx'})")
+    outputs = {"--out": out, "the missing-NBI variant": missing_nbi_path_for(out)}
+    if out.suffix == ".xml":
+        outputs["the IR weights"] = out.with_suffix(".bin")
+    refuse_overlap(outputs, inputs)
+    check_output_file(out, "--out")
+    return None
 
 
 def _write_int8(fp32: Path, out: Path, size: int, data_dir: Path | None, count: int) -> None:

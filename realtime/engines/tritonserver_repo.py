@@ -16,18 +16,19 @@ to run the graph through its TensorRT accelerator in FP16 on the server's GPU.
 """
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 
 from endofuse.errors import EndofuseError
+from endofuse.outputs import atomic_write_bytes, atomic_write_text
 from endofuse.realtime.engines.onnx_export import missing_nbi_path_for
 from endofuse.realtime.engines.tritonserver_schema import parse_model_config
 
 PLATFORM_FILES = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}
 DEFAULT_MODEL_NAME = "endofuse"
+MODEL_VERSION = 1
 
 
 class Enum(str):
@@ -77,6 +78,8 @@ def model_config(name: str, platform: str, inputs: dict[str, list[int]], outputs
     config = {
         "name": name,
         "platform": platform,
+        # pinned: Triton's default (latest 1) would serve any higher-numbered folder found beside ours
+        "version_policy": {"specific": {"versions": [MODEL_VERSION]}},
         "max_batch_size": settings.max_batch_size,
         "input": [tensor(n, d) for n, d in inputs.items()],
         "output": [tensor(n, d) for n, d in outputs.items()],
@@ -134,12 +137,23 @@ def write_triton_repository(out_dir: str | Path, onnx_path: str | Path, *, setti
         config = model_config(model_name, platform, strip(inputs), strip(outputs), settings,
                               gpu_only=platform == "tensorrt_plan")
         folder = out_dir / model_name
-        (folder / "1").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, folder / "1" / PLATFORM_FILES[platform])
-        (folder / "config.pbtxt").write_text(to_pbtxt(config) + "\n", encoding="utf-8")
+        version = folder / str(MODEL_VERSION)
+        version.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(version / PLATFORM_FILES[platform], source.read_bytes())
+        atomic_write_text(folder / "config.pbtxt", to_pbtxt(config) + "\n")
         written.append(folder / "config.pbtxt")
     check_repository(out_dir)
     return written
+
+
+def served_versions(config, folder: Path) -> list[int]:
+    """The versions Triton loads for a model: its version_policy over the numbered folders present."""
+    present = sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+    policy = config.version_policy if config.HasField("version_policy") else None
+    if policy is not None and policy.HasField("specific"):
+        return sorted(v for v in policy.specific.versions if v in present)
+    keep = policy.latest.num_versions if policy is not None and policy.HasField("latest") else 1
+    return present[-max(1, keep):] if present else []  # Triton's default: the latest one
 
 
 def check_repository(root: str | Path) -> list[str]:
@@ -158,7 +172,11 @@ def check_repository(root: str | Path) -> list[str]:
             raise fail(f"name {config.name!r} is not the folder name {config_path.parent.name!r}")
         if config.platform not in PLATFORM_FILES:
             raise fail(f"platform {config.platform!r} is not one of {sorted(PLATFORM_FILES)}")
-        model_file = config_path.parent / "1" / PLATFORM_FILES[config.platform]
+        served = served_versions(config, config_path.parent)
+        if served != [MODEL_VERSION]:
+            raise fail(f"Triton would serve version(s) {served} of {config.name}, not the exported version "
+                       f"{MODEL_VERSION} (stale version folders? pin version_policy)")
+        model_file = config_path.parent / str(MODEL_VERSION) / PLATFORM_FILES[config.platform]
         if not model_file.is_file():
             raise fail(f"model file {model_file} is missing")
         inputs = {t.name: list(t.dims) for t in config.input}

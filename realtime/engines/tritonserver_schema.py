@@ -51,7 +51,13 @@ MESSAGES: dict[str, list[tuple]] = {
     "ModelWarmup": [("name", 1, STRING, OPTIONAL, None), ("batch_size", 2, UINT32, OPTIONAL, None),
                     ("inputs", 3, MESSAGE, REPEATED, "ModelWarmup.InputsEntry"), ("count", 4, UINT32, OPTIONAL, None)],
     "ModelParameter": [("string_value", 1, STRING, OPTIONAL, None)],
+    # ModelVersionPolicy's nested Latest/Specific messages, declared flat (text format names fields, not types)
+    "ModelVersionPolicyLatest": [("num_versions", 1, UINT32, OPTIONAL, None)],
+    "ModelVersionPolicySpecific": [("versions", 1, INT64, REPEATED, None)],
+    "ModelVersionPolicy": [("latest", 1, MESSAGE, OPTIONAL, "ModelVersionPolicyLatest"),
+                           ("specific", 3, MESSAGE, OPTIONAL, "ModelVersionPolicySpecific")],
     "ModelConfig": [("name", 1, STRING, OPTIONAL, None), ("platform", 2, STRING, OPTIONAL, None),
+                    ("version_policy", 3, MESSAGE, OPTIONAL, "ModelVersionPolicy"),
                     ("max_batch_size", 4, INT32, OPTIONAL, None), ("input", 5, MESSAGE, REPEATED, "ModelInput"),
                     ("output", 6, MESSAGE, REPEATED, "ModelOutput"),
                     ("instance_group", 7, MESSAGE, REPEATED, "ModelInstanceGroup"),
