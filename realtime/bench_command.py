@@ -39,6 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--paced-fps", type=float, default=30.0, help="source rate of the paced mode (default 30)")
     parser.add_argument("--warmup", type=int, default=30, help="frames left out of each measurement (default 30)")
     parser.add_argument("--ring", type=int, default=60, help="distinct frames held in memory and replayed")
+    parser.add_argument("--runtime", default="native", choices=("native", "holoscan", "both"),
+                        help="measure the native pipeline, the Holoscan graph (the [holoscan] extra), or both")
+    parser.add_argument("--schedulers", default="greedy,event,multi_thread",
+                        help="Holoscan schedulers to measure, comma-separated (default: all three)")
+    parser.add_argument("--workers", type=int, default=2, help="worker threads of the event/multi_thread schedulers")
     parser.add_argument("--json", default=None, metavar="OUT", help="write the results as JSON")
     parser.add_argument("--plot", default=None, metavar="PNG", help="draw the latency CDF and per-stage bars")
 
@@ -108,8 +113,13 @@ def run_bench(args: argparse.Namespace) -> tuple[dict, dict]:
     engine = open_engine(args.checkpoint, backend=args.engine, device=args.device, model_name=args.model)
     engine.warmup()
     engine_only, engine_lat = bench_engine(engine, wli, nbi, args.frames, args.warmup)
-    max_mode, max_lat = bench_pipeline(engine, wli, nbi, args.frames, args.warmup, live=False, fps=args.paced_fps)
-    paced, paced_lat = bench_pipeline(engine, wli, nbi, args.frames, args.warmup, live=True, fps=args.paced_fps)
+    runtime = getattr(args, "runtime", "native")
+    modes, latencies = {}, {"engine only": engine_lat}
+    if runtime in ("native", "both"):
+        for name, live in (("max", False), ("paced", True)):
+            modes[name], latencies[name] = bench_pipeline(engine, wli, nbi, args.frames, args.warmup, live=live,
+                                                          fps=args.paced_fps)
+    holoscan = bench_holoscan_modes(args, engine, wli, nbi, engine_only, latencies) if runtime != "native" else None
     result = {
         "model": engine.model_label,
         "engine": engine.name,
@@ -117,11 +127,29 @@ def run_bench(args: argparse.Namespace) -> tuple[dict, dict]:
         "frames": args.frames,
         "source": described,
         "engine_only": engine_only,
-        "modes": {"max": max_mode, "paced": paced},
-        "efficiency": max_mode["fps"] / engine_only["fps"],
+        "modes": modes,
+        "efficiency": modes["max"]["fps"] / engine_only["fps"] if modes else None,
         "machine": describe_machine(),
     }
-    return result, {"engine only": engine_lat, "max": max_lat, "paced": paced_lat}
+    if holoscan is not None:
+        result["runtime"] = runtime
+        result["holoscan"] = holoscan
+    return result, latencies
+
+
+def bench_holoscan_modes(args, engine, wli, nbi, engine_only: dict, latencies: dict) -> dict:
+    """Each Holoscan scheduler in both modes: {scheduler: {"modes": {...}, "efficiency": ...}}."""
+    from endofuse.realtime.holoscan.bench import bench_holoscan
+
+    out = {}
+    for scheduler in [s.strip() for s in args.schedulers.split(",") if s.strip()]:
+        workers = 1 if scheduler == "greedy" else args.workers
+        modes = {}
+        for name, live in (("max", False), ("paced", True)):
+            modes[name], latencies[f"holoscan {scheduler} {name}"] = bench_holoscan(
+                engine, wli, nbi, args.frames, args.warmup, live, args.paced_fps, scheduler, workers)
+        out[scheduler] = {"workers": workers, "modes": modes, "efficiency": modes["max"]["fps"] / engine_only["fps"]}
+    return out
 
 
 def main(args: argparse.Namespace) -> int:
@@ -144,6 +172,8 @@ def main(args: argparse.Namespace) -> int:
 def format_table(result: dict) -> str:
     """A Markdown table of the run, as pasted into the README."""
     rows = [("engine only", result["engine_only"], None)] + [(name, m, m) for name, m in result["modes"].items()]
+    for scheduler, data in (result.get("holoscan") or {}).items():
+        rows += [(f"holoscan {scheduler} {name}", m, m) for name, m in data["modes"].items()]
     lines = [
         f"model: {result['model']} | engine: {result['engine']} | input {result['input_size'][0]}x"
         f"{result['input_size'][1]} | {result['frames']} frames | source: {result['source']}",
@@ -158,5 +188,8 @@ def format_table(result: dict) -> str:
         lines.append(f"| {name} | {data['fps']:.1f} | {lat['p50']:.1f} | {lat['p90']:.1f} | {lat['p99']:.1f} | "
                      f"{lat['p999']:.1f} | {lat['max']:.1f} | {counts[0]} | {counts[1]} | {counts[2]} |")
     lines.append("")
-    lines.append(f"efficiency (max / engine only): {result['efficiency']:.3f}")
+    if result["efficiency"] is not None:
+        lines.append(f"efficiency (max / engine only): {result['efficiency']:.3f}")
+    for scheduler, data in (result.get("holoscan") or {}).items():
+        lines.append(f"holoscan {scheduler} efficiency (max / engine only): {data['efficiency']:.3f}")
     return "\n".join(lines)

@@ -16,7 +16,8 @@ if importlib.util.find_spec("holoscan") is None:
     pytest.skip("the [holoscan] extra is not installed", allow_module_level=True)
 
 from endofuse.cli import main  # noqa: E402
-from endofuse.realtime.testing import write_video  # noqa: E402
+
+from conftest import write_video  # noqa: E402
 
 FRAMES = 12
 
@@ -119,3 +120,30 @@ scheduler: {{kind: event, workers: 2}}
     assert app_main(["--config", str(tmp_path / "x.yaml")]) == 1
     err = capfd.readouterr().err.strip()
     assert err.endswith("no such file") and "x.yaml" in err and len(err.splitlines()) == 1
+
+
+def test_example_config_and_holohub_metadata_are_valid(repo_root):
+    from endofuse.realtime.holoscan.app import SECTIONS, load_config
+
+    config = load_config(str(repo_root / "realtime" / "holoscan" / "app.yaml"))
+    assert set(config) <= set(SECTIONS) and config["wli_source"]["source"] == "synthetic"
+    for kind, folder in (("operator", "operators/endofuse"), ("application", "applications/endofuse_wli_nbi")):
+        meta = json.loads((repo_root / "realtime" / "holoscan" / "holohub" / folder / "metadata.json").read_text())
+        entry = meta[kind]
+        required = {"name", "authors", "language", "version", "holoscan_sdk", "platforms", "tags", "requirements"}
+        assert required <= set(entry) and entry["tags"][0] == "Healthcare AI"  # HoloHub's category comes first
+        assert entry["holoscan_sdk"]["minimum_required_version"] == "4.5.0"
+        import holoscan
+
+        assert holoscan.__version__ in entry["holoscan_sdk"]["tested_versions"]
+
+
+@pytest.mark.slow
+def test_bench_both_runtimes_write_the_side_by_side_json(tmp_path):
+    out = tmp_path / "b.json"
+    assert main(["bench", "--runtime", "both", "--frames", "12", "--warmup", "2", "--ring", "4",
+                 "--schedulers", "greedy,event", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["modes"]) == {"max", "paced"} and set(result["holoscan"]) == {"greedy", "event"}
+    for data in result["holoscan"].values():
+        assert data["modes"]["max"]["frames"] == 12 + 2 and data["modes"]["max"]["dropped"] == 0
