@@ -53,8 +53,6 @@ setup(
     description="Real-time WLI/NBI fusion segmentation of laryngo-pharyngeal tumours (Align-Disentangle-Fuse)",
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
-    license="Apache-2.0",
-    license_files=["LICENSE"],
     python_requires=">=3.10",
     packages=packages,
     package_dir=package_dir,
