@@ -6,7 +6,6 @@ expected mask of a drawn red rectangle is known without running the model.
 """
 from __future__ import annotations
 
-
 import json
 
 import cv2
@@ -18,11 +17,12 @@ pytest.importorskip("gradio")
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
-from endofuse.demo.app import build_app, launch_app  # noqa: E402
 from endofuse.demo import pair as pair_module  # noqa: E402
+from endofuse.demo.app import build_app, launch_app  # noqa: E402
 from endofuse.demo.engines import BUNDLED_MODEL, EngineCache, model_choices  # noqa: E402
 from endofuse.demo.pair import NBI_MAX_AGE_S, remember_nbi_frame, segment_live_frame  # noqa: E402
-from endofuse.realtime.testing import ColourThresholdEngine  # noqa: E402
+
+from conftest import ColourThresholdEngine  # noqa: E402
 
 STAGES = ("preprocess", "infer", "postprocess", "overlay", "total")
 RECT = (120, 90, 300, 230)  # x0, y0, x1, y1 of the red "lesion" in the WLI test image

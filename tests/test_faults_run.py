@@ -14,7 +14,8 @@ import pytest
 
 from endofuse import cli
 from endofuse.model.synthetic import SyntheticScene
-from endofuse.realtime.testing import ColourThresholdEngine, write_video
+
+from conftest import ColourThresholdEngine, write_video
 
 
 @pytest.fixture
@@ -178,7 +179,7 @@ STAND_IN_RUN = textwrap.dedent("""
     import sys
     import endofuse.realtime.engines as engines
     from endofuse import cli
-    from endofuse.realtime.testing import ColourThresholdEngine
+    from conftest import ColourThresholdEngine
     engines.open_engine = lambda *a, **k: ColourThresholdEngine((32, 40), threshold=0.7)
     sys.exit(cli.main(sys.argv[1:]))
 """)

@@ -30,8 +30,9 @@ from endofuse.realtime.overlay import OverlayStyle  # noqa: E402
 from endofuse.realtime.segment import finish_frame, preprocess  # noqa: E402
 from endofuse.realtime.sources import Frame  # noqa: E402
 from endofuse.realtime.sync import PAIRED, Synchroniser, SyncPolicy  # noqa: E402
-from endofuse.realtime.testing import ColourThresholdEngine  # noqa: E402
 from endofuse.realtime.tracing import FrameTrace  # noqa: E402
+
+from conftest import ColourThresholdEngine  # noqa: E402
 
 FPS = 30.0
 

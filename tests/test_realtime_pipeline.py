@@ -12,7 +12,8 @@ from endofuse.realtime import FUSED, WLI_ONLY, Pipeline, PipelineConfig, build_p
 from endofuse.realtime.overlay import OverlayStyle
 from endofuse.realtime.sinks import CallbackSink, ImageFolderSink, VideoFileSink
 from endofuse.realtime.sources import CameraSource, ImageFolderSource, MemorySource, VideoFileSource
-from endofuse.realtime.testing import ColourThresholdEngine, ScriptedCapture, write_video
+
+from conftest import ColourThresholdEngine, ScriptedCapture, write_video
 
 SIZE = (120, 136)  # odd-ish frame size on purpose
 

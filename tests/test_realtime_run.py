@@ -12,7 +12,8 @@ import pytest
 
 from endofuse import cli
 from endofuse.model.synthetic import SyntheticScene
-from endofuse.realtime.testing import ColourThresholdEngine, write_video
+
+from conftest import ColourThresholdEngine, write_video
 
 PERCENTILES = {"p50", "p90", "p99", "p999", "max", "mean"}
 

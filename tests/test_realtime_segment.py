@@ -7,11 +7,12 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from endofuse.kernels.mask_overlay import foreground_mask_cpu, paint
 from endofuse.model.synthetic import SyntheticScene
 from endofuse.realtime import FUSED, WLI_ONLY, OverlayStyle, segment_pair
-from endofuse.kernels.mask_overlay import foreground_mask_cpu, paint
 from endofuse.realtime.overlay import HudInfo, draw_hud, hud_rectangle
-from endofuse.realtime.testing import ColourThresholdEngine
+
+from conftest import ColourThresholdEngine
 
 COLOR = (0, 255, 0)
 

@@ -1,9 +1,7 @@
 """The soak script's memory verdict (hand-computed cases) and a short real soak with the stand-in engine."""
 import pytest
 
-from endofuse.realtime.testing import ColourThresholdEngine
-
-from conftest import load_benchmark
+from conftest import ColourThresholdEngine, load_benchmark
 
 soak_script = load_benchmark("soak")
 memory_verdict, resident_bytes, soak = soak_script.memory_verdict, soak_script.resident_bytes, soak_script.soak

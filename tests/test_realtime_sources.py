@@ -9,8 +9,9 @@ from endofuse.errors import EndofuseError
 from endofuse.model.synthetic import SyntheticScene
 from endofuse.realtime.source_specs import open_source, open_source_pair
 from endofuse.realtime.sources import CameraSource, ImageFolderSource, SourceLost, VideoFileSource
-from endofuse.realtime.testing import ScriptedCapture, write_video
 from endofuse.realtime.tracing import now
+
+from conftest import ScriptedCapture, write_video
 
 
 def numbered_frames(count: int, size=(48, 64)) -> list[np.ndarray]:
