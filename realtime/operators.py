@@ -49,6 +49,7 @@ class Inferred:
     pairing: Pairing
     logits: object
     enqueued: float = 0.0
+    classification: object = None  # a realtime.classifier.Classification when the pipeline has a classifier
 
 
 class Operator:
@@ -126,9 +127,10 @@ class InferenceOp(Operator):
     """
 
     def __init__(self, engine, wli_in: FrameQueue, nbi_in: FrameQueue | None, out: FrameQueue,
-                 sync: Synchroniser, lossless: bool, fail, live_wait_s: float = 0.0) -> None:
+                 sync: Synchroniser, lossless: bool, fail, live_wait_s: float = 0.0, classifier=None) -> None:
         super().__init__("inference", fail)
         self.engine, self.wli_in, self.nbi_in, self.out = engine, wli_in, nbi_in, out
+        self.classifier = classifier  # optional: classifies the WLI frame right after segmentation
         self.sync, self.lossless, self.live_wait_s = sync, lossless, live_wait_s
         if nbi_in is None:
             sync.end_nbi()
@@ -148,7 +150,12 @@ class InferenceOp(Operator):
             nbi_input = pairing.nbi.model_input if pairing.nbi is not None else None
             logits = self.engine.infer(item.model_input, nbi_input)
             item.trace.add("infer", started)
-            if not self.out.put(Inferred(item, pairing, logits, enqueued=now())):
+            classification = None
+            if self.classifier is not None:
+                started = now()
+                classification = self.classifier(item.model_input)
+                item.trace.add("classify", started)
+            if not self.out.put(Inferred(item, pairing, logits, enqueued=now(), classification=classification)):
                 return
 
     def _collect_nbi(self, wli: Prepared) -> None:

@@ -39,6 +39,7 @@ class HudInfo:
     model_label: str = ""
     fps: float | None = None
     latency_ms: float | None = None
+    classification: str = ""  # "label 93%" when the pipeline runs a frame classifier
 
     def lines(self) -> list[str]:
         numbers = []
@@ -49,6 +50,8 @@ class HudInfo:
         lines = [f"{self.mode}  " + "  ".join(numbers) if numbers else self.mode, self.engine]
         if self.model_label:
             lines.append(self.model_label)
+        if self.classification:
+            lines.append(self.classification)
         return lines
 
 

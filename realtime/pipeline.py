@@ -63,11 +63,13 @@ class PipelineConfig:
 
 class Pipeline:
     def __init__(self, wli: Source, nbi: Source | None, engine, config: PipelineConfig = PipelineConfig(),
-                 sinks: list | tuple = ()) -> None:
+                 sinks: list | tuple = (), classifier=None) -> None:
         # A camera cannot wait for a file: with any live source, recordings are paced too.
         live = config.live or wli.live or bool(nbi is not None and nbi.live)
         self.config = config if live == config.live else PipelineConfig(**{**config.__dict__, "live": live})
         self.wli, self.nbi, self.engine, self.sinks = wli, nbi, engine, list(sinks)
+        self.classifier = classifier  # realtime.classifier.FrameClassifier: class + confidence per frame
+        self.class_counts: collections.Counter = collections.Counter()
         self.stats = LatencyStats(self.config.warmup_frames)
         self.sync = Synchroniser(self.config.sync or SyncPolicy.for_fps(wli.fps))
         self.frames_out = 0
@@ -102,7 +104,8 @@ class Pipeline:
                                             lost=self._nbi_lost))
         self.operators.append(InferenceOp(self.engine, self.wli_port, self.nbi_port, self.result_port, self.sync,
                                           lossless=not live, fail=self._fail,
-                                          live_wait_s=self.config.live_nbi_wait_frames / self.wli.fps))
+                                          live_wait_s=self.config.live_nbi_wait_frames / self.wli.fps,
+                                          classifier=self.classifier))
 
     def _fail(self, exc: BaseException) -> None:
         self._errors.append(exc)
@@ -154,7 +157,7 @@ class Pipeline:
         trace.add("queue", item.enqueued)
         mode = FUSED if item.pairing.nbi is not None else WLI_ONLY
         mask, overlay, post_ms, overlay_ms = finish_frame(item.logits, frame.image, self.config.style,
-                                                          lambda: self._hud(mode, trace))
+                                                          lambda: self._hud(mode, trace, item.classification))
         trace.stages_ms["postprocess"], trace.stages_ms["overlay"] = post_ms, overlay_ms
         ready = now()
         latency = trace.latency_ms(ready)
@@ -165,6 +168,10 @@ class Pipeline:
         result = FrameResult(frame.index, overlay, mask, mode, trace.stages_ms, latency, frame.image,
                              item.pairing.status, None if skew is None else skew * 1000.0,
                              None if item.pairing.nbi is None else item.pairing.nbi.index)
+        if item.classification is not None:
+            result.extras["class"] = item.classification.label
+            result.extras["confidence"] = item.classification.confidence
+            self.class_counts[item.classification.label] += 1
         for sink in self.sinks:
             sink.write(result)
         trace.add("output", ready)
@@ -174,11 +181,11 @@ class Pipeline:
         self.status_counts[item.pairing.status] += 1
         return result
 
-    def _hud(self, mode: str, trace) -> HudInfo:
+    def _hud(self, mode: str, trace, classification=None) -> HudInfo:
         times = self._done_times
         fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else None
         return HudInfo(mode, engine_label(self.engine), getattr(self.engine, "model_label", ""), fps,
-                       trace.latency_ms())
+                       trace.latency_ms(), "" if classification is None else classification.hud_line())
 
     def stop(self) -> None:
         """Ask every stage to stop soon (thread-safe, idempotent)."""
@@ -245,6 +252,9 @@ class Pipeline:
             "camera_reconnects": sum(getattr(s, "reconnects", 0) for s in (self.wli, self.nbi) if s is not None),
             "warnings": list(self.warnings),
         }
+        if self.classifier is not None:
+            report["classifier"] = {"model": self.classifier.label, "classes": list(self.classifier.classes),
+                                    "class_counts": {c: self.class_counts[c] for c in self.classifier.classes}}
         if self.stats.counted == 0:
             report["statistics_note"] = (f"no statistics: {self.frames_out} frame(s), all within the "
                                          f"{self.config.warmup_frames}-frame warm-up (use more --frames or less --warmup)")
