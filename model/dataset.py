@@ -151,7 +151,7 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """A grey or RGB {0, 255} mask -> uint8 {0, 1} HxW (any channel above 127 counts as tumour)."""
+    """A label image -> uint8 {0, 1} HxW, whatever its two-valued encoding (see `decode_mask`)."""
     try:
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as exc:
@@ -159,9 +159,38 @@ def read_mask(path: Path) -> np.ndarray:
     mask = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if mask is None:
         raise EndofuseError(f"cannot decode mask {path} (corrupt or not an image)")
+    return decode_mask(mask, path)
+
+
+def decode_mask(mask: np.ndarray, where: str | Path = "mask") -> np.ndarray:
+    """Tumour = the brighter of exactly two values: 0/1, 0/255, 0/65535, any two grey levels, or black plus one
+    colour (RGB palette masks); one value only is all-background if 0, else all-tumour. Alpha is ignored.
+
+    More than two values (a JPEG-compressed or soft mask, a multi-class palette) is ambiguous: an
+    EndofuseError naming the file, since thresholding it would silently change the labels.
+    """
+    colour = False
     if mask.ndim == 3:
-        mask = mask[..., :3].max(axis=2)
-    return (mask > 127).astype(np.uint8)
+        mask = mask[..., :3]
+        if mask.shape[2] == 1 or ((mask[..., 0] == mask[..., 1]).all() and (mask[..., 1] == mask[..., 2]).all()):
+            mask = mask[..., 0]
+        else:  # a colour palette: one packed value per pixel
+            colour = True
+            mask = (mask[..., 0].astype(np.uint64) << 32) | (mask[..., 1].astype(np.uint64) << 16) | mask[..., 2]
+    if mask.dtype == np.uint8:
+        values = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))  # fast path for 8-bit labels
+    else:
+        values = np.unique(mask)
+    if len(values) > 2:
+        shown = ", ".join(str(int(v)) for v in values[:6]) + (", ..." if len(values) > 6 else "")
+        raise EndofuseError(f"mask {where}: {len(values)} distinct values ({shown}), expected two (background and "
+                            "tumour, e.g. 0/1 or 0/255 or black/one colour); save it as a two-valued PNG")
+    if colour and len(values) == 2 and values[0] != 0:
+        raise EndofuseError(f"mask {where}: two colours and no black background; which one is tumour is ambiguous "
+                            "(use black for background)")
+    if len(values) == 1:
+        return np.full(mask.shape, int(values[0] != 0), np.uint8)
+    return (mask == values[1]).astype(np.uint8)
 
 
 def holdout_split(records: Sequence[PairRecord], fraction: float, seed: int) -> tuple[list, list]:
