@@ -43,7 +43,7 @@ EXTRAS = {
     "demo": ["gradio>=6,<7", "gradio-client>=2", "matplotlib>=3.8"],
     # Holoscan 4.x Python operators; the CUDA runtime wheel lets it import on machines without CUDA.
     "holoscan": ["holoscan-cu12>=4.5,<5", "nvidia-cuda-runtime-cu12>=12.4", "pyyaml>=6"],
-    "dev": ["pytest>=8", "pytest-timeout>=2", "playwright>=1.45", "scipy>=1.11", "matplotlib>=3.8"],
+    "dev": ["pytest>=8", "pytest-timeout>=2", "playwright>=1.45", "scipy>=1.11", "matplotlib>=3.8", "ruff>=0.17"],
 }
 EXTRAS["all"] = sorted({r for k, reqs in EXTRAS.items() if k != "gpu" for r in reqs})
 
@@ -53,6 +53,8 @@ setup(
     description="Real-time WLI/NBI fusion segmentation of laryngo-pharyngeal tumours (Align-Disentangle-Fuse)",
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    license_files=["LICENSE"],
     python_requires=">=3.10",
     packages=packages,
     package_dir=package_dir,

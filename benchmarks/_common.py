@@ -14,7 +14,10 @@ import shlex
 import sys
 from pathlib import Path
 
-from endofuse.machine import describe_machine, machine_line
+from endofuse.machine import describe_machine, load_average, machine_line
+
+# The load when the script started; describe_machine() at the end gives the load after the run.
+LOAD_AT_START = load_average()
 
 
 def add_json_argument(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +37,7 @@ def record(benchmark: str, title: str, tables: list[dict], argv: list[str] | Non
         "benchmark": benchmark,
         "title": title,
         "command": shlex.join(["python", f"benchmarks/{benchmark}.py", *args]),
-        "machine": describe_machine(),
+        "machine": {**describe_machine(), "load_average_at_start": LOAD_AT_START},
         "tables": tables,
         "details": details or {},
     }

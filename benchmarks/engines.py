@@ -9,10 +9,11 @@ ratio to torch eager, the achieved GFLOPS (matmul + conv FLOPs of one pair /
 p50) and its share of the CPU's fp32 peak, and the Dice of its masks
 on validation pairs (against the ground truth, and against torch eager's masks).
 Every engine is opened with the product's `open_engine` (its ONNX export,
-cache, INT8 calibration and session options). All ratios come from this one
-run. Without a checkpoint the weights are random
-(tiny uses its bundled demo weights when present): speed is then meaningful,
-Dice against the ground truth is not.
+cache, INT8 calibration and session options). The engines are timed in turn,
+one call each per round, so all ratios come from this one run under the same
+load. Without a checkpoint the weights are random (tiny uses its bundled demo
+weights when present): speed is then meaningful, Dice against the ground truth
+is not.
 """
 from __future__ import annotations
 
@@ -52,8 +53,21 @@ def dice(pred: np.ndarray, target: np.ndarray) -> float:
     return overlap_metrics(pred, target)["dice"]
 
 
-def latencies_ms(engine: Engine, wli: np.ndarray, nbi: np.ndarray, iterations: int, warmup: int) -> np.ndarray:
-    return np.asarray(time_calls(lambda: engine.infer(wli, nbi), iterations, warmup))
+def interleaved_latencies_ms(engines: dict[str, Engine], wli: np.ndarray, nbi: np.ndarray, iterations: int,
+                             warmup: int) -> dict[str, np.ndarray]:
+    """Per-call milliseconds of each engine, timed in turn round after round.
+
+    Interleaving makes a load change on a shared machine hit every engine alike,
+    so the ratios between them stay meaningful.
+    """
+    calls = {name: (lambda e=engine: e.infer(wli, nbi)) for name, engine in engines.items()}
+    for call in calls.values():
+        time_calls(call, 0, warmup)
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(iterations):
+        for name, call in calls.items():
+            samples[name] += time_calls(call, 1)
+    return {name: np.asarray(values) for name, values in samples.items()}
 
 
 # bench row name -> open_engine arguments
@@ -104,8 +118,9 @@ def run(args: argparse.Namespace, log=print) -> list[Row]:
     rows: list[Row] = []
     engines = open_engines(model, args.engines, log)
     torch_masks = None
+    timings = interleaved_latencies_ms(engines, wli, nbi, args.iterations, args.warmup)
     for name, engine in engines.items():
-        times = latencies_ms(engine, wli, nbi, args.iterations, args.warmup)
+        times = timings[name]
         dice_gt, masks = score(engine, validation)
         if torch_masks is None:
             torch_masks = masks
@@ -166,7 +181,7 @@ def main(argv=None) -> int:
     rows = run(args)
     note = (f"% fp32 peak against {args.peak_gflops:g} GFLOPS (--peak-gflops). Without --checkpoint the weights are "
             "the bundled demo weights (tiny) or random, so Dice (GT) is only meaningful with a trained checkpoint.")
-    tab = table(f"{args.model}, batch 1, {args.iterations} iterations after {args.warmup} warm-up",
+    tab = table(f"{args.model}, batch 1, {args.iterations} interleaved rounds after {args.warmup} warm-up calls",
                 COLUMNS, table_rows(rows), note)
     report(record("engines", "Engines: latency, throughput and accuracy", [tab], argv,
                   details={"rows": [{f.name: getattr(r, f.name) for f in fields(r)} for r in rows]}), args.json)
