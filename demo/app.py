@@ -45,12 +45,15 @@ Leave the second camera off for the WLI-only path; an NBI frame older than
 
 
 def build_app(checkpoint: str | None = None, engine: str = "auto", *, opener: EngineOpener | None = None,
-              build_pipeline=None, examples_dir: Path | None = None, output_dir: Path | None = None) -> gr.Blocks:
+              build_pipeline=None, examples_dir: Path | None = None, output_dir: Path | None = None,
+              classifier: str | None = None, gallery: str | None = None) -> gr.Blocks:
     """The demo as a `gr.Blocks` (not launched).
 
     `checkpoint` None = the bundled demo weights; `opener` / `build_pipeline`
     default to `endofuse.realtime.engines.open_engine` / `endofuse.realtime.build_pipeline`
     (tests pass stand-ins). Outputs go to `output_dir` (a fresh temp folder by default).
+    `classifier` / `gallery`: a `train --task classify` checkpoint and an `endofuse index` folder for the
+    "Classify & search" tab (loaded now, so a bad path fails at startup).
     """
     engines = EngineCache(model_choices(checkpoint), opener)
     backends = available_backends()
@@ -61,6 +64,11 @@ def build_app(checkpoint: str | None = None, engine: str = "auto", *, opener: En
     out_root = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="endofuse-demo-"))
     out_root.mkdir(parents=True, exist_ok=True)
     examples = write_example_pairs(examples_dir)
+    search = None
+    if classifier is not None:
+        from endofuse.demo.classify import ClassifySearch
+
+        search = ClassifySearch(classifier, gallery)
 
     with gr.Blocks(title="endofuse demo", analytics_enabled=False, delete_cache=(1800, 3600)) as app:
         gr.Markdown("# endofuse: WLI/NBI tumour segmentation demo")
@@ -80,7 +88,40 @@ def build_app(checkpoint: str | None = None, engine: str = "auto", *, opener: En
                 _video_pair_tab(engines, picker, out_root, build_pipeline)
             with gr.Tab("Live", id="live"):
                 _live_tab(engines, picker)
+            with gr.Tab("Classify & search", id="classify_search"):
+                _classify_tab(search, examples)
     return app
+
+
+def _classify_tab(search, examples) -> None:
+    if search is None:
+        gr.Markdown("Start the demo with `--classifier CKPT` (from `endofuse train --task classify`) and "
+                    "`--gallery GALLERY` (from `endofuse index`) to classify frames and search a case library.",
+                    elem_id="classify_missing")
+        return
+    from endofuse.demo.classify import MAX_K, MAX_QUERY_CHARS
+
+    k = gr.Slider(1, MAX_K, value=5, step=1, label="Similar images to show (k)", elem_id="search_k")
+    with gr.Row():
+        image = checked_image(label="Frame to classify", elem_id="classify_image", type="numpy", image_mode="RGB",
+                              sources=["upload", "clipboard"], height=320)
+        probs = gr.Label(label="Class probabilities", elem_id="class_probs", num_top_classes=len(search.model.classes))
+    button = gr.Button("Classify & find similar", variant="primary", elem_id="classify_button")
+    similar = gr.Gallery(label="Most similar gallery images", elem_id="similar_gallery", columns=6, height=300,
+                         format="jpeg", interactive=False)
+    gr.Examples(examples=[[str(w)] for w, _ in examples], inputs=[image], label="Synthetic example frames")
+    with gr.Row():
+        text = gr.Textbox(label="Search the gallery by text", elem_id="search_text", max_length=MAX_QUERY_CHARS,
+                          placeholder="an NBI endoscopy frame showing a small lesion")
+        text_button = gr.Button("Search", elem_id="search_button")
+    text_results = gr.Gallery(label="Text search results", elem_id="text_gallery", columns=6, height=300,
+                              format="jpeg", interactive=False)
+    button.click(search.classify_image, inputs=[image, k], outputs=[probs, similar], api_name="classify",
+                 concurrency_limit=1)
+    text_button.click(search.search_text, inputs=[text, k], outputs=text_results, api_name="search_text",
+                      concurrency_limit=1)
+    text.submit(search.search_text, inputs=[text, k], outputs=text_results, api_visibility="private",
+                concurrency_limit=1)
 
 
 def _image_pair_tab(engines: EngineCache, picker: list, examples) -> None:

@@ -18,11 +18,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None,
                         help="a trained .pt checkpoint (or exported model file); default: the bundled demo weights")
     parser.add_argument("--engine", default="auto", choices=BACKENDS, help="inference backend (default auto)")
+    parser.add_argument("--classifier", default=None,
+                        help="a `train --task classify` checkpoint: enables the Classify & search tab")
+    parser.add_argument("--gallery", default=None, help="an `endofuse index` folder searched by that tab")
 
 
 def main(args: argparse.Namespace) -> int:
     if args.checkpoint is not None and not Path(args.checkpoint).is_file():
         raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
+    if args.gallery is not None and args.classifier is None:
+        raise EndofuseError("--gallery needs --classifier (the checkpoint the gallery was indexed with)")
+    if args.classifier is not None and not Path(args.classifier).is_file():
+        raise FileNotFoundError(f"--classifier: file not found: {args.classifier}")
     if not 0 < args.port < 65536:
         raise EndofuseError(f"--port {args.port} is not a valid TCP port")
     try:
@@ -34,7 +41,8 @@ def main(args: argparse.Namespace) -> int:
 
     output_dir = Path(tempfile.mkdtemp(prefix="endofuse-demo-"))
     try:
-        app = build_app(args.checkpoint, args.engine, output_dir=output_dir)
+        app = build_app(args.checkpoint, args.engine, output_dir=output_dir, classifier=args.classifier,
+                        gallery=args.gallery)
         print(f"endofuse demo: http://{args.host}:{args.port}  (Ctrl+C to stop)", flush=True)
         launch_app(app, args.host, args.port, block=True)
     finally:
