@@ -47,6 +47,9 @@ EXTRAS = {
 }
 EXTRAS["all"] = sorted({r for k, reqs in EXTRAS.items() if k != "gpu" for r in reqs})
 
+OPENVINO_MACHINES = ("platform_machine == 'x86_64' or platform_machine == 'AMD64' or "
+                     "platform_machine == 'aarch64' or platform_machine == 'arm64'")
+
 setup(
     name="endofuse",
     version=VERSION,
@@ -68,6 +71,10 @@ setup(
         "onnx>=1.16",
         "onnxscript>=0.2",
         "onnxruntime>=1.18",
+        # The default CPU engine on x86 (bf16/INT8 on AMX, AVX-512-BF16, VNNI) and its INT8 quantiser; wheels exist
+        # for x86-64 and 64-bit ARM. Their telemetry is kept from loading (realtime/engines/openvino_env.py).
+        f"openvino>=2024.4,<2027; {OPENVINO_MACHINES}",
+        f"nncf>=2.14,<4; {OPENVINO_MACHINES}",
         "tqdm>=4.60",
         "matplotlib>=3.8",
     ],
