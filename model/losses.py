@@ -1,4 +1,4 @@
-"""Plain-torch reference losses of MM-EndoCL (see docs in the method file).
+"""Plain-torch reference losses of MM-EndoCL (docs/model.md).
 
 These are the definitions the Triton kernels in `endofuse.kernels` are tested
 against, so they favour clarity over speed and follow the reference exactly:
@@ -10,7 +10,10 @@ against, so they favour clarity over speed and follow the reference exactly:
   their mean `mi`.
 * `dacl`: the disentangle-aware contrastive loss in its 4B-row masked
   log-sum-exp form (the positive is NOT in the denominator).
-* `dice_loss` / `segmentation_loss`: TransUNet-style soft Dice + CE.
+* `dice_loss`: TransUNet-style soft Dice.
+
+How the terms are weighted into the training loss is the recipe's
+(`endofuse.train.recipes`), written there once.
 """
 from __future__ import annotations
 
@@ -133,12 +136,3 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, num_classes: int | Non
         losses.append(1.0 - (2 * intersect + smooth) / (p.pow(2).sum() + g.pow(2).sum() + smooth))
     return torch.stack(losses).mean()
 
-
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """0.5 * CrossEntropy + 0.5 * Dice (the reference's segmentation objective)."""
-    return 0.5 * F.cross_entropy(logits, target.long()) + 0.5 * dice_loss(logits, target)
-
-
-def fd_weight(epoch: int, max_epoch: int) -> float:
-    """Progressive weight of the fd term: min(0.05, 0.1 * epoch / max_epoch)."""
-    return min(0.05, 0.1 * epoch / max(1, max_epoch))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from endofuse.kernels import dacl_loss, mmd_loss
 from endofuse.model import losses
 from endofuse.model.blocks import AttentionMeanPool, Mlp
 from endofuse.model.cluster_negatives import OnlineKMeans, cluster_dacl
@@ -25,13 +26,8 @@ from endofuse.model.encoder import EncoderOutput, HybridViTEncoder
 from endofuse.model.fusion import DMAFusion
 from endofuse.model.mir import MaskedNBIReconstruction
 
-try:  # fused ops from the kernels package (Triton on CUDA, plain torch elsewhere)
-    from endofuse.kernels import dacl_loss as _dacl_loss
-    from endofuse.kernels import mmd_loss as _mmd_loss
-except ImportError:  # FALLBACK until endofuse.kernels provides them
-    _dacl_loss, _mmd_loss = losses.dacl, losses.mmd
-
-AUX_KEYS = ("da", "align", "diff", "orth_wli", "orth_nbi", "mi", "dacl", "fd")
+# raw training terms of forward_train; how they are weighted is the recipe's (endofuse.train.recipes)
+AUX_KEYS = ("da", "align", "diff", "orth_wli", "orth_nbi", "mi", "dacl")
 # terms of the related-work options, returned only when switched on (see `forward_train`)
 METHOD_KEYS = ("cgns", "mir", "relation", "prototype")
 FUSIONS = ("token", "dmaf")
@@ -229,8 +225,12 @@ class MMEndoCL(nn.Module):
         nbi: torch.Tensor | None = None,
         target: torch.Tensor | None = None,
         distill: tuple[str, ...] = (),
+        *,
+        temperature: float,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(logits, aux) with aux terms `da, align, diff, orth_wli, orth_nbi, mi, dacl, fd`.
+        """(logits, aux) with the raw aux terms `da, align, diff, orth_wli, orth_nbi, mi, dacl` (unweighted).
+
+        `temperature` is DACL's (the training recipe owns it, with every loss weight).
 
         Samples whose NBI is dropped (modality dropout or `nbi=None` with a missing
         token / DMAF) still go through the fusion and the decoder, but are left out of
@@ -278,7 +278,7 @@ class MMEndoCL(nn.Module):
                 aux["cgns"] = zero
                 self._update_clusters(None, kept)
         else:
-            aux = self._aux_terms(wli_out, nbi_out, parts, kept)
+            aux = self._aux_terms(wli_out, nbi_out, parts, kept, temperature)
         if self.mir_head is not None:
             aux["mir"] = logits.new_zeros(()) if nbi is None else self.mir_head(parts["share_w"], nbi)
         if distill:
@@ -312,7 +312,8 @@ class MMEndoCL(nn.Module):
         self.cluster.update(rows)
 
     def _aux_terms(
-        self, wli_out: EncoderOutput, nbi_out: EncoderOutput, parts: dict[str, torch.Tensor], kept: torch.Tensor
+        self, wli_out: EncoderOutput, nbi_out: EncoderOutput, parts: dict[str, torch.Tensor], kept: torch.Tensor,
+        temperature: float,
     ) -> dict[str, torch.Tensor]:
         if not bool(kept.any()):
             zero = parts["share_w"].new_zeros(())
@@ -324,14 +325,13 @@ class MMEndoCL(nn.Module):
         pooled_wli = self.pool_wli(torch.cat(wli_out.shallow, dim=-1)[kept])
         pooled_nbi = self.pool_nbi(torch.cat(nbi_out.shallow, dim=-1)[kept])
         p = {key: value[kept] for key, value in parts.items()}
-        aux = {"da": _mmd_loss(pooled_nbi, pooled_wli, kernel=self.config.da_kernel)}
+        aux = {"da": mmd_loss(pooled_nbi, pooled_wli, kernel=self.config.da_kernel)}
         aux.update(losses.disentangle(p["spec_w"], p["spec_n"], p["share_w"], p["share_n"]))
         if self.cluster is not None:
-            aux.update(cluster_dacl(p["share_w"], p["share_n"], p["spec_w"], p["spec_n"], self.cluster, 0.1))
+            aux.update(cluster_dacl(p["share_w"], p["share_n"], p["spec_w"], p["spec_n"], self.cluster, temperature))
             self._update_clusters(p, kept)
         else:
-            aux["dacl"] = _dacl_loss(p["share_w"], p["share_n"], p["spec_w"], p["spec_n"], temperature=0.1)
-        aux["fd"] = aux["mi"] + 0.01 * aux["dacl"]
+            aux["dacl"] = dacl_loss(p["share_w"], p["share_n"], p["spec_w"], p["spec_n"], temperature=temperature)
         return aux
 
 

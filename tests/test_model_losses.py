@@ -1,10 +1,11 @@
-"""Reference losses (endofuse.model.losses) against cases computed by hand."""
+"""Reference losses (endofuse.model.losses) and the recipe's loss weights against cases computed by hand."""
 import math
 
 import pytest
 import torch
 
 from endofuse.model import losses
+from endofuse.train import recipes
 
 
 def test_disentangle_on_hand_picked_directions():
@@ -129,9 +130,9 @@ def test_dice_and_segmentation_loss_on_uniform_logits():
     dice_fg = 1 - (2 * 2 + s) / (1 + 4 + s)
     assert losses.dice_loss(logits, target).item() == pytest.approx((dice_bg + dice_fg) / 2, abs=1e-6)
     expected = 0.5 * math.log(2) + 0.5 * (dice_bg + dice_fg) / 2
-    assert losses.segmentation_loss(logits, target).item() == pytest.approx(expected, abs=1e-6)
+    assert recipes.segmentation_loss(logits, target).item() == pytest.approx(expected, abs=1e-6)
 
 
 @pytest.mark.parametrize("epoch, weight", [(0, 0.0), (25, 0.025), (50, 0.05), (80, 0.05), (99, 0.05)])
 def test_fd_weight_ramps_to_0_05_by_mid_training(epoch, weight):
-    assert losses.fd_weight(epoch, 100) == pytest.approx(weight)
+    assert recipes.fd_weight(epoch, 100) == pytest.approx(weight)

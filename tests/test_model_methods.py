@@ -38,8 +38,9 @@ def test_dmaf_model_ignores_nbi_when_missing_and_has_no_token():
     model._nbi_dropped = lambda batch, nbi, device: forced  # a fixed modality-dropout pattern
     with torch.no_grad():
         alone, fused = model(wli, None), model(wli, nbi)
-        mixed, aux = model.forward_train(wli, nbi)
-        mixed_other, _ = model.forward_train(wli, torch.where(forced[:, None, None, None], torch.rand_like(nbi), nbi))
+        mixed, aux = model.forward_train(wli, nbi, temperature=0.1)
+        mixed_other, _ = model.forward_train(wli, torch.where(forced[:, None, None, None], torch.rand_like(nbi), nbi),
+                                             temperature=0.1)
     # dropped samples take the missing-NBI path whatever their NBI frames hold; kept ones the fused path
     torch.testing.assert_close(mixed[forced], alone[forced], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(mixed[~forced], fused[~forced], atol=1e-5, rtol=1e-4)
@@ -57,18 +58,18 @@ def test_cluster_negatives_update_centroids_and_match_cluster_dacl():
     torch.manual_seed(1)
     model = build_model("tiny", negatives="cluster", clusters=4, modality_dropout=0.0, **SMALL).train()
     wli, nbi = pair(model, batch=2)
-    _, aux = model.forward_train(wli, nbi)  # first step fills the 4 centroids from 8 rows
+    _, aux = model.forward_train(wli, nbi, temperature=0.1)  # first step fills the 4 centroids from 8 rows
     assert model.cluster.ready and float(aux["cgns"]) == 0.0
     before = model.cluster.centroids.clone()
     with torch.no_grad():
         parts = model.fusion.split(model.encoder_wli(wli).tokens, model.encoder_nbi(nbi).tokens)
         expected = cluster_dacl(parts["share_w"], parts["share_n"], parts["spec_w"], parts["spec_n"], model.cluster)
-    _, aux = model.forward_train(wli, nbi)
+    _, aux = model.forward_train(wli, nbi, temperature=0.1)
     torch.testing.assert_close(aux["dacl"].detach(), expected["dacl"], atol=1e-5, rtol=1e-4)
     assert not torch.equal(model.cluster.centroids, before)  # training moves them
     model.eval()
     after = model.cluster.centroids.clone()
-    model.forward_train(wli, nbi)
+    model.forward_train(wli, nbi, temperature=0.1)
     assert torch.equal(model.cluster.centroids, after)  # evaluation does not
     assert {"cluster.centroids", "cluster.filled"} <= set(model.state_dict())
 
@@ -77,7 +78,7 @@ def test_mir_gradient_reaches_wli_side_and_head_only():
     torch.manual_seed(2)
     model = build_model("tiny", mir=True, modality_dropout=0.0, **SMALL).train()
     wli, nbi = pair(model)
-    _, aux = model.forward_train(wli, nbi)
+    _, aux = model.forward_train(wli, nbi, temperature=0.1)
     aux["mir"].backward()
     assert grad_sum(model.mir_head) > 0 and grad_sum(model.encoder_wli) > 0 and grad_sum(model.fusion.share_wli) > 0
     for name in ("encoder_nbi", "decoder", "pool_wli"):
@@ -92,7 +93,7 @@ def test_distillation_teaches_the_missing_path_only(fusion):
     wli, nbi = pair(model)
     target = torch.zeros(3, 32, 32, dtype=torch.long)
     target[:, 8:24, 4:20] = 1
-    _, aux = model.forward_train(wli, nbi, target=target, distill=("relation", "prototype"))
+    _, aux = model.forward_train(wli, nbi, target=target, distill=("relation", "prototype"), temperature=0.1)
     assert aux["relation"].item() > 0 and aux["prototype"].item() > 0
     (aux["relation"] + aux["prototype"]).backward()
     assert grad_sum(model.encoder_wli) > 0
@@ -107,14 +108,14 @@ def test_distillation_needs_a_missing_path():
     model = build_model("tiny", missing_nbi_token=False, modality_dropout=0.0, **SMALL).train()
     wli, nbi = pair(model)
     with pytest.raises(ValueError, match="missing-NBI path"):
-        model.forward_train(wli, nbi, distill=("relation",))
+        model.forward_train(wli, nbi, distill=("relation",), temperature=0.1)
 
 
 def test_options_off_keep_the_reference_terms():
     torch.manual_seed(4)
     model = build_model("tiny", modality_dropout=0.0, **SMALL).train()
     wli, nbi = pair(model)
-    _, aux = model.forward_train(wli, nbi)
+    _, aux = model.forward_train(wli, nbi, temperature=0.1)
     assert "cgns" not in aux and "mir" not in aux and "relation" not in aux
     with torch.no_grad():
         parts = model.fusion.split(model.encoder_wli(wli).tokens, model.encoder_nbi(nbi).tokens)

@@ -119,11 +119,12 @@ def test_ablations_switch_terms_off(data, tmp_path):
 def test_total_loss_matches_the_formula():
     from endofuse.train.recipes import total_loss
 
-    aux = {"mi": torch.tensor(0.4), "fd": torch.tensor(0.5), "da": torch.tensor(3.0)}
+    aux = {"mi": torch.tensor(0.4), "dacl": torch.tensor(10.0), "da": torch.tensor(3.0)}  # fd = 0.4 + 0.01 * 10
     seg = torch.tensor(1.0)
-    assert float(total_loss(seg, aux, 0.05, ())) == pytest.approx(1.0 + 0.05 * 0.5 + 1e-4 * 3.0)
-    assert float(total_loss(seg, aux, 0.05, ("dacl",))) == pytest.approx(1.0 + 0.05 * 0.4 + 1e-4 * 3.0)
-    assert float(total_loss(seg, aux, 0.05, ("da", "fd"))) == pytest.approx(1.0)
+    at = {"epoch": 50, "epochs": 100}  # w_fd = min(0.05, 0.1 * 50 / 100) = 0.05
+    assert float(total_loss(seg, aux, ablate=(), **at)) == pytest.approx(1.0 + 0.05 * 0.5 + 1e-4 * 3.0)
+    assert float(total_loss(seg, aux, ablate=("dacl",), **at)) == pytest.approx(1.0 + 0.05 * 0.4 + 1e-4 * 3.0)
+    assert float(total_loss(seg, aux, ablate=("da", "fd"), **at)) == pytest.approx(1.0)
 
 
 def _spawn(args: list[str]) -> subprocess.Popen:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from endofuse.errors import MissingFileError
 from endofuse.train.recipes import ABLATIONS, RECIPES, parse_ablate
 
 
@@ -33,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     if args.pretrained is not None and not args.pretrained.is_file():
-        raise FileNotFoundError(f"--pretrained: file not found: {args.pretrained}")
+        raise MissingFileError(f"--pretrained: file not found: {args.pretrained}")
     if args.task == "classify":
         from endofuse.train.classify_command import train_main
 
