@@ -44,11 +44,15 @@ def quiet_opencv() -> None:
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments shared with `bench`: the model and engine."""
+    from endofuse.realtime.engines.factory import BACKENDS
+
     parser.add_argument("--checkpoint", default=None,
-                        help="a .pt checkpoint, .onnx or TensorRT plan (default: the bundled demo weights)")
+                        help="a .pt checkpoint, .onnx, OpenVINO .xml or TensorRT plan (default: the bundled demo "
+                             "weights)")
     parser.add_argument("--model", default="tiny", help="model config for the bundled weights (default: tiny)")
-    parser.add_argument("--engine", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"),
-                        help="inference backend (default: auto = TensorRT > ONNX Runtime > torch)")
+    parser.add_argument("--engine", default="auto", choices=BACKENDS,
+                        help="inference backend (default: auto = TensorRT > OpenVINO on x86 CPUs > ONNX Runtime > "
+                             "torch)")
     parser.add_argument("--device", default=None, help="cpu or cuda[:i] (default: the engine's choice)")
 
 

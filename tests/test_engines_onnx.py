@@ -63,7 +63,7 @@ def test_spinning_setting_reaches_both_sessions_and_changes_no_result(exported, 
 
 
 def test_engine_attributes(exported):
-    engine = open_engine(exported.onnx_path)
+    engine = open_engine(exported.onnx_path, backend="onnxruntime")
     assert isinstance(engine, Engine) and engine.name == "onnxruntime"
     assert engine.input_size == (SIZE, SIZE) and engine.num_classes == 2 and engine.fixed_batch is None
     assert engine.model_label == "tiny (tiny.pt)"
@@ -160,19 +160,19 @@ def test_model_file_of_another_format_version_is_refused(exported, tmp_path):
     path = _copy_with_metadata(exported.onnx_path, tmp_path / "old.onnx", endofuse_engine_format="0",
                                endofuse_version="0.0.1")
     with pytest.raises(EndofuseError, match=r"old\.onnx has engine format 0 \(endofuse 0\.0\.1\)"):
-        open_engine(path)
+        open_engine(path, backend="onnxruntime")
 
 
 def test_missing_nbi_file_of_another_checkpoint_is_refused(exported, tmp_path):
     fused = _copy_with_metadata(exported.onnx_path, tmp_path / "m.onnx")
     _copy_with_metadata(missing_nbi_path_for(exported.onnx_path), missing_nbi_path_for(fused), source_sha256="f00d")
     with pytest.raises(EndofuseError, match=r"m\.missing-nbi\.onnx does not match .*source_sha256"):
-        open_engine(fused)
+        open_engine(fused, backend="onnxruntime")
 
 
 def test_without_missing_nbi_file_the_nbi_path_still_runs_and_none_says_what_is_missing(exported, tmp_path):
     fused = _copy_with_metadata(exported.onnx_path, tmp_path / "alone.onnx")
-    engine = open_engine(fused)
+    engine = open_engine(fused, backend="onnxruntime")
     wli, nbi = random_pair()
     assert engine.infer(wli, nbi).shape == (1, 2, SIZE, SIZE)
     with pytest.raises(EndofuseError, match=r"alone\.missing-nbi\.onnx is not there"):
@@ -187,14 +187,14 @@ def test_foreign_onnx_file_is_refused(tmp_path):
     path = tmp_path / "foreign.onnx"
     onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)]), str(path))
     with pytest.raises(EndofuseError, match=r"foreign\.onnx was not written by `endofuse export`"):
-        open_engine(path)
+        open_engine(path, backend="onnxruntime")
 
 
 def test_corrupt_and_unknown_files_are_refused(exported, tmp_path):
     truncated = tmp_path / "cut.onnx"
     truncated.write_bytes(exported.onnx_path.read_bytes()[:1000])
     with pytest.raises(EndofuseError, match=r"cut\.onnx cannot be loaded by onnxruntime"):
-        open_engine(truncated)
+        open_engine(truncated, backend="onnxruntime")
     weird = tmp_path / "model.bin"
     weird.write_bytes(b"x")
     with pytest.raises(EndofuseError, match=r"model\.bin: unknown type '\.bin'"):
@@ -223,7 +223,7 @@ def test_fixed_batch_export_refuses_other_batch_sizes(tmp_path):
     assert not result.missing_nbi_path.exists()
     # the parity check ran and printed its number
     assert len(lines) == 1 and "max |onnx - torch|" in lines[0] and 0 <= result.parity["fused"] <= 1e-4
-    engine = open_engine(result.path)
+    engine = open_engine(result.path, backend="onnxruntime")
     assert engine.fixed_batch == 1
     wli, nbi = random_pair(batch=2)
     np.testing.assert_allclose(engine.infer(wli[:1], nbi[:1]), torch_logits(model, wli[:1], nbi[:1]), atol=1e-4, rtol=0)

@@ -51,6 +51,7 @@ def test_auto_backend_order(monkeypatch, tmp_path):
     monkeypatch.setattr(factory, "tensorrt_available", lambda: True)
     assert resolve_backend("auto", tmp_path / "m.pt") == "tensorrt"
     monkeypatch.setattr(factory, "tensorrt_available", lambda: False)
+    monkeypatch.setattr(factory, "openvino_preferred", lambda device=None: False)  # not x86 / no openvino
     assert resolve_backend("auto", tmp_path / "m.pt") == "onnxruntime"
     assert resolve_backend("auto", tmp_path / "m.plan") == "tensorrt"
     with pytest.raises(EndofuseError, match="TensorRT plan; it runs only with backend 'tensorrt'"):

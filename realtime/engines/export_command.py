@@ -1,4 +1,4 @@
-"""`endofuse export`: a checkpoint -> ONNX, INT8 ONNX, TensorRT plans, or a Triton model repository."""
+"""`endofuse export`: a checkpoint -> ONNX, INT8 ONNX, OpenVINO IR, TensorRT plans, or a Triton model repository."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +8,7 @@ from pathlib import Path
 from endofuse.errors import EndofuseError
 from endofuse.outputs import OutputFolder, check_output_file, refuse_overlap
 
-FORMATS = ("onnx", "tensorrt", "triton-repo", "onnx-int8")
+FORMATS = ("onnx", "tensorrt", "triton-repo", "onnx-int8", "openvino", "openvino-int8")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,12 +16,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="endofuse checkpoint (.pt); default: the bundled tiny demo weights")
     parser.add_argument("--format", required=True, choices=FORMATS, help="what to write")
     parser.add_argument("--out", required=True, type=Path,
-                        help="output file (.onnx / .plan) or, for triton-repo, the repository folder; the missing-NBI "
-                             "variant is written beside it as NAME.missing-nbi.onnx / .plan")
+                        help="output file (.onnx / .xml / .plan) or, for triton-repo, the repository folder; the "
+                             "missing-NBI variant is written beside it as NAME.missing-nbi.onnx / .xml / .plan")
     parser.add_argument("--fp16", action="store_true", help="FP16 TensorRT plans (tensorrt, triton-repo)")
     parser.add_argument("--dynamic-batch", action="store_true",
                         help="dynamic batch dimension (always on for triton-repo)")
-    group = parser.add_argument_group("onnx-int8")
+    group = parser.add_argument_group("openvino")
+    group.add_argument("--precision", default="auto", choices=("auto", "f32", "bf16", "int8"),
+                       help="OpenVINO IR precision: auto/f32/bf16 keep f32 weights and set the inference precision "
+                            "an engine uses by default (auto: OpenVINO's choice for the CPU); int8 quantises with "
+                            "NNCF (same as --format openvino-int8)")
+    group = parser.add_argument_group("onnx-int8 / openvino-int8")
     group.add_argument("--calibration", type=Path, default=None,
                        help="dataset folder (reference CSV format) whose frames calibrate INT8; default: synthetic pairs")
     group.add_argument("--calibration-pairs", type=int, default=32, help="how many pairs calibrate INT8")
@@ -38,9 +43,14 @@ def main(args: argparse.Namespace) -> int:
     from endofuse.realtime.engines.cache import file_sha256
     from endofuse.realtime.engines.onnx_export import export_onnx
 
-    if args.fp16 and args.format in ("onnx", "onnx-int8"):
-        raise EndofuseError("--fp16 applies to TensorRT plans (--format tensorrt or triton-repo); ONNX Runtime on "
-                            "CPU runs fp32 or INT8")
+    if args.fp16 and args.format in ("onnx", "onnx-int8", "openvino", "openvino-int8"):
+        raise EndofuseError("--fp16 applies to TensorRT plans (--format tensorrt or triton-repo); on the CPU, ONNX "
+                            "Runtime runs fp32 or INT8 and OpenVINO f32, bf16 or INT8 (--precision)")
+    if args.precision != "auto" and args.format not in ("openvino", "openvino-int8"):
+        raise EndofuseError(f"--precision applies to OpenVINO IR (--format openvino), not --format {args.format}")
+    if args.format == "openvino-int8" and args.precision not in ("auto", "int8"):
+        raise EndofuseError(f"--format openvino-int8 writes INT8 IR; drop --precision {args.precision} or use "
+                            f"--format openvino")
     if args.max_batch_size < 1:
         raise EndofuseError(f"--max-batch-size must be >= 1, got {args.max_batch_size}")
     if args.format == "tensorrt" and not tensorrt_available():
@@ -65,6 +75,9 @@ def main(args: argparse.Namespace) -> int:
                            dynamic_batch=dynamic).path
         if args.format == "onnx-int8":
             _write_int8(fp32, out, model.img_size, args.calibration, args.calibration_pairs)
+        elif args.format.startswith("openvino"):
+            precision = "int8" if args.format == "openvino-int8" else args.precision
+            _write_openvino(fp32, out, model.img_size, precision, args.calibration, args.calibration_pairs)
         elif args.format == "tensorrt":
             from endofuse.realtime.engines.tensorrt_engine import build_plans
             build_plans(fp32, out, fp16=args.fp16, max_batch=args.max_batch_size)
@@ -106,6 +119,17 @@ def _write_int8(fp32: Path, out: Path, size: int, data_dir: Path | None, count: 
     quantize_int8(fp32, out, pairs)
     print(f"wrote {out} and its missing-NBI variant (calibrated on {len(pairs)} "
           f"{'pairs from ' + str(data_dir) if data_dir else 'synthetic pairs'})")
+
+
+def _write_openvino(fp32: Path, out: Path, size: int, precision: str, data_dir: Path | None, count: int) -> None:
+    from endofuse.realtime.engines.openvino_export import calibration_batches, onnx_to_ir
+
+    batches = calibration_batches(data_dir, count, (size, size)) if precision == "int8" else None
+    onnx_to_ir(fp32, out, precision, batches)
+    note = ""
+    if batches:
+        note = f" (calibrated on {len(batches)} {'pairs from ' + str(data_dir) if data_dir else 'synthetic pairs'})"
+    print(f"wrote {out} + .bin and its missing-NBI variant{note}")
 
 
 def _write_triton(fp32: Path, out: Path, args: argparse.Namespace, with_plans: bool) -> None:

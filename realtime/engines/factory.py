@@ -1,13 +1,14 @@
 """`open_engine`: one call from a checkpoint or model file to a ready engine.
 
 Source: None (the bundled demo weights), an `nn.Module`, a `.pt`/`.pth`
-checkpoint, an `.onnx` file from `endofuse export`, or a TensorRT plan
-(`.plan`/`.engine`). A checkpoint opened with an ONNX-based backend is exported
-once into the cache (keyed by the checkpoint's sha256) and reused afterwards.
-`auto` picks TensorRT when `tensorrt` and CUDA exist, then ONNX Runtime (its
-CUDA provider when present, else CPU), then torch. `onnxruntime-int8` runs an
-INT8 version (static QDQ, calibrated on synthetic pairs unless the file given
-is already an INT8 export), also made once and cached.
+checkpoint, an `.onnx` file from `endofuse export`, an OpenVINO IR (`.xml`),
+or a TensorRT plan (`.plan`/`.engine`). A checkpoint opened with an ONNX-based
+backend is exported once into the cache (keyed by the checkpoint's sha256) and
+reused afterwards. `auto` picks TensorRT when `tensorrt` and CUDA exist, then
+OpenVINO on x86 CPUs, then ONNX Runtime (its CUDA provider when present, else
+CPU), then torch. `onnxruntime-int8` runs an INT8 version (static QDQ,
+calibrated on synthetic pairs unless the file given is already an INT8 export),
+also made once and cached; `openvino-int8` likewise runs NNCF-quantised IR.
 """
 from __future__ import annotations
 
@@ -25,9 +26,11 @@ from endofuse.realtime.engines.base import Engine
 from endofuse.realtime.engines.cache import cache_entry, file_sha256
 from endofuse.realtime.engines.onnx_export import ONNX_OPSET, export_onnx, missing_nbi_path_for
 
-BACKENDS = ("auto", "torch", "onnxruntime", "onnxruntime-int8", "tensorrt")
+BACKENDS = ("auto", "torch", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8", "tensorrt")
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 ONNX_SUFFIXES = (".onnx",)
+IR_SUFFIXES = (".xml",)  # OpenVINO IR (+ .bin beside it)
+X86_MACHINES = ("x86_64", "amd64", "i386", "i686")
 PLAN_SUFFIXES = (".plan", ".engine", ".trt")
 DEMO_MODEL_NAME = "tiny"  # the bundled demo weights are the tiny config
 
@@ -37,8 +40,21 @@ def tensorrt_available() -> bool:
     return importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
 
 
-def resolve_backend(backend: str, source: object) -> str:
-    """The concrete backend for `backend` ("auto" resolved) and a source of the given kind."""
+def openvino_preferred(device: str | None = None) -> bool:
+    """True when `auto` should pick OpenVINO: an x86 CPU (its CPU plugin's home), openvino installed, no GPU asked."""
+    import platform
+
+    on_cpu = device is None or str(device).startswith("cpu")
+    return (on_cpu and platform.machine().lower() in X86_MACHINES
+            and importlib.util.find_spec("openvino") is not None)
+
+
+def resolve_backend(backend: str, source: object, device: str | None = None) -> str:
+    """The concrete backend for `backend` ("auto" resolved), a source of the given kind and the device asked for.
+
+    `auto`: TensorRT (CUDA) -> OpenVINO on x86 CPUs -> ONNX Runtime -> torch. An ONNX file quantised for
+    ONNX Runtime (`onnx-int8` export) stays with ONNX Runtime.
+    """
     if backend not in BACKENDS:
         raise EndofuseError(f"unknown engine backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     suffix = Path(source).suffix.lower() if isinstance(source, (str, os.PathLike)) else ""
@@ -46,12 +62,18 @@ def resolve_backend(backend: str, source: object) -> str:
         if backend not in ("auto", "tensorrt"):
             raise EndofuseError(f"{source} is a TensorRT plan; it runs only with backend 'tensorrt', not {backend!r}")
         return "tensorrt"
+    if suffix in IR_SUFFIXES:
+        if backend not in ("auto", "openvino", "openvino-int8"):
+            raise EndofuseError(f"{source} is an OpenVINO IR; it runs only with backend 'openvino', not {backend!r}")
+        return backend if backend != "auto" else "openvino"
     if suffix in ONNX_SUFFIXES and backend == "torch":
         raise EndofuseError(f"{source} is an ONNX file; the torch backend needs a .pt checkpoint")
     if backend != "auto":
         return backend
     if tensorrt_available():
         return "tensorrt"
+    if openvino_preferred(device) and not (suffix in ONNX_SUFFIXES and _onnx_precision(source) == "int8"):
+        return "openvino"
     if importlib.util.find_spec("onnxruntime") is not None:
         return "onnxruntime"
     return "torch"
@@ -60,16 +82,26 @@ def resolve_backend(backend: str, source: object) -> str:
 def open_engine(checkpoint_or_model_file: str | os.PathLike | nn.Module | None = None, backend: str = "auto",
                 device: str | None = None, model_name: str = DEMO_MODEL_NAME, *, dynamic_batch: bool = False,
                 compile: bool = False, channels_last: bool = False, threads: int | None = None,
-                fp16: bool = True) -> Engine:
-    """Opens an engine (see the module docstring). `model_name` picks the bundled weights when the source is None."""
+                fp16: bool = True, precision: str = "auto",
+                calibration: str | os.PathLike | None = None) -> Engine:
+    """Opens an engine (see the module docstring). `model_name` picks the bundled weights when the source is None.
+
+    OpenVINO only: `precision` ("auto", "f32", "bf16", "int8"; backend "openvino-int8" = "int8") and
+    `calibration`, a dataset folder whose frames calibrate INT8 (default: synthetic pairs).
+    """
     device = check_device(device, torch_cuda=False)  # "banana": one line, before any model is loaded
     source = _resolve_source(checkpoint_or_model_file, model_name)
-    backend = resolve_backend(backend, source)
+    backend = resolve_backend(backend, source, device)
     if backend == "torch":
         check_device(device)  # a CUDA request without a CUDA torch
         model, label = load_model_and_label(source)
         from endofuse.realtime.engines.torch_engine import TorchEngine
         return TorchEngine(model, model_label=label, device=device, compile=compile, channels_last=channels_last)
+    if backend.startswith("openvino"):
+        from endofuse.realtime.engines.openvino_engine import open_openvino_engine
+        model_file = source if _suffix(source) in ONNX_SUFFIXES + IR_SUFFIXES else cached_onnx(source, dynamic_batch)
+        return open_openvino_engine(model_file, precision="int8" if backend == "openvino-int8" else precision,
+                                    threads=threads, device=device, calibration=calibration)
     onnx_path = source if _suffix(source) in ONNX_SUFFIXES + PLAN_SUFFIXES else cached_onnx(source, dynamic_batch)
     if backend.startswith("onnxruntime"):
         from endofuse.realtime.engines.ort_engine import OnnxRuntimeEngine
@@ -130,6 +162,17 @@ def module_sha256(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def _onnx_precision(path: object) -> str:
+    """The `precision` metadata of an endofuse ONNX file ("" when unreadable: the engine reports why)."""
+    try:
+        import onnx
+
+        props = onnx.load(str(path), load_external_data=False).metadata_props
+    except Exception:  # noqa: BLE001 - the engine that opens it raises the user-facing error
+        return ""
+    return next((p.value for p in props if p.key == "precision"), "")
+
+
 def _suffix(source: object) -> str:
     return Path(source).suffix.lower() if isinstance(source, (str, os.PathLike)) else ""
 
@@ -146,9 +189,9 @@ def _resolve_source(source: str | os.PathLike | nn.Module | None, model_name: st
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
-    if path.suffix.lower() not in CHECKPOINT_SUFFIXES + ONNX_SUFFIXES + PLAN_SUFFIXES:
+    if path.suffix.lower() not in CHECKPOINT_SUFFIXES + ONNX_SUFFIXES + IR_SUFFIXES + PLAN_SUFFIXES:
         raise EndofuseError(f"model file {path}: unknown type {path.suffix!r}; expected a .pt/.pth checkpoint, "
-                            f"an .onnx file from `endofuse export`, or a TensorRT .plan/.engine")
+                            f"an .onnx file from `endofuse export`, an OpenVINO .xml IR, or a TensorRT .plan/.engine")
     return path
 
 

@@ -1,0 +1,298 @@
+"""The OpenVINO engine against the torch model: every precision, IR export + metadata, caches, `auto`, telemetry."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from endofuse import cli
+from endofuse.errors import EndofuseError
+from endofuse.realtime.engines import factory, open_engine, resolve_backend
+from endofuse.realtime.engines.onnx_export import missing_nbi_path_for
+
+import test_engines_helpers
+from conftest import SAMPLE_DATA
+from test_engines_helpers import SIZE, random_pair, torch_logits
+
+pytest.importorskip("openvino")
+exported = test_engines_helpers.exported  # the session's export, as a fixture
+
+# Per precision: max |logits - torch| as a fraction of the torch logits' spread, and the least
+# fraction of pixels whose argmax (mask) agrees with torch. bf16 keeps 8 mantissa bits (~0.4 %
+# per op); INT8 is calibrated on the frames it is scored on here, as a user would on their data.
+TOLERANCES = {"f32": (1e-4, 1.0), "bf16": (0.05, 0.97), "int8": (0.2, 0.9)}
+
+
+def cpu_has_bf16() -> bool:
+    """Independent of OpenVINO: the CPU flags the kernel reports."""
+    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("flags")), [])
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch, exported):
+    """A private endofuse cache holding the session's ONNX export (so nothing is exported again)."""
+    monkeypatch.setenv("ENDOFUSE_CACHE", str(exported.cache))
+    return exported.cache
+
+
+def real_or_synthetic_frames(sample_dir: Path | None, count: int = 4) -> list[tuple[np.ndarray, np.ndarray]]:
+    from endofuse.realtime.engines.openvino_export import calibration_batches
+
+    return calibration_batches(sample_dir, count, (SIZE, SIZE))
+
+
+@pytest.fixture(scope="module")
+def sample_or_none() -> Path | None:
+    return SAMPLE_DATA if (SAMPLE_DATA / "Training.csv").is_file() else None
+
+
+@pytest.mark.parametrize("precision", ["f32", "bf16", "int8"])
+def test_every_precision_matches_torch_on_frames(exported, cache, sample_or_none, precision):
+    engine = open_engine(exported.onnx_path, backend="openvino", precision=precision, calibration=sample_or_none)
+    if precision == "bf16" and not cpu_has_bf16():
+        pytest.skip("this CPU has no bf16 units; OpenVINO runs f32 (checked by the auto test)")
+    assert engine.name == f"openvino-{precision}" and engine.precision == precision
+    max_error, min_agreement = TOLERANCES[precision]
+    for wli, nbi in real_or_synthetic_frames(sample_or_none):
+        for second in (nbi, None):
+            expected, got = torch_logits(exported.model, wli, second), engine.infer(wli, second)
+            assert got.shape == expected.shape and got.dtype == np.float32
+            spread = float(expected.max() - expected.min())
+            assert np.abs(got - expected).max() <= max_error * spread, (precision, second is None)
+            assert (got.argmax(1) == expected.argmax(1)).mean() >= min_agreement
+
+
+def test_auto_precision_is_what_the_cpu_has(exported, cache):
+    engine = open_engine(exported.onnx_path, backend="openvino")
+    expected = "bf16" if cpu_has_bf16() else "f32"
+    assert engine.precision == engine.inference_precision == expected
+    assert engine.name == f"openvino-{expected}"
+    assert engine.input_size == (SIZE, SIZE) and engine.num_classes == 2 and engine.fixed_batch is None
+    assert engine.model_label == "tiny (tiny.pt)" and engine.supports_missing_nbi
+    wli, nbi = random_pair(batch=2)
+    assert engine.infer(wli, nbi).shape == (2, 2, SIZE, SIZE)  # dynamic batch from the export
+
+
+def test_auto_backend_order(monkeypatch, tmp_path):
+    monkeypatch.setattr(factory, "tensorrt_available", lambda: False)
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
+    assert resolve_backend("auto", tmp_path / "m.pt") == "openvino"
+    assert resolve_backend("auto", tmp_path / "m.xml") == "openvino"
+    assert resolve_backend("auto", tmp_path / "m.pt", device="cuda") == "onnxruntime"
+    monkeypatch.setattr("platform.machine", lambda: "aarch64")
+    assert resolve_backend("auto", tmp_path / "m.pt") == "onnxruntime"
+    monkeypatch.setattr(factory, "tensorrt_available", lambda: True)
+    assert resolve_backend("auto", tmp_path / "m.pt") == "tensorrt"
+    with pytest.raises(EndofuseError, match="OpenVINO IR; it runs only with backend 'openvino'"):
+        resolve_backend("onnxruntime", tmp_path / "m.xml")
+
+
+def test_auto_keeps_onnxruntime_int8_files_on_onnxruntime(monkeypatch, tmp_path):
+    monkeypatch.setattr(factory, "tensorrt_available", lambda: False)
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
+    proto = _foreign_onnx()
+    onnx.helper.set_model_props(proto, {"precision": "int8"})
+    onnx.save(proto, str(tmp_path / "q.onnx"))
+    assert resolve_backend("auto", tmp_path / "q.onnx") == "onnxruntime"
+
+
+@pytest.fixture
+def reuse_export(exported, monkeypatch):
+    """The CLI's ONNX step copies the session's export (already parity-checked) instead of exporting again."""
+    from endofuse.realtime.engines import onnx_export
+
+    def copy_export(model, out_path, **kwargs):
+        out_path = Path(out_path)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(exported.onnx_path, out_path)
+        shutil.copyfile(missing_nbi_path_for(exported.onnx_path), missing_nbi_path_for(out_path))
+        return onnx_export.ExportResult(out_path, missing_nbi_path_for(out_path), {})
+
+    monkeypatch.setattr(onnx_export, "export_onnx", copy_export)
+
+
+def test_export_cli_writes_ir_with_metadata_checked_on_open(exported, cache, reuse_export, tmp_path, capsys):
+    out = tmp_path / "ir" / "m.xml"
+    assert cli.main(["export", "--checkpoint", str(exported.checkpoint), "--format", "openvino",
+                     "--precision", "f32", "--out", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    for path in (out, missing_nbi_path_for(out)):
+        assert path.is_file() and path.with_suffix(".bin").is_file()
+    engine = open_engine(out)  # auto: an IR opens with OpenVINO at the precision it was exported for
+    assert engine.name == "openvino-f32"
+    onnx_meta = {p.key: p.value for p in onnx.load(str(exported.onnx_path)).metadata_props}
+    for key in ("model_name", "img_size", "num_classes", "model_label", "source_sha256", "endofuse_engine_format"):
+        assert engine.metadata[key] == onnx_meta[key], key
+    assert engine.metadata["precision"] == "f32" and engine.metadata["variant"] == "fused"
+    wli, nbi = random_pair(batch=2, seed=3)
+    for second in (nbi, None):
+        np.testing.assert_allclose(engine.infer(wli, second), torch_logits(exported.model, wli, second),
+                                   atol=1e-4, rtol=0)
+
+
+def _write_ir(exported, tmp_path: Path, precision: str = "f32") -> Path:
+    from endofuse.realtime.engines.openvino_export import onnx_to_ir
+
+    return onnx_to_ir(exported.onnx_path, tmp_path / "m.xml", precision, log=lambda line: None)
+
+
+def _set_rt_info(path: Path, **values: str) -> None:
+    from endofuse.realtime.engines.openvino_env import import_openvino
+
+    ov = import_openvino()
+    model = ov.Core().read_model(str(path))
+    for key, value in values.items():
+        model.set_rt_info(value, ["endofuse", key])
+    tmp = path.with_name("rewritten.xml")
+    ov.save_model(model, str(tmp), compress_to_fp16=False)
+    os.replace(tmp.with_suffix(".bin"), path.with_suffix(".bin"))
+    os.replace(tmp, path)
+
+
+def _foreign_onnx() -> onnx.ModelProto:
+    """A valid ONNX model with the right input names that no endofuse export wrote."""
+    h = onnx.helper
+    value = lambda name: h.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [1, 3, SIZE, SIZE])  # noqa: E731
+    graph = h.make_graph([h.make_node("Add", ["wli", "nbi"], ["logits"])], "g", [value("wli"), value("nbi")],
+                         [value("logits")])
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 18)])
+
+
+def test_ir_of_another_config_or_format_is_refused(exported, cache, tmp_path):
+    path = _write_ir(exported, tmp_path)
+    _set_rt_info(missing_nbi_path_for(path), model_name="small", source_sha256="0" * 64)
+    with pytest.raises(EndofuseError, match=r"m\.missing-nbi\.xml does not match .*m\.xml \(source_sha256"):
+        open_engine(path)
+    _set_rt_info(path, endofuse_engine_format="0", endofuse_version="0.0.1")
+    with pytest.raises(EndofuseError, match=r"m\.xml has engine format 0 \(endofuse 0\.0\.1\)"):
+        open_engine(path)
+
+
+@pytest.mark.parametrize("part", [".bin", ".xml"])
+def test_truncated_ir_names_the_file(exported, cache, tmp_path, part):
+    path = _write_ir(exported, tmp_path)
+    target = path.with_suffix(part)
+    target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    with pytest.raises(EndofuseError, match=r"model file .*m\.xml cannot be read by OpenVINO") as info:
+        open_engine(path)
+    assert "\n" not in str(info.value)
+
+
+def test_foreign_onnx_and_missing_bin_are_refused(tmp_path):
+    onnx.save(_foreign_onnx(), str(tmp_path / "foreign.onnx"))
+    with pytest.raises(EndofuseError, match=r"foreign\.onnx was not written by `endofuse export`"):
+        open_engine(tmp_path / "foreign.onnx", backend="openvino")
+    (tmp_path / "lonely.xml").write_text("<net/>")
+    with pytest.raises(EndofuseError, match=r"lonely\.xml has no weights file lonely\.bin"):
+        open_engine(tmp_path / "lonely.xml")
+
+
+def test_compiled_and_int8_caches_are_reused(exported, cache, sample_or_none, monkeypatch):
+    from endofuse.realtime.engines import openvino_export
+    from endofuse.realtime.engines.openvino_engine import compiled_cache_dir
+
+    # Quantised and compiled once (the parity test above already did, with the same calibration frames).
+    open_engine(exported.onnx_path, backend="openvino-int8", calibration=sample_or_none)
+    blobs = sorted(compiled_cache_dir().glob("*.blob"))
+    assert blobs, "OpenVINO wrote no compiled-model blob into the cache"
+    monkeypatch.setattr(openvino_export, "quantize_ir", lambda *a, **k: pytest.fail("INT8 IR was not reused"))
+    again = open_engine(exported.onnx_path, backend="openvino-int8", calibration=sample_or_none)
+    assert again.name == "openvino-int8"
+    assert sorted(compiled_cache_dir().glob("*.blob")) == blobs  # nothing compiled anew
+    with pytest.raises(EndofuseError, match="is an INT8 model; open it with precision 'int8'"):
+        open_engine(again.path, backend="openvino", precision="f32")
+
+
+def test_pipeline_runs_end_to_end_on_openvino(exported, cache, tmp_path, capsys):
+    """`endofuse run --engine openvino`: every frame segmented and the report names the precision."""
+    out, report_path = tmp_path / "overlay.avi", tmp_path / "report.json"
+    assert cli.main(["run", "--checkpoint", str(exported.onnx_path), "--engine", "openvino", "--wli", "synthetic",
+                     "--nbi", "synthetic", "--frames", "8", "--out", str(out), "--report", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    expected = "openvino-bf16" if cpu_has_bf16() else "openvino-f32"
+    assert report["engine"] == expected and report["frames"] == 8 and report["dropped"] == 0
+    assert expected in capsys.readouterr().out
+
+
+TELEMETRY_PROBE = textwrap.dedent("""
+    import json, multiprocessing, os, socket, sys, urllib.request
+    attempts = []
+    def record(kind):
+        def blocked(*args, **kwargs):
+            attempts.append(kind)
+            raise OSError("network blocked by the telemetry test")
+        return blocked
+    socket.socket.connect = record("socket.connect")
+    socket.create_connection = record("socket.create_connection")
+    multiprocessing.Process.start = record("multiprocessing.Process.start")  # how GA4 sends on Linux
+    _request_init = urllib.request.Request.__init__
+    def request_init(self, url, *args, **kwargs):
+        attempts.append("urllib.request.Request " + str(url).split("?")[0])
+        _request_init(self, url, *args, **kwargs)
+    urllib.request.Request.__init__ = request_init
+    mode, onnx_path, out_dir = sys.argv[1:4]
+    if mode == "preimported":
+        import openvino_telemetry  # the user's code loaded it before endofuse
+    if mode == "control":
+        import nncf  # no endofuse: the libraries' own behaviour
+    else:
+        import numpy as np
+        from endofuse.realtime.engines import open_engine
+        from endofuse.realtime.engines.openvino_env import import_openvino
+        from endofuse.realtime.engines.openvino_export import onnx_to_ir, quantize_ir
+        xml = onnx_to_ir(onnx_path, out_dir + "/m.xml", "f32", log=lambda line: None)  # IR export
+        open_engine(xml).infer(np.zeros((1, 3, 32, 32), np.float32), None)  # compile + infer
+        ov = import_openvino()  # NNCF quantisation (its telemetry-tracked entry point) of a one-conv model
+        x = ov.opset13.parameter([1, 3, 8, 8], ov.Type.f32, name="x")
+        conv = ov.opset13.convolution(x, ov.opset13.constant(np.ones((4, 3, 3, 3), np.float32)), [1, 1],
+                                      [0, 0], [0, 0], [1, 1])
+        quantize_ir(ov.Model([conv], [x]), [{"x": np.ones((1, 3, 8, 8), np.float32)}])
+    print(json.dumps({"attempts": attempts,
+                      "loaded": sys.modules.get("openvino_telemetry") is not None}))
+""")
+
+
+def _probe(mode: str, onnx_path: Path, home: Path, cache_dir: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "NNCF_CI", "NNCF_DEV", "TF_BUILD", "JENKINS_URL")}
+    env.update(HOME=str(home), ENDOFUSE_CACHE=str(cache_dir))
+    done = subprocess.run([sys.executable, "-c", TELEMETRY_PROBE, mode, str(onnx_path), str(cache_dir)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _assert_telemetry_silent(exported, tmp_path, modes):
+    control_home = tmp_path / "control"
+    control_home.mkdir()
+    control = _probe("control", exported.onnx_path, control_home, exported.cache)
+    # The reference: plain `import nncf` assumes consent and writes a client id into ~/intel.
+    assert (control_home / "intel" / "openvino_ga_cid").is_file() and control["loaded"]
+    for mode in modes:
+        home = tmp_path / mode
+        home.mkdir()
+        (tmp_path / f"cache-{mode}").mkdir()
+        result = _probe(mode, exported.onnx_path, home, tmp_path / f"cache-{mode}")
+        assert result["attempts"] == [], (mode, result)
+        assert not (home / "intel").exists(), (mode, sorted(p.name for p in (home / "intel").iterdir()))
+        assert result["loaded"] == (mode == "preimported")
+
+
+def test_openvino_and_nncf_telemetry_never_records_or_sends(exported, tmp_path):
+    """Export, infer and quantise (NNCF) in a fresh process with an empty HOME: no client-id files, no send."""
+    _assert_telemetry_silent(exported, tmp_path, ["endofuse"])
+
+
+@pytest.mark.slow
+def test_telemetry_loaded_before_endofuse_is_silenced(exported, tmp_path):
+    """The user imported openvino_telemetry first: endofuse neutralises it in place."""
+    _assert_telemetry_silent(exported, tmp_path, ["preimported"])
