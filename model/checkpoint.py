@@ -10,18 +10,24 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from endofuse import __version__
-from endofuse.errors import EndofuseError
+from endofuse.errors import EndofuseError, MissingFileError
 from endofuse.model.mm_endocl import MODEL_CONFIGS, MMEndoCL, build_model
+from endofuse.outputs import atomic_file
 
 FORMAT = "endofuse-checkpoint"
 FORMAT_VERSION = 1
+class CheckpointError(EndofuseError, ValueError):
+    """A file that is not a loadable endofuse checkpoint (one line naming it; a ValueError for callers)."""
+
+
+EXPORT_SUFFIXES = {".onnx": "an ONNX export", ".plan": "a TensorRT plan", ".engine": "a TensorRT plan",
+                   ".xml": "an OpenVINO IR"}
 DEMO_WEIGHTS = Path(__file__).resolve().parent / "weights" / "tiny_synthetic_demo.pt"
 
 
@@ -57,31 +63,35 @@ def save_checkpoint(path: str | os.PathLike, model: MMEndoCL, extra: dict | None
         "endofuse_version": __version__,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # temp file + fsync + rename: a full disk is one line naming the file, and the previous checkpoint stays
+    with atomic_file(path, "wb") as handle:
+        torch.save(payload, handle)
     return path
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """The raw checkpoint dict (incl. `extra`); ValueError naming the file if it is not ours."""
+    """The raw checkpoint dict (incl. `extra`); CheckpointError naming the file if it is not ours."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise MissingFileError(f"checkpoint not found: {path}")
+    kind = EXPORT_SUFFIXES.get(path.suffix.lower())
+    if kind is not None:
+        raise CheckpointError(f"{path} is {kind}, not a checkpoint: this command needs the .pt checkpoint it was "
+                              "exported from (`endofuse run --checkpoint` runs exports)")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # a damaged file can fail anywhere inside the unpickler
-        raise ValueError(f"{path}: not a readable checkpoint (truncated or corrupt?): {exc}") from exc
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0][:160]
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated, corrupt or another format): "
+                              f"{first}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         hint = " (a reference MM-EndoCL checkpoint? run `endofuse convert-reference`)" if _looks_raw(payload) else ""
-        raise ValueError(f"{path}: not an endofuse checkpoint (no format={FORMAT!r} entry){hint}")
+        raise CheckpointError(f"{path}: not an endofuse checkpoint (no format={FORMAT!r} entry){hint}")
+    absent = [k for k in ("model_name", "model_kwargs", "state_dict") if k not in payload]
+    if absent:
+        raise CheckpointError(f"{path}: damaged endofuse checkpoint: no {', '.join(absent)} entry")
     if payload.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(
+        raise CheckpointError(
             f"{path}: checkpoint format_version {payload['format_version']} is newer than this endofuse "
             f"({__version__}) reads ({FORMAT_VERSION})"
         )
@@ -101,13 +111,35 @@ def model_from_checkpoint(payload: dict, source: str = "checkpoint") -> MMEndoCL
         default = dataclasses.asdict(MODEL_CONFIGS[payload["model_name"]]) if payload["model_name"] in MODEL_CONFIGS else {}
         stored = {k: v for k, v in payload["config"].items() if k in default and k != "img_size"}
         overrides = {**{k: v for k, v in stored.items() if _plain(default[k]) != v}, **overrides}
-    model = build_model(payload["model_name"], num_classes=kwargs["num_classes"], img_size=kwargs["img_size"], **overrides)
-    state = {k: (v.float() if v.is_floating_point() else v) for k, v in payload["state_dict"].items()}
     try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"{source}: weights do not match model {payload['model_name']!r}: {exc}") from exc
+        model = build_model(payload["model_name"], num_classes=kwargs["num_classes"], img_size=kwargs["img_size"],
+                            **overrides)
+    except (KeyError, TypeError, ValueError) as exc:  # a forged or edited config
+        raise CheckpointError(f"{source}: its model config cannot be built ({type(exc).__name__}: {exc})") from None
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in payload["state_dict"].items()}
+    problem = state_mismatch(model.state_dict(), state)
+    if problem:  # torch's own message lists every tensor: hundreds of lines for one wrong config number
+        raise CheckpointError(f"{source}: weights do not match model {payload['model_name']!r}: {problem} "
+                            "(a damaged or edited checkpoint, or one from another endofuse version)")
+    model.load_state_dict(state, strict=True)
     return model.float().eval()
+
+
+def state_mismatch(expected: dict, stored: dict) -> str:
+    """"" when `stored` fits `expected` exactly; else a one-line summary naming the first mismatching tensor."""
+    missing = [k for k in expected if k not in stored]
+    unexpected = [k for k in stored if k not in expected]
+    shapes = [k for k in expected if k in stored and tuple(stored[k].shape) != tuple(expected[k].shape)]
+    parts = []
+    if shapes:
+        k = shapes[0]
+        parts.append(f"{len(shapes)} tensor(s) of another shape (e.g. {k}: {tuple(stored[k].shape)} stored, "
+                     f"{tuple(expected[k].shape)} expected)")
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    return "; ".join(parts)
 
 
 def load_checkpoint(
@@ -115,11 +147,11 @@ def load_checkpoint(
 ) -> MMEndoCL:
     """Rebuild the model stored in `path` (float32, eval mode).
 
-    `expected_name` makes a checkpoint of another config a ValueError.
+    `expected_name` makes a checkpoint of another config a CheckpointError.
     """
     payload = read_checkpoint(path, map_location=map_location)
     if expected_name is not None and payload["model_name"] != expected_name:
-        raise ValueError(
+        raise CheckpointError(
             f"{path}: checkpoint holds model {payload['model_name']!r}, expected {expected_name!r}"
         )
     return model_from_checkpoint(payload, source=str(path))
@@ -128,7 +160,7 @@ def load_checkpoint(
 def demo_checkpoint_path() -> Path:
     """The bundled tiny demo weights (trained on synthetic data by `endofuse train`)."""
     if not DEMO_WEIGHTS.is_file():
-        raise EndofuseError(
+        raise CheckpointError(
             f"bundled demo weights not found at {DEMO_WEIGHTS}; reinstall endofuse or pass a checkpoint"
         )
     return DEMO_WEIGHTS

@@ -10,11 +10,9 @@ compared with the full-size mask.
 """
 from __future__ import annotations
 
-import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -30,7 +28,7 @@ from endofuse.model.metrics import (
     summarize_native,
     summarize_reference,
 )
-from endofuse.train.run_files import write_text_atomic
+from endofuse.outputs import finite_or_none, write_image, write_json
 
 
 @torch.no_grad()
@@ -55,7 +53,8 @@ def output_stems(records: Sequence[PairRecord]) -> list[str]:
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
-    write_text_atomic(path, json.dumps(payload, indent=2))
+    """Strict JSON (an undefined metric is null, never NaN), checked and atomic."""
+    write_json(path, finite_or_none(payload))
 
 
 def evaluate_model(model: torch.nn.Module, records: Sequence[PairRecord], out: Path | None = None,
@@ -78,8 +77,8 @@ def evaluate_model(model: torch.nn.Module, records: Sequence[PairRecord], out: P
         per_image.append({"row": record.row, "wli": str(record.wli), "stem": stem,
                           "reference": ref, "native": native})
         if out is not None:
-            cv2.imwrite(str(out / "masks" / f"{stem}.png"), pred * np.uint8(255))
-            cv2.imwrite(str(out / "overlays" / f"{stem}.png"), image)
+            write_image(out / "masks" / f"{stem}.png", pred * np.uint8(255), durable=False)
+            write_image(out / "overlays" / f"{stem}.png", image, durable=False)
     return {
         "reference": summarize_reference([p["reference"] for p in per_image]),
         "native": summarize_native([p["native"] for p in per_image]),

@@ -5,7 +5,8 @@ import argparse
 from pathlib import Path
 
 from endofuse.model import load_checkpoint
-from endofuse.model.dataset import load_split
+from endofuse.model.dataset import load_split, split_csv_path
+from endofuse.outputs import OutputFolder, refuse_overlap
 from endofuse.train.evaluate import evaluate_model, print_summary, write_json_atomic
 
 
@@ -18,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", choices=("test", "train"), default="test",
                         help="test: Test.csv (default); train: Training.csv / Train.csv")
     parser.add_argument("--wli-only", action="store_true", help="ignore NBI (the model's missing-NBI path)")
+    parser.add_argument("--force", action="store_true",
+                        help="write into an --out folder that holds files endofuse did not write")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -26,12 +29,27 @@ def main(args: argparse.Namespace) -> int:
 
         return evaluate_main(args)
     records = load_split(args.data, args.split)
+    folder = check_eval_outputs(args, records)
     model = load_checkpoint(args.checkpoint)
-    args.out.mkdir(parents=True, exist_ok=True)
-    metrics = evaluate_model(model, records, args.out, wli_only=args.wli_only)
-    metrics.update({"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split,
-                    "model": model.name, "img_size": model.img_size})
-    write_json_atomic(args.out / "metrics.json", metrics)
+    try:
+        metrics = evaluate_model(model, records, args.out, wli_only=args.wli_only)
+        metrics.update({"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split,
+                        "model": model.name, "img_size": model.img_size})
+        write_json_atomic(args.out / "metrics.json", metrics)
+    finally:
+        folder.commit()
     print(print_summary(metrics))
     print(f"wrote {args.out / 'metrics.json'}, {len(records)} mask(s) and overlay(s)")
     return 0
+
+
+def check_eval_outputs(args: argparse.Namespace, records) -> OutputFolder:
+    """Before any work: --out is not a file, holds no input (e.g. the dataset's masks/), has no foreign files."""
+    inputs = {"--checkpoint": args.checkpoint}
+    csv_path = split_csv_path(args.data, args.split)
+    if csv_path is not None:
+        inputs["the split CSV"] = csv_path
+    for r in records:
+        inputs.update({f"row {r.row} WLI": r.wli, f"row {r.row} NBI": r.nbi, f"row {r.row} mask": r.label})
+    refuse_overlap({"--out": args.out}, inputs, output_dirs=["--out"])
+    return OutputFolder(args.out, "evaluate --out", force=args.force).prepare()

@@ -8,25 +8,22 @@ import os
 import platform
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+
+from endofuse.outputs import atomic_write_text
 
 LOG_COLUMNS = (
     "epoch", "step", "lr", "w_fd", "loss", "seg", "da", "align", "diff", "orth_wli", "orth_nbi", "mi", "dacl", "fd",
+    "cgns", "mir", "relation", "prototype", "dtm_relation", "dtm_prototype",
     "val_dice", "val_iou", "val_sensitivity", "val_specificity", "seconds", "pairs_per_s",
 )  # fmt: skip
 LOSS_CURVES = ("loss", "seg", "fd", "mi", "dacl", "da")
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Checked atomic write: a full disk is a one-line WriteError naming the file, the old file kept."""
+    atomic_write_text(path, text)
 
 
 def versions() -> dict[str, str]:
