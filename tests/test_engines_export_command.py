@@ -9,13 +9,13 @@ import onnx
 import pytest
 
 from endofuse import cli
-from endofuse.realtime.engines import open_engine
-from endofuse.realtime.engines import onnx_export
+from endofuse.realtime.engines import onnx_export, open_engine
 from endofuse.realtime.engines.calibration import dataset_pairs, preprocess_pair, synthetic_pairs
 from endofuse.realtime.engines.onnx_export import missing_nbi_path_for
 from endofuse.realtime.engines.tritonserver_repo import check_repository
 from endofuse.realtime.engines.tritonserver_schema import parse_model_config
-from test_engines_helpers import SIZE, exported, torch_logits  # noqa: F401
+
+from conftest import SIZE, torch_logits
 
 
 @pytest.fixture
@@ -102,7 +102,7 @@ def test_calibration_frames_from_the_real_sample(sample_data_dir):
     rows = (sample_data_dir / "Training.csv").read_text().strip().splitlines()[1:]
     pairs = dataset_pairs(sample_data_dir)
     assert len(pairs) == len(rows)
-    for pair, row in zip(pairs, rows):
+    for pair in pairs:
         assert pair.wli.dtype == np.uint8 and pair.wli.ndim == 3 and pair.nbi.ndim == 3
         assert pair.mask.shape == pair.wli.shape[:2] and set(np.unique(pair.mask)) <= {0, 1}
         assert 0 < pair.mask.mean() < 1

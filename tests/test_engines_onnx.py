@@ -11,11 +11,11 @@ import torch
 import endofuse.model
 from endofuse.errors import EndofuseError
 from endofuse.model import save_checkpoint
-from endofuse.realtime.engines import Engine, open_engine
-from endofuse.realtime.engines import factory
+from endofuse.realtime.engines import Engine, factory, open_engine
 from endofuse.realtime.engines.cache import file_sha256
 from endofuse.realtime.engines.onnx_export import ONNX_OPSET, export_onnx, missing_nbi_path_for
-from test_engines_helpers import SIZE, exported, random_pair, tiny_test_model, torch_logits  # noqa: F401
+
+from conftest import SIZE, random_pair, tiny_test_model, torch_logits
 
 
 def test_export_writes_named_inputs_opset_and_both_variants(exported):

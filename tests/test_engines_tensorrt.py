@@ -13,7 +13,8 @@ import pytest
 from endofuse.errors import EndofuseError
 from endofuse.realtime.engines import factory, open_engine, resolve_backend, tensorrt_available
 from endofuse.realtime.engines.tensorrt_engine import PlanInfo, check_plan_compatibility, read_plan_info, sidecar_for
-from test_engines_helpers import exported, random_pair, torch_logits  # noqa: F401
+
+from conftest import random_pair, torch_logits
 
 INFO = PlanInfo(gpu_name="NVIDIA H100 80GB HBM3", compute_capability="9.0", tensorrt_version="10.8.0",
                 onnx_sha256="ab" * 32, precision="fp16", max_batch=8, img_size=160, num_classes=2,
