@@ -27,3 +27,21 @@ def test_clipping_and_state_round_trip():
     assert f == {"a": 0.5, "b": 1.5}  # (0.0198)^2 and (1.98)^2 clipped
     again = TrainingMonitor.from_state(dtm.state_dict())
     assert again == dtm and again.factors() == f
+
+
+def test_method_options_checks_and_overrides():
+    from endofuse.errors import EndofuseError
+    from endofuse.train.methods import MethodOptions, parse_distill
+
+    assert MethodOptions().model_overrides() == {}
+    assert MethodOptions(negatives="cluster", clusters=8).model_overrides() == {
+        "negatives": "cluster", "clusters": 8}
+    assert MethodOptions(fusion="dmaf", mir=True, clusters=8).model_overrides() == {"fusion": "dmaf", "mir": True}
+    assert parse_distill("prototype, relation") == ("prototype", "relation")
+    with pytest.raises(EndofuseError, match="--distill: unknown"):
+        parse_distill("relation,colour")
+    with pytest.raises(EndofuseError, match="--dtm"):
+        MethodOptions(dtm=True).check("tiny")
+    with pytest.raises(EndofuseError, match="paper keeps the reference fusion"):
+        MethodOptions(fusion="dmaf").check("paper")
+    MethodOptions(fusion="dmaf", distill=("relation",), dtm=True).check("tiny")

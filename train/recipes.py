@@ -121,8 +121,8 @@ LOSS_TERMS: tuple[LossTerm, ...] = (
     # multi-scale distribution alignment (MMD of pooled shallow features)
     LossTerm("da", (("da", 1.0),), weight=1e-4),
     # feature disentanglement: mean of the cosine terms plus the contrastive loss, ramped in;
-    # with --negatives cluster (CM-CGNS) the false-negative margin rides with the contrastive loss
-    LossTerm("fd", (("mi", 1.0), ("dacl", 0.01), ("cgns", 1e-4)), weight=0.05, ramp=0.1,
+    # with --negatives cluster (CM-CGNS) the false-negative margin rides with it at 1e-4 of its weight
+    LossTerm("fd", (("mi", 1.0), ("dacl", 0.01), ("cgns", 0.01 * 1e-4)), weight=0.05, ramp=0.1,
              optional_parts=("dacl",)),
     # related-work terms, returned by forward_train only when their option is on
     LossTerm("mir", (("mir", 1.0),), weight=10.0, ablatable=False),  # CM-CGNS: 10 x L1 of the reconstruction

@@ -8,10 +8,8 @@ import os
 import platform
 import sys
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
-
-from endofuse.outputs import atomic_write_text
+from typing import Sequence
 
 LOG_COLUMNS = (
     "epoch", "step", "lr", "w_fd", "loss", "seg", "da", "align", "diff", "orth_wli", "orth_nbi", "mi", "dacl", "fd",
@@ -22,8 +20,14 @@ LOSS_CURVES = ("loss", "seg", "fd", "mi", "dacl", "da")
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Checked atomic write: a full disk is a one-line WriteError naming the file, the old file kept."""
-    atomic_write_text(path, text)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def versions() -> dict[str, str]:

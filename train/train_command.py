@@ -30,6 +30,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="default: the recipe's (1234)")
     parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bars (logs still print per epoch)")
+    methods = parser.add_argument_group("options from related work (docs/training.md)")
+    methods.add_argument("--fusion", choices=("token", "dmaf"), default="token",
+                         help="tiny/small: token = learned missing-NBI token (default); dmaf = masked attention "
+                              "over both modalities (DMAF-Net)")
+    methods.add_argument("--negatives", choices=("batch", "cluster"), default="batch",
+                         help="DACL negatives: batch (default) or cluster = CM-CGNS cluster-guided hard negatives "
+                              "with false-negative masking")
+    methods.add_argument("--clusters", type=int, default=16, help="k-means centroids for --negatives cluster (16)")
+    methods.add_argument("--centroid-momentum", type=float, default=0.9,
+                         help="centroid <- m * centroid + (1 - m) * mean(members) (0.9)")
+    methods.add_argument("--mir", action="store_true",
+                         help="masked NBI reconstruction from the WLI shared features (training-only head)")
+    methods.add_argument("--distill", default=None,
+                         help="comma list: relation, prototype (full path teaches the missing-NBI path)")
+    methods.add_argument("--dtm", action="store_true", help="Dynamic Training Monitoring of the distillation terms")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -39,6 +54,7 @@ def main(args: argparse.Namespace) -> int:
         from endofuse.train.classify_command import train_main
 
         return train_main(args)
+    from endofuse.train.methods import MethodOptions, parse_distill
     from endofuse.train.trainer import TrainOptions, train
 
     args.model = args.model or "tiny"
@@ -47,5 +63,8 @@ def main(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, amp=args.amp, pretrained=args.pretrained,
         ablate=parse_ablate(args.ablate), img_size=args.img_size, val_fraction=args.val_fraction, seed=args.seed,
         device=args.device, progress=not args.no_progress,
+        methods=MethodOptions(fusion=args.fusion, negatives=args.negatives, clusters=args.clusters,
+                              centroid_momentum=args.centroid_momentum, mir=args.mir,
+                              distill=parse_distill(args.distill), dtm=args.dtm),
     )
     return train(options)

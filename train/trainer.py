@@ -31,6 +31,8 @@ from endofuse.model.dataset import holdout_split, load_split, split_csv_path
 from endofuse.model.metrics import overlap_metrics
 from endofuse.train import distributed as ddp
 from endofuse.train.data import PairDataset
+from endofuse.train.methods import LOG_KEYS as METHOD_LOG_KEYS
+from endofuse.train.methods import MethodOptions, MethodTerms
 from endofuse.train.recipes import (
     ABLATIONS,
     DACL_TEMPERATURE,
@@ -72,6 +74,8 @@ class TrainOptions:
     device: str | None = None
     progress: bool = True
     overrides: dict = field(default_factory=dict)
+    # related-work options (--fusion, --negatives, --mir, --distill, --dtm)
+    methods: MethodOptions = field(default_factory=MethodOptions)
 
     def as_dict(self) -> dict:
         """JSON-ready (paths as strings, tuples as lists), for config.json and checkpoints."""
@@ -98,6 +102,7 @@ def check_options(o: TrainOptions) -> None:
         raise InvalidOptionError(f"--img-size must be a positive multiple of 16, got {o.img_size}")
     if o.pretrained is not None and not Path(o.pretrained).is_file():
         raise MissingFileError(f"--pretrained: file not found: {o.pretrained}")
+    o.methods.check(o.model)
 
 
 @dataclass
@@ -126,6 +131,7 @@ class TrainState:
     skip_batches: int = 0
     best_dice: float = -1.0
     history: list[dict] = field(default_factory=list)
+    methods: MethodTerms | None = None  # DTM state and the related-work terms' log values
 
     @property
     def run(self) -> Path:
@@ -147,13 +153,14 @@ class TrainState:
 class TrainStep(torch.nn.Module):
     """`forward` = the model's `forward_train`, so DDP's hooks see the training forward."""
 
-    def __init__(self, model: torch.nn.Module, temperature: float):
+    def __init__(self, model: torch.nn.Module, temperature: float, distill: tuple[str, ...] = ()):
         super().__init__()
         self.model = model
         self.temperature = temperature
+        self.distill = distill
 
-    def forward(self, wli, nbi):
-        return self.model.forward_train(wli, nbi, temperature=self.temperature)
+    def forward(self, wli, nbi, target=None):
+        return self.model.forward_train(wli, nbi, target=target, distill=self.distill, temperature=self.temperature)
 
 
 def build_state(options: TrainOptions) -> TrainState:
@@ -169,7 +176,7 @@ def build_state(options: TrainOptions) -> TrainState:
         batch_size = options.batch_size if options.batch_size is not None else recipe.batch_size
         lr = options.lr if options.lr is not None else recipe.lr
         model = _model(options, payload, seed, dist_state)
-        step_module: torch.nn.Module = TrainStep(model, DACL_TEMPERATURE)
+        step_module: torch.nn.Module = TrainStep(model, DACL_TEMPERATURE, options.methods.distill)
         if dist_state.enabled:
             ids = [dist_state.local_rank] if dist_state.device.type == "cuda" else None
             step_module = DistributedDataParallel(step_module, device_ids=ids, find_unused_parameters=True)
@@ -182,7 +189,7 @@ def build_state(options: TrainOptions) -> TrainState:
         scaler = torch.amp.GradScaler("cuda", enabled=options.amp and not _bf16(dist_state))
         state = TrainState(options, recipe, dist_state, seed, batch_size, lr, model, step_module, train_set,
                            val_set, val_source, sampler, steps_per_epoch, optimizer, scheduler, scaler,
-                           resumed=payload is not None)
+                           resumed=payload is not None, methods=MethodTerms(options.methods, dist_state))
         if payload is not None:
             _restore_progress(state, payload["extra"])
         else:
@@ -212,7 +219,7 @@ def _model(o: TrainOptions, payload: dict | None, seed: int, dist_state: ddp.Dis
             raise EndofuseError(f"{last}: holds model {payload['model_name']!r}, not --model {o.model}")
         model = model_from_checkpoint(payload, source=str(last))
     else:
-        model = build_model(o.model, img_size=o.img_size, **o.overrides)
+        model = build_model(o.model, img_size=o.img_size, **o.overrides, **o.methods.model_overrides())
         if o.pretrained is not None:
             from endofuse.model import load_imagenet21k_npz
 
@@ -237,6 +244,7 @@ def _restore_progress(state: TrainState, extra: dict) -> None:
     state.scheduler.load_state_dict(extra["scheduler"])
     state.start_epoch, state.skip_batches = extra["epoch"], extra["batch_in_epoch"]
     state.best_dice, state.history = extra["best_dice"], list(extra["history"])
+    state.methods.load_state_dict(extra.get("dtm"))
     states = extra["rng"]
     restore_rng(states[state.dist.rank] if state.dist.rank < len(states) else states[0])
 
@@ -273,7 +281,7 @@ class Trainer:
         extra = {"optimizer": s.optimizer.state_dict(), "scheduler": s.scheduler.state_dict(),
                  "epoch": epoch, "batch_in_epoch": batch_in_epoch, "best_dice": s.best_dice,
                  "history": s.history, "rng": rng, "options": s.options.as_dict(),
-                 "world_size": s.dist.world_size}
+                 "world_size": s.dist.world_size, "dtm": s.methods.state_dict()}
         save_checkpoint(s.last_path, s.model, extra=extra)
 
     # ---- loops ----
@@ -296,10 +304,10 @@ class Trainer:
             nbi = None if s.wli_only else batch["nbi"].to(d.device, non_blocking=True)
             mask = batch["mask"].to(d.device, non_blocking=True)
             with self._autocast():
-                logits, aux = s.step_module(wli, nbi)
+                logits, aux = s.step_module(wli, nbi, mask)
             aux = {k: v.float() for k, v in aux.items()}
             seg = segmentation_loss(logits.float(), mask)
-            loss = total_loss(seg, aux, epoch, epochs, s.options.ablate)
+            loss = total_loss(seg, aux, epoch, epochs, s.options.ablate, s.methods.factors())
             value = loss.item()
             nonfinite, stopping = ddp.any_rank(d, [not math.isfinite(value), stop.requested is not None])
             if nonfinite:
@@ -315,10 +323,12 @@ class Trainer:
             s.scaler.step(s.optimizer)
             s.scaler.update()
             s.scheduler.step()
+            s.methods.observe(aux)
             done += 1
             n = wli.shape[0]
             logged = {**{k: aux[k] for k in AUX_KEYS}, **term_values(aux)}
-            terms = {"loss": value, "seg": seg.item(), **{k: float(v.detach()) for k, v in logged.items()}}
+            terms = {"loss": value, "seg": seg.item(), **{k: float(v.detach()) for k, v in logged.items()},
+                     **s.methods.step_values(aux)}
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v * n
             count += n
@@ -332,6 +342,7 @@ class Trainer:
     def _means(self, sums: dict, count: int) -> dict:
         """Per-pair means over every rank; a loss term no rank saw (its option is off) is left out."""
         keys = ["loss", "seg", *AUX_KEYS, *(t.name for t in LOSS_TERMS if t.name not in AUX_KEYS)]
+        keys += [k for k in METHOD_LOG_KEYS if k not in keys]
         seen = [1.0 if k in sums else 0.0 for k in keys]  # the same list on every rank: one collective
         totals = ddp.all_reduce_sum(self.s.dist, [sums.get(k, 0.0) for k in keys] + seen + [float(count)])
         values, present, n = totals[: len(keys)], totals[len(keys) : -1], max(1.0, totals[-1])
