@@ -17,6 +17,7 @@ from endofuse.demo.examples import write_example_pairs
 from endofuse.demo.pair import remember_nbi_frame, segment_live_frame, segment_uploaded_pair
 from endofuse.demo.uploads import MAX_UPLOAD_SIZE, VIDEO_FILE_TYPES, checked_image
 from endofuse.demo.video import process_video_pair
+from endofuse.errors import InvalidOptionError
 
 DEFAULT_ALPHA = 0.45
 LIVE_TIME_LIMIT_S = 120  # a forgotten browser tab must not hold the CPU forever
@@ -58,7 +59,7 @@ def build_app(checkpoint: str | None = None, engine: str = "auto", *, opener: En
     engines = EngineCache(model_choices(checkpoint), opener)
     backends = available_backends()
     if engine not in backends:
-        raise ValueError(f"engine {engine!r} is not available here; choose one of {backends}")
+        raise InvalidOptionError(f"engine {engine!r} is not available here; choose one of {backends}")
     # Open the default engine now: a missing checkpoint fails at startup, and the first click is fast.
     engines.get(engines.labels[0], engine)
     out_root = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="endofuse-demo-"))

@@ -6,7 +6,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from endofuse.errors import EndofuseError
+from endofuse.errors import EndofuseError, MissingFileError
 from endofuse.realtime.engines import BACKENDS
 
 
@@ -25,11 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     if args.checkpoint is not None and not Path(args.checkpoint).is_file():
-        raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
+        raise MissingFileError(f"checkpoint not found: {args.checkpoint}")
     if args.gallery is not None and args.classifier is None:
         raise EndofuseError("--gallery needs --classifier (the checkpoint the gallery was indexed with)")
     if args.classifier is not None and not Path(args.classifier).is_file():
-        raise FileNotFoundError(f"--classifier: file not found: {args.classifier}")
+        raise MissingFileError(f"--classifier: file not found: {args.classifier}")
     if not 0 < args.port < 65536:
         raise EndofuseError(f"--port {args.port} is not a valid TCP port")
     try:

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from endofuse.errors import InvalidOptionError
 from endofuse.realtime.engines import BACKENDS, open_engine, tensorrt_available
 
 BUNDLED_MODEL = "bundled demo weights (tiny, synthetic data)"
@@ -55,9 +56,9 @@ class EngineCache:
     def get(self, model_label: str, backend: str):
         """The engine for a picker entry and backend, opened (and warmed up) on first use."""
         if model_label not in self.choices:
-            raise ValueError(f"unknown model {model_label!r}; choose one of {self.labels}")
+            raise InvalidOptionError(f"unknown model {model_label!r}; choose one of {self.labels}")
         if backend not in BACKENDS:
-            raise ValueError(f"unknown engine {backend!r}; choose one of {BACKENDS}")
+            raise InvalidOptionError(f"unknown engine {backend!r}; choose one of {BACKENDS}")
         key = (self.choices[model_label].checkpoint, backend)
         with self._lock:
             if key not in self._engines:

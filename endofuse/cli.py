@@ -51,24 +51,6 @@ Set ENDOFUSE_DEBUG=1 to see full tracebacks instead of one-line errors.
 """
 
 
-class NotBuiltYet(Exception):
-    """The subcommand's module does not exist yet in this version."""
-
-
-def _load(sub: Subcommand):
-    try:
-        module = importlib.import_module(sub.module)
-    except ModuleNotFoundError as exc:
-        # Only the subcommand's own module missing means "not built"; a missing
-        # dependency inside it is a real error and must surface.
-        if exc.name is not None and sub.module.startswith(exc.name):
-            raise NotBuiltYet(sub.name) from exc
-        raise
-    if not (hasattr(module, "add_arguments") and hasattr(module, "main")):
-        raise NotBuiltYet(sub.name)
-    return module
-
-
 def _first_positional(argv: list[str]) -> str | None:
     for token in argv:
         if not token.startswith("-"):
@@ -91,7 +73,7 @@ def build_parser(selected: str | None = None) -> tuple[argparse.ArgumentParser, 
     for sub in SUBCOMMANDS:
         sp = subparsers.add_parser(sub.name, help=sub.summary, description=sub.summary)
         if sub.name == selected:
-            module = _load(sub)
+            module = importlib.import_module(sub.module)
             module.add_arguments(sp)
             modules[sub.name] = module
     return parser, modules
@@ -101,11 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     selected = _first_positional(argv)
     known = {s.name for s in SUBCOMMANDS}
-    try:
-        parser, modules = build_parser(selected if selected in known else None)
-    except NotBuiltYet as exc:
-        print(f"endofuse {exc}: this subcommand is not built yet in endofuse {__version__}", file=sys.stderr)
-        return 2
+    parser, modules = build_parser(selected if selected in known else None)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -115,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"endofuse {args.command}: interrupted", file=sys.stderr)
         return 130
-    except (EndofuseError, ValueError, FileNotFoundError, PermissionError) as exc:
+    except EndofuseError as exc:  # a user error: one line; anything else is a bug and keeps its traceback
         if os.environ.get("ENDOFUSE_DEBUG"):
             raise
         print(f"endofuse {args.command}: error: {exc}", file=sys.stderr)

@@ -20,3 +20,7 @@ class MissingFileError(EndofuseError, FileNotFoundError):
 
 class InvalidOptionError(EndofuseError, ValueError):
     """An option or argument value outside what it accepts; the message names the option and the valid values."""
+
+
+class InvalidInputError(EndofuseError, ValueError):
+    """An input that exists but cannot be used: a corrupt or foreign file, a frame of the wrong kind."""

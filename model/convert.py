@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping
 
 import torch
 
+from endofuse.errors import InvalidInputError
+
 # Reference key (after the encoder prefix) -> ours, applied in order, first match wins.
 _ENCODER_RULES: list[tuple[str, str]] = [
     (r"^embeddings\.position_embeddings$", "pos_embed"),
@@ -81,7 +83,7 @@ def unwrap_state_dict(obj: Mapping) -> dict[str, torch.Tensor]:
             obj = obj[key]
             break
     if not isinstance(obj, Mapping):
-        raise ValueError(f"expected a state dict (mapping of names to tensors), got {type(obj).__name__}")
+        raise InvalidInputError(f"expected a state dict (mapping of names to tensors), got {type(obj).__name__}")
     return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in obj.items()}
 
 
@@ -98,7 +100,8 @@ def convert_reference_state_dict(state_dict: Mapping) -> dict[str, torch.Tensor]
     """
     state_dict = unwrap_state_dict(state_dict)
     if not is_reference_state_dict(state_dict):
-        raise ValueError("not a reference MM-EndoCL state dict (no 'transformer1.embeddings.*' / 'fusion.*' keys)")
+        raise InvalidInputError("not a reference MM-EndoCL state dict "
+                                "(no 'transformer1.embeddings.*' / 'fusion.*' keys)")
     converted, unknown = {}, []
     for key, value in state_dict.items():
         ours = reference_key_to_ours(key)
@@ -107,7 +110,7 @@ def convert_reference_state_dict(state_dict: Mapping) -> dict[str, torch.Tensor]
         else:
             converted[ours] = value
     if unknown:
-        raise ValueError(f"{len(unknown)} keys of no reference module, e.g. {unknown[:5]}")
+        raise InvalidInputError(f"{len(unknown)} keys of no reference module, e.g. {unknown[:5]}")
     return converted
 
 
@@ -117,7 +120,7 @@ def reference_model_kwargs(state_dict: Mapping) -> dict:
     tokens = state_dict["encoder_wli.pos_embed"].shape[1]
     grid = math.isqrt(tokens)
     if grid * grid != tokens:
-        raise ValueError(f"position embedding has {tokens} tokens, not a square grid")
+        raise InvalidInputError(f"position embedding has {tokens} tokens, not a square grid")
     return {"num_classes": int(head.shape[0]), "img_size": grid * 16}
 
 
@@ -139,4 +142,5 @@ def convert_foreign_state_dict(obj: Mapping) -> dict[str, torch.Tensor]:
         if detect(state_dict):
             return convert(state_dict)
     sample = list(state_dict)[:3]
-    raise ValueError(f"unrecognised state dict (first keys {sample}); known sources: endofuse, MM-EndoCL reference")
+    raise InvalidInputError(f"unrecognised state dict (first keys {sample}); "
+                            f"known sources: endofuse, MM-EndoCL reference")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from endofuse.errors import InvalidInputError, MissingFileError
 from endofuse.model.checkpoint import count_parameters, save_checkpoint
 from endofuse.model.convert import convert_reference_state_dict, reference_model_kwargs
 from endofuse.model.mm_endocl import MMEndoCL, build_model
@@ -20,17 +21,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def convert_reference_file(source: Path, output: Path, half: bool = False) -> MMEndoCL:
     """Load (weights_only), convert, strict-load into `paper`, save ours; errors name the file."""
     if not source.is_file():
-        raise FileNotFoundError(f"reference checkpoint not found: {source}")
+        raise MissingFileError(f"reference checkpoint not found: {source}")
     try:
         raw = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as exc:  # a damaged or non-torch file can fail anywhere inside the unpickler
-        raise ValueError(f"{source}: not a readable torch checkpoint (truncated or corrupt?): {exc}") from exc
+        raise InvalidInputError(f"{source}: not a readable torch checkpoint (truncated or corrupt?): {exc}") from exc
     try:
         state = convert_reference_state_dict(raw)
         model = build_model("paper", **reference_model_kwargs(state))
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
     except (ValueError, KeyError, RuntimeError) as exc:
-        raise ValueError(f"{source}: cannot convert to the paper model: {exc}") from exc
+        raise InvalidInputError(f"{source}: cannot convert to the paper model: {exc}") from exc
     extra = {"converted_from": source.name, "source": "MM-EndoCL reference checkpoint"}
     save_checkpoint(output, model, extra=extra, half=half)
     return model

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from endofuse.errors import InvalidOptionError
 from endofuse.kernels import dacl_loss, mmd_loss
 from endofuse.model import losses
 from endofuse.model.blocks import AttentionMeanPool, Mlp
@@ -111,15 +112,15 @@ class MMEndoCL(nn.Module):
     def __init__(self, name: str, config: MMEndoCLConfig, num_classes: int = 2, overrides: dict | None = None):
         super().__init__()
         if config.img_size % 16:
-            raise ValueError(f"img_size must be a multiple of 16, got {config.img_size}")
+            raise InvalidOptionError(f"img_size must be a multiple of 16, got {config.img_size}")
         if config.fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {FUSIONS}, got {config.fusion!r}")
+            raise InvalidOptionError(f"fusion must be one of {FUSIONS}, got {config.fusion!r}")
         if config.negatives not in NEGATIVES:
-            raise ValueError(f"negatives must be one of {NEGATIVES}, got {config.negatives!r}")
+            raise InvalidOptionError(f"negatives must be one of {NEGATIVES}, got {config.negatives!r}")
         if config.fusion == "dmaf" and config.missing_nbi_token:
-            raise ValueError("fusion='dmaf' masks a missing NBI out; it takes no missing_nbi_token")
+            raise InvalidOptionError("fusion='dmaf' masks a missing NBI out; it takes no missing_nbi_token")
         if config.missing_nbi_token is False and config.fusion == "token" and config.modality_dropout > 0:
-            raise ValueError("modality_dropout needs missing_nbi_token=True or fusion='dmaf'")
+            raise InvalidOptionError("modality_dropout needs missing_nbi_token=True or fusion='dmaf'")
         self.name, self.config, self.num_classes = name, config, num_classes
         self.img_size = config.img_size
         self.overrides = dict(overrides or {})
@@ -247,9 +248,9 @@ class MMEndoCL(nn.Module):
         self.check_inputs(wli, nbi)
         unknown = sorted(set(distill) - set(DISTILL_TERMS))
         if unknown:
-            raise ValueError(f"unknown distillation term(s) {unknown}; choose from {DISTILL_TERMS}")
+            raise InvalidOptionError(f"unknown distillation term(s) {unknown}; choose from {DISTILL_TERMS}")
         if distill and not self.handles_missing_nbi:
-            raise ValueError("distillation needs a missing-NBI path: fusion='dmaf' or missing_nbi_token=True")
+            raise InvalidOptionError("distillation needs a missing-NBI path: fusion='dmaf' or missing_nbi_token=True")
         batch = wli.shape[0]
         wli_out = self.encoder_wli(wli, with_shallow=True)
         dropped = self._nbi_dropped(batch, nbi, wli.device)
@@ -369,18 +370,18 @@ def build_model(name: str, num_classes: int = 2, img_size: int | None = None, **
     Any config number can be overridden (`build_model("tiny", depth=2)`).
     """
     if name not in MODEL_CONFIGS:
-        raise ValueError(f"unknown model {name!r}; expected one of {list_models()}")
+        raise InvalidOptionError(f"unknown model {name!r}; expected one of {list_models()}")
     fields = {f.name for f in dataclasses.fields(MMEndoCLConfig)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
-        raise ValueError(f"unknown config keys {unknown} for model {name!r}; valid keys: {sorted(fields)}")
+        raise InvalidOptionError(f"unknown config keys {unknown} for model {name!r}; valid keys: {sorted(fields)}")
     if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        raise InvalidOptionError(f"num_classes must be >= 1, got {num_classes}")
     values = {key: _as_config_value(value) for key, value in overrides.items()}
     if values.get("fusion", "token") != "token":
         if name == "paper":
-            raise ValueError("model 'paper' keeps the reference fusion (checkpoint parity); fusion='dmaf' is for "
-                             "tiny and small")
+            raise InvalidOptionError("model 'paper' keeps the reference fusion (checkpoint parity); "
+                                     "fusion='dmaf' is for tiny and small")
         values.setdefault("missing_nbi_token", False)  # DMAF masks a missing NBI instead of replacing it
     size = {} if img_size is None else {"img_size": int(img_size)}
     config = dataclasses.replace(MODEL_CONFIGS[name], **values, **size)

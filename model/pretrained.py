@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from endofuse.errors import InvalidInputError, MissingFileError
 from endofuse.model.mm_endocl import MMEndoCL
 
 _NORM_LEAF = {"scale": "weight", "bias": "bias"}
@@ -53,7 +54,7 @@ def resize_position_embedding(posemb: np.ndarray, num_tokens: int) -> torch.Tens
         return tokens.clone()
     old, new = math.isqrt(tokens.shape[1]), math.isqrt(num_tokens)
     if old * old != tokens.shape[1] or new * new != num_tokens:
-        raise ValueError(f"position embedding of {tokens.shape[1]} tokens cannot be resized to {num_tokens}")
+        raise InvalidInputError(f"position embedding of {tokens.shape[1]} tokens cannot be resized to {num_tokens}")
     grid = tokens.reshape(1, old, old, -1).permute(0, 3, 1, 2)
     grid = F.interpolate(grid, size=(new, new), mode="bilinear", align_corners=True)
     return grid.permute(0, 2, 3, 1).reshape(1, num_tokens, -1)
@@ -113,25 +114,28 @@ def load_imagenet21k_npz(model: MMEndoCL, source: str | os.PathLike | Mapping[st
         arrays = source
     else:
         if not Path(source).is_file():
-            raise FileNotFoundError(f"pretrained npz not found: {source}")
+            raise MissingFileError(f"pretrained npz not found: {source}")
         with np.load(source, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
     encoder = model.encoder_wli
     try:
         state = npz_to_encoder_state(arrays, len(encoder.blocks), encoder.pos_embed.shape[1])
     except KeyError as exc:
-        raise ValueError(f"{label}: missing key {exc} (expected the Google ViT / TransUNet R50+ViT npz format)") from exc
+        raise InvalidInputError(f"{label}: missing key {exc} "
+                                f"(expected the Google ViT / TransUNet R50+ViT npz format)") from exc
     own = encoder.state_dict()
     for key, value in state.items():
         if key not in own:
-            raise ValueError(f"{label}: has {key!r} which model {model.name!r} does not have (deeper ResNet stage?)")
+            raise InvalidInputError(f"{label}: has {key!r} which model {model.name!r} does not have "
+                                    f"(deeper ResNet stage?)")
         if own[key].shape != value.shape:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{label}: {key} has shape {tuple(value.shape)}, model {model.name!r} expects {tuple(own[key].shape)}"
             )
     missing = sorted(set(own) - set(state))
     if missing:
-        raise ValueError(f"{label}: no weights for {len(missing)} encoder tensors of {model.name!r}, e.g. {missing[:3]}")
+        raise InvalidInputError(f"{label}: no weights for {len(missing)} encoder tensors of {model.name!r}, "
+                                f"e.g. {missing[:3]}")
     with torch.no_grad():
         for enc in (model.encoder_wli, model.encoder_nbi):
             enc.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from endofuse.errors import InvalidOptionError
+
 Size = tuple[int, int]  # (H, W)
 
 # Mean colours in BGR, 0..255. WLI: pink-red mucosa; NBI: teal mucosa with brown
@@ -236,7 +238,7 @@ class SyntheticScene:
                  misregistration: tuple[float, float, float] = (0.025, 3.0, 0.03)):
         h, w = int(size[0]), int(size[1])
         if h < 16 or w < 16:
-            raise ValueError(f"SyntheticScene size must be at least 16x16, got {size}")
+            raise InvalidOptionError(f"SyntheticScene size must be at least 16x16, got {size}")
         self.seed = seed
         self.size = (h, w)
         self.nbi_size = tuple(int(v) for v in (nbi_size or size))

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from endofuse.errors import InvalidOptionError
 from endofuse.kernels.mask_overlay import DEFAULT_ALPHA, DEFAULT_COLOR
 
 MODE_COLORS = {"FUSED": (0, 200, 0), "WLI-ONLY": (0, 165, 255)}
@@ -27,7 +28,7 @@ class OverlayStyle:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"overlay alpha must be in [0, 1], got {self.alpha}")
+            raise InvalidOptionError(f"overlay alpha must be in [0, 1], got {self.alpha}")
 
 
 @dataclass(frozen=True)

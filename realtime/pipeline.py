@@ -17,6 +17,8 @@ import collections
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from endofuse.errors import InvalidOptionError
 from endofuse.realtime.operators import CaptureOp, InferenceOp, Inferred
 from endofuse.realtime.overlay import HudInfo, OverlayStyle
 from endofuse.realtime.queues import BLOCK, LATEST, Closed, FrameQueue, Timeout
@@ -271,7 +273,7 @@ def build_pipeline(wli_source, nbi_source, engine, live: bool = False, alpha: fl
     sources; `frames` stops after that many WLI frames (needed for endless sources).
     """
     if frames is not None and frames < 1:
-        raise ValueError(f"frames must be >= 1, got {frames}")
+        raise InvalidOptionError(f"frames must be >= 1, got {frames}")
     if isinstance(wli_source, Source):
         if not (nbi_source is None or isinstance(nbi_source, Source)):
             raise TypeError("pass both sources as Source objects or both as strings")

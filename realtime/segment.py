@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from endofuse import kernels
+from endofuse.errors import InvalidInputError
 from endofuse.realtime.overlay import HudInfo, OverlayStyle, draw_hud
 from endofuse.realtime.tracing import now
 
@@ -25,9 +26,9 @@ def check_frame(frame: np.ndarray, what: str) -> None:
     """Raise a ValueError naming `what` unless `frame` is an HxWx3 uint8 BGR image."""
     if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
         desc = f"{frame.dtype} array of shape {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
-        raise ValueError(f"{what} must be an HxWx3 uint8 BGR image, got {desc}")
+        raise InvalidInputError(f"{what} must be an HxWx3 uint8 BGR image, got {desc}")
     if frame.shape[0] < 2 or frame.shape[1] < 2:
-        raise ValueError(f"{what} is too small: {frame.shape[1]}x{frame.shape[0]}")
+        raise InvalidInputError(f"{what} is too small: {frame.shape[1]}x{frame.shape[0]}")
 
 
 def on_gpu(engine) -> bool:

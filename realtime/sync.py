@@ -20,6 +20,7 @@ from array import array
 from dataclasses import dataclass
 from typing import Protocol
 
+from endofuse.errors import InvalidOptionError
 from endofuse.realtime.tracing import percentiles
 
 PAIRED, STALE, MISSING = "paired", "stale", "missing"
@@ -43,7 +44,7 @@ class SyncPolicy:
 
     def __post_init__(self) -> None:
         if self.tolerance_s < 0 or self.staleness_s < self.tolerance_s:
-            raise ValueError(
+            raise InvalidOptionError(
                 f"need 0 <= tolerance <= staleness, got tolerance {self.tolerance_s} s, staleness {self.staleness_s} s"
             )
 
@@ -51,7 +52,7 @@ class SyncPolicy:
     def for_fps(cls, wli_fps: float, tolerance_frames: float = 0.5, staleness_frames: float = 3.0) -> SyncPolicy:
         """Thresholds in WLI frame periods: tolerance half a period, staleness three periods."""
         if not wli_fps > 0:
-            raise ValueError(f"WLI fps must be > 0, got {wli_fps}")
+            raise InvalidOptionError(f"WLI fps must be > 0, got {wli_fps}")
         return cls(tolerance_frames / wli_fps, staleness_frames / wli_fps)
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from endofuse.errors import InvalidOptionError
+
 # The stage names, in pipeline order. `capture` is the source's read/decode time
 # (before the capture stamp, so not part of latency); `queue` is time a frame
 # waited between stages; `sync` is pairing, including a live run's bounded wait
@@ -68,7 +70,7 @@ class LatencyStats:
 
     def __init__(self, warmup: int = 10) -> None:
         if warmup < 0:
-            raise ValueError(f"warmup must be >= 0, got {warmup}")
+            raise InvalidOptionError(f"warmup must be >= 0, got {warmup}")
         self.warmup = warmup
         self.seen = 0
         self.latency = array("d")

@@ -41,22 +41,30 @@ def test_console_script_is_installed():
     assert result.returncode == 0 and endofuse.__version__ in result.stdout
 
 
-def test_unbuilt_subcommand_refuses_cleanly(monkeypatch, capsys):
-    fake = cli.Subcommand("ghost", "endofuse.ghost_command_that_does_not_exist", "not here")
-    monkeypatch.setattr(cli, "SUBCOMMANDS", [*cli.SUBCOMMANDS, fake])
-    assert cli.main(["ghost"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "not built yet" in err and "Traceback" not in err
-
-
 def test_missing_dependency_inside_a_subcommand_is_not_hidden(monkeypatch, tmp_path):
-    # A module that exists but imports something missing must raise, not say "not built".
+    # A module that exists but imports something missing must raise with its traceback.
     (tmp_path / "endofuse_broken_cmd.py").write_text("import a_dependency_that_is_missing\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     fake = cli.Subcommand("broken", "endofuse_broken_cmd", "broken")
     monkeypatch.setattr(cli, "SUBCOMMANDS", [*cli.SUBCOMMANDS, fake])
     with pytest.raises(ModuleNotFoundError, match="a_dependency_that_is_missing"):
         cli.main(["broken"])
+
+
+def test_only_endofuse_errors_print_as_one_line(monkeypatch, tmp_path, capsys):
+    (tmp_path / "endofuse_failing_cmd.py").write_text(
+        "from endofuse.errors import InvalidOptionError\n"
+        "def add_arguments(parser):\n    parser.add_argument('--kind')\n"
+        "def main(args):\n"
+        "    raise InvalidOptionError('--kind: bad value') if args.kind == 'user' else ValueError('a bug')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fake = cli.Subcommand("failing", "endofuse_failing_cmd", "fails")
+    monkeypatch.setattr(cli, "SUBCOMMANDS", [*cli.SUBCOMMANDS, fake])
+    monkeypatch.delenv("ENDOFUSE_DEBUG", raising=False)
+    assert cli.main(["failing", "--kind", "user"]) == 1
+    assert capsys.readouterr().err == "endofuse failing: error: --kind: bad value\n"
+    with pytest.raises(ValueError, match="a bug"):  # not a user error: the traceback is kept
+        cli.main(["failing", "--kind", "bug"])
 
 
 def test_no_subcommand_prints_help_and_exits_2():

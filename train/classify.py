@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from endofuse.errors import EndofuseError
+from endofuse.errors import EndofuseError, InvalidOptionError, MissingFileError
 from endofuse.model.entrep import EntrepModel, build_entrep, same_class_partners, slerp
 from endofuse.model.entrep_weights import (
     classifier_from_payload,
@@ -148,13 +148,14 @@ class ClassifyTrainer:
     def __init__(self, options: ClassifyOptions):
         self.o = options
         if options.model not in DEFAULTS:
-            raise ValueError(f"--model for --task classify must be one of {list(DEFAULTS)}, got {options.model!r}")
+            raise InvalidOptionError(f"--model for --task classify must be one of {list(DEFAULTS)}, "
+                                     f"got {options.model!r}")
         if options.epochs < 1:
-            raise ValueError(f"--epochs must be >= 1, got {options.epochs}")
+            raise InvalidOptionError(f"--epochs must be >= 1, got {options.epochs}")
         self.batch_size = options.batch_size or DEFAULTS[options.model]["batch_size"]
         self.lr = options.lr or DEFAULTS[options.model]["lr"]
         if self.batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+            raise InvalidOptionError(f"--batch-size must be >= 1, got {self.batch_size}")
         self.d = ddp.setup(options.device)
         self.run = Path(options.out)
         self.last_path, self.best_path = self.run / "last.pt", self.run / "best.pt"
@@ -163,7 +164,7 @@ class ClassifyTrainer:
         payload = None
         if self.o.resume:
             if not self.last_path.is_file():
-                raise FileNotFoundError(f"--resume: no {self.last_path} to continue from")
+                raise MissingFileError(f"--resume: no {self.last_path} to continue from")
             payload = read_classifier(self.last_path)
             if payload["model_name"] != self.o.model:
                 raise EndofuseError(f"{self.last_path}: holds model {payload['model_name']!r}, "

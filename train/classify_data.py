@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from endofuse.errors import EndofuseError
+from endofuse.errors import EndofuseError, InvalidOptionError, MissingFileError
 from endofuse.kernels import preprocess
 from endofuse.model.dataset import _image_size, _resolve, decode_csv_text, read_image
 
@@ -40,7 +40,7 @@ class ImageRecord:
 
 def classify_csv_path(root: Path, split: str) -> Path:
     if split not in CLS_CSV:
-        raise ValueError(f"split must be one of {list(CLS_CSV)}, got {split!r}")
+        raise InvalidOptionError(f"split must be one of {list(CLS_CSV)}, got {split!r}")
     return Path(root) / CLS_CSV[split]
 
 
@@ -86,7 +86,7 @@ def load_classify_split(root: Path, split: str, classes: Sequence[str] | None = 
     """Read and validate a split; labels outside `classes` (when given) are bad rows too."""
     path = classify_csv_path(root, split)
     if not path.is_file():
-        raise FileNotFoundError(f"{root}: no {path.name} (classification folders hold cls_train.csv and cls_test.csv "
+        raise MissingFileError(f"{root}: no {path.name} (classification folders hold cls_train.csv and cls_test.csv "
                                 f"with image_path,label,caption; `endofuse synth OUT --pairs N --classes` writes one)")
     records, problems = read_classify_csv(path)
     known = set(classes) if classes is not None else None

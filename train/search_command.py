@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from endofuse.errors import EndofuseError
+from endofuse.errors import EndofuseError, MissingFileError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +39,7 @@ def search(gallery_dir: Path, image: Path | None = None, text: str | None = None
     model = load_classifier(checkpoint)
     if image is not None:
         if not Path(image).is_file():
-            raise FileNotFoundError(f"--image: file not found: {image}")
+            raise MissingFileError(f"--image: file not found: {image}")
         import torch
 
         with torch.no_grad():

@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from endofuse.checks import check_fps
-from endofuse.errors import EndofuseError
+from endofuse.errors import EndofuseError, InvalidOptionError
 from endofuse.model.synthetic import DomainShift, SyntheticScene, make_pair
 from endofuse.outputs import OutputFolder, atomic_file, write_image
 
@@ -130,7 +130,7 @@ def main(args: argparse.Namespace) -> int:
 def _write(args: argparse.Namespace) -> int:
     if args.pairs is not None:
         if args.pairs < 1:
-            raise ValueError(f"--pairs must be >= 1, got {args.pairs}")
+            raise InvalidOptionError(f"--pairs must be >= 1, got {args.pairs}")
         test_pairs = args.test_pairs if args.test_pairs is not None else max(1, args.pairs // 4)
         write_dataset(args.out, args.pairs, test_pairs, args.size, args.seed, args.nbi_size,
                       shift=DomainShift() if args.shift else None)

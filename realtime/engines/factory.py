@@ -21,7 +21,7 @@ from torch import nn
 
 from endofuse import __version__
 from endofuse.checks import check_device
-from endofuse.errors import EndofuseError
+from endofuse.errors import EndofuseError, MissingFileError
 from endofuse.realtime.engines.base import Engine
 from endofuse.realtime.engines.cache import cache_entry, file_sha256
 from endofuse.realtime.engines.onnx_export import ONNX_OPSET, export_onnx, missing_nbi_path_for
@@ -188,7 +188,7 @@ def _resolve_source(source: str | os.PathLike | nn.Module | None, model_name: st
         return Path(demo_checkpoint_path())
     path = Path(source)
     if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
+        raise MissingFileError(f"model file not found: {path}")
     if path.suffix.lower() not in CHECKPOINT_SUFFIXES + ONNX_SUFFIXES + IR_SUFFIXES + PLAN_SUFFIXES:
         raise EndofuseError(f"model file {path}: unknown type {path.suffix!r}; expected a .pt/.pth checkpoint, "
                             f"an .onnx file from `endofuse export`, an OpenVINO .xml IR, or a TensorRT .plan/.engine")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from endofuse.errors import EndofuseError
+from endofuse.errors import EndofuseError, MissingFileError
 from endofuse.realtime.engines.base import Engine
 from endofuse.realtime.engines.onnx_export import ENGINE_FORMAT, FUSED, MISSING_NBI, missing_nbi_path_for
 
@@ -72,7 +72,7 @@ def create_session(path: str | os.PathLike, device: str | None = None, threads: 
     """An InferenceSession with the tuned options; a file ONNX Runtime cannot read raises EndofuseError naming it."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"ONNX model file not found: {path}")
+        raise MissingFileError(f"ONNX model file not found: {path}")
     try:
         return ort.InferenceSession(str(path), sess_options=session_options(threads, spinning),
                                     providers=providers_for(device))

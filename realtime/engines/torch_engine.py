@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from endofuse.errors import InvalidOptionError
 from endofuse.realtime.engines.base import Engine
 
 
@@ -34,7 +35,7 @@ class TorchEngine(Engine):
         self._forward = torch.compile(model, dynamic=False) if compile else model
         use_graphs = device.type == "cuda" if cuda_graphs is None else cuda_graphs
         if use_graphs and device.type != "cuda":
-            raise ValueError("cuda_graphs needs a CUDA device")
+            raise InvalidOptionError("cuda_graphs needs a CUDA device")
         self._graphs: dict[tuple, _CapturedCall] | None = {} if use_graphs else None
 
     def _prepare(self, x: torch.Tensor | None) -> torch.Tensor | None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import onnx
 
-from endofuse.errors import EndofuseError
+from endofuse.errors import EndofuseError, InvalidInputError, MissingFileError
 from endofuse.outputs import atomic_write_bytes, atomic_write_text
 from endofuse.realtime.engines.onnx_export import missing_nbi_path_for
 from endofuse.realtime.engines.tritonserver_schema import parse_model_config
@@ -124,7 +124,7 @@ def write_triton_repository(out_dir: str | Path, onnx_path: str | Path, *, setti
         models.append((f"{name}_plan" if fused else f"{name}_missing_nbi_plan", Path(plan), "tensorrt_plan",
                        onnx_path if fused else wli_only))
     if not onnx_path.is_file():
-        raise FileNotFoundError(f"ONNX model not found: {onnx_path}")
+        raise MissingFileError(f"ONNX model not found: {onnx_path}")
     written = []
     for model_name, source, platform, signature_source in models:
         if not source.is_file():
@@ -199,5 +199,5 @@ def check_repository(root: str | Path) -> list[str]:
                 raise fail(f"warm-up sample {sample.name!r} has batch_size {sample.batch_size}")
         names.append(config.name)
     if not names:
-        raise ValueError(f"{root}: no */config.pbtxt found: not a Triton model repository")
+        raise InvalidInputError(f"{root}: no */config.pbtxt found: not a Triton model repository")
     return names

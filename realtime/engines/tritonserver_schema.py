@@ -12,6 +12,8 @@ from functools import lru_cache
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 
+from endofuse.errors import InvalidInputError
+
 F = descriptor_pb2.FieldDescriptorProto
 STRING, BOOL, INT32, INT64, UINT32, UINT64, ENUM, MESSAGE = (
     F.TYPE_STRING, F.TYPE_BOOL, F.TYPE_INT32, F.TYPE_INT64, F.TYPE_UINT32, F.TYPE_UINT64, F.TYPE_ENUM, F.TYPE_MESSAGE)
@@ -117,5 +119,5 @@ def parse_model_config(text: str, source: str = "config.pbtxt"):
     try:
         text_format.Parse(text, message)
     except text_format.ParseError as exc:
-        raise ValueError(f"{source}: not a valid Triton ModelConfig: {exc}") from exc
+        raise InvalidInputError(f"{source}: not a valid Triton ModelConfig: {exc}") from exc
     return message
