@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--schedulers", default="greedy,event,multi_thread",
                         help="Holoscan schedulers to measure, comma-separated (default: all three)")
     parser.add_argument("--workers", type=int, default=2, help="worker threads of the event/multi_thread schedulers")
+    parser.add_argument("--rounds", type=int, default=0,
+                        help="with --runtime both: also N interleaved rounds of every configuration, summarised "
+                             "as medians of in-round ratios (robust to a drifting machine load)")
     parser.add_argument("--json", default=None, metavar="OUT", help="write the results as JSON")
     parser.add_argument("--plot", default=None, metavar="PNG", help="draw the latency CDF and per-stage bars")
 
@@ -134,6 +137,10 @@ def run_bench(args: argparse.Namespace) -> tuple[dict, dict]:
     if holoscan is not None:
         result["runtime"] = runtime
         result["holoscan"] = holoscan
+    if runtime == "both" and getattr(args, "rounds", 0) > 0:
+        from endofuse.realtime.holoscan.bench import side_by_side
+
+        result["side_by_side"] = side_by_side(args, engine, wli, nbi, args.rounds)
     return result, latencies
 
 
@@ -192,4 +199,14 @@ def format_table(result: dict) -> str:
         lines.append(f"efficiency (max / engine only): {result['efficiency']:.3f}")
     for scheduler, data in (result.get("holoscan") or {}).items():
         lines.append(f"holoscan {scheduler} efficiency (max / engine only): {data['efficiency']:.3f}")
+    if "side_by_side" in result:
+        rounds = result["side_by_side"]["rounds"]
+        lines += ["", f"medians over {len(rounds)} interleaved rounds (load {min(r['load_1min'] for r in rounds):.1f}-"
+                  f"{max(r['load_1min'] for r in rounds):.1f}):", "",
+                  "| configuration | pairs/s | vs native | vs engine only | p50 ms | p99.9 ms | p99.9/p50 | dropped |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, m in result["side_by_side"]["summary"].items():
+            lines.append(f"| {name} | {m['fps_median']:.1f} | {m['vs_native_fps_median']:.2f} | "
+                         f"{m['efficiency_median']:.2f} | {m['p50_median']:.1f} | {m['p999_median']:.1f} | "
+                         f"{m['p999_over_p50_median']:.2f} | {m['dropped_median']:.0f} |")
     return "\n".join(lines)

@@ -145,6 +145,31 @@ def test_sync_op_reads_rgb_bgr_tensor_and_tensor_map_inputs_of_changing_size():
         np.testing.assert_array_equal(pairs[0].nbi.image, images[0][:, :, ::-1] if order == "rgb" else images[0])
 
 
+@pytest.mark.timeout(60)
+def test_source_op_emits_indexed_timed_frames_and_an_endless_nbi_stops_with_wli():
+    from endofuse.realtime.holoscan import EndofuseSourceOp
+    from endofuse.realtime.sources import MemorySource
+
+    images = [np.full((8, 10, 3), k, np.uint8) for k in range(5)]
+
+    def build(app):
+        wli = EndofuseSourceOp(app, MemorySource(images, "wli", 25.0), role="wli", frames=4, name="wli")
+        nbi = EndofuseSourceOp(app, source=MemorySource(images, "nbi", 25.0, loops=None), role="nbi", stop_with=wli,
+                               name="nbi")
+        wli_sink, nbi_sink = CollectOp(app, port="w", name="wli_sink"), CollectOp(app, port="n", name="nbi_sink")
+        app.add_flow(wli, wli_sink, {("frame", "w")})
+        app.add_flow(nbi, nbi_sink, {("frame", "n")})
+        return {"wli": wli, "got": wli_sink.got}
+
+    ops = run_graph(build)  # returns only because the endless NBI source ends with WLI
+    got = ops["got"]
+    assert [f.index for f in got] == [0, 1, 2, 3]
+    epoch = ops["wli"].epoch
+    assert [f.sync_time - epoch for f in got] == pytest.approx([k / 25.0 for k in range(4)])
+    for frame, image in zip(got, images, strict=False):
+        np.testing.assert_array_equal(frame.image, image)
+
+
 def make_pair(frame, nbi, status=PAIRED):
     from endofuse.realtime.sync import Pairing
 

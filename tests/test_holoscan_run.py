@@ -17,7 +17,7 @@ if importlib.util.find_spec("holoscan") is None:
 
 from endofuse.cli import main  # noqa: E402
 
-from conftest import write_video  # noqa: E402
+from conftest import ColourThresholdEngine, write_video  # noqa: E402
 
 FRAMES = 12
 
@@ -147,3 +147,17 @@ def test_bench_both_runtimes_write_the_side_by_side_json(tmp_path):
     assert set(result["modes"]) == {"max", "paced"} and set(result["holoscan"]) == {"greedy", "event"}
     for data in result["holoscan"].values():
         assert data["modes"]["max"]["frames"] == 12 + 2 and data["modes"]["max"]["dropped"] == 0
+
+
+@pytest.mark.parametrize("scheduler", ["greedy", "event", "multi_thread"])
+def test_every_scheduler_delivers_every_frame_of_a_recording(scheduler):
+    from endofuse.realtime.holoscan.app import EndofuseApp, run_app
+    from endofuse.realtime.sources import MemorySource
+
+    images = [np.full((24, 32, 3), 20 * k, np.uint8) for k in range(6)]
+    app = EndofuseApp({"wli_source": {"source": MemorySource(images, "w", 30.0, loops=None), "frames": 40},
+                       "nbi_source": {"source": MemorySource(images, "n", 30.0, loops=None)},
+                       "recorder": {"warmup_frames": 0}, "scheduler": {"kind": scheduler, "workers": 2}},
+                      engine=ColourThresholdEngine((16, 16)))
+    report = run_app(app)
+    assert report["frames"] == 40 and report["paired"] == 40 and report["holoscan"]["scheduler"] == scheduler

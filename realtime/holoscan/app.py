@@ -110,8 +110,10 @@ def make_scheduler(app: Application, kind: str = "greedy", workers: int = 1):
     if kind == "event":
         return EventBasedScheduler(app, worker_thread_number=int(workers), name="event")
     if kind == "multi_thread":
-        return MultiThreadScheduler(app, worker_thread_number=int(workers), check_recession_period_ms=0.0,
-                                    name="multi_thread")
+        # Without a grace period its deadlock check fired while frames were still in flight
+        # (graphs ended after 0-16 of 60 frames); 500 ms of confirmed deadlock ends the run.
+        return MultiThreadScheduler(app, worker_thread_number=int(workers), check_recession_period_ms=1.0,
+                                    stop_on_deadlock_timeout=500, name="multi_thread")
     raise EndofuseError(f"scheduler kind must be one of {', '.join(SCHEDULERS)}, got {kind!r}")
 
 

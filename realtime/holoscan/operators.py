@@ -64,13 +64,18 @@ class EndofuseSourceOp(Operator):
     the WLI source ended, the graph drains and stops.
     """
 
-    def __init__(self, fragment, *args, source: Source | str, role: str = "wli", fps: float = 30.0,
+    def __init__(self, fragment, *args, source: Source | str | None = None, role: str = "wli", fps: float = 30.0,
                  frames: int | None = None, live: bool = False, wait_for: EndofuseSourceOp | None = None,
                  stop_with: EndofuseSourceOp | None = None, **kwargs) -> None:
+        if source is None and args and isinstance(args[0], (Source, str, os.PathLike)):
+            source, args = args[0], args[1:]  # EndofuseSourceOp(fragment, "wli.mp4", role="wli")
+        if source is None:
+            raise ValueError("EndofuseSourceOp needs a source (a spec string such as 'wli.mp4' or a Source)")
         self.role = role.lower()
         if self.role not in ("wli", "nbi"):
             raise ValueError(f"role must be 'wli' or 'nbi', got {role!r}")
-        self.source = source if isinstance(source, Source) else open_source(source, self.role.upper(), fps, frames)
+        self.source = source if isinstance(source, Source) else open_source(str(source), self.role.upper(), fps,
+                                                                            frames)
         self.max_frames, self.live = frames, live or self.source.live
         self.wait_for, self.stop_with = wait_for, stop_with
         self.epoch: float | None = None

@@ -15,6 +15,17 @@ from pathlib import Path
 from endofuse.errors import EndofuseError
 
 
+def default_scheduler(wli, nbi) -> dict:
+    """Greedy (one thread, no contention) for recordings; the event-based scheduler for cameras.
+
+    A camera read blocks until the device delivers a frame; on the greedy
+    scheduler's single thread that wait would stall the rest of the graph.
+    """
+    if wli.live or (nbi is not None and nbi.live):
+        return {"kind": "event", "workers": 3}
+    return {"kind": "greedy", "workers": 1}
+
+
 def run_holoscan(args: argparse.Namespace) -> int:
     from endofuse.realtime.engines import open_engine
     from endofuse.realtime.holoscan.app import EndofuseApp, run_app
@@ -38,8 +49,7 @@ def run_holoscan(args: argparse.Namespace) -> int:
                 "nbi_source": {"source": nbi},
                 "overlay": {"alpha": args.alpha, "hud": not args.no_hud},
                 "recorder": {"warmup_frames": args.warmup},
-                "scheduler": {"kind": getattr(args, "scheduler", "greedy") or "greedy",
-                              "workers": getattr(args, "workers", 1) or 1},
+                "scheduler": default_scheduler(wli, nbi),
             }
             app = EndofuseApp(sections, engine=engine, sinks=sinks)
         except BaseException as exc:
