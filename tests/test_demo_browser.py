@@ -26,6 +26,8 @@ CHROMIUM_ARGS = [
     "--disable-component-update", "--disable-sync", "--use-fake-device-for-media-stream",
     "--use-fake-ui-for-media-stream",
 ]
+# A real `endofuse demo` subprocess and a browser: the longest tests in the suite.
+pytestmark = pytest.mark.slow
 SERVER_START_TIMEOUT_S = 180
 UI_TIMEOUT_MS = 60_000
 

@@ -139,6 +139,7 @@ def test_export_keeps_custom_ops_and_matches_eager(device):
     torch.testing.assert_close(exported.module()(*inputs), TinyLossBlock()(*inputs))
 
 
+@pytest.mark.slow  # inductor compiles C++: tens of seconds
 def test_compile_forward_and_backward_match_eager(device):
     inputs = _tiny_inputs(device)
     compiled = torch.compile(TinyLossBlock(), fullgraph=True)

@@ -180,11 +180,13 @@ def pair():
     return wli, nbi
 
 
+@pytest.mark.slow  # builds the 218 M-parameter paper model
 def test_paper_has_218_5_m_parameters_and_reference_keys(converted_paper):
     assert round(sum(p.numel() for p in converted_paper.parameters()) / 1e6, 1) == 218.5
     assert len(converted_paper.state_dict()) == len(_read_listing())
 
 
+@pytest.mark.slow  # builds the 218 M-parameter paper model
 def test_converted_logits_match_reference_forward(converted_paper, reference_state, pair):
     wli, nbi = pair
     with torch.no_grad():
@@ -201,6 +203,7 @@ class _Stop(Exception):
     pass
 
 
+@pytest.mark.slow  # builds the 218 M-parameter paper model
 def test_paper_missing_nbi_feeds_wli_to_both_encoders(converted_paper, pair):
     """Fallback: the NBI encoder receives the WLI frame (stopped there: the rest is the parity path)."""
     wli = pair[0][:1]
@@ -232,6 +235,7 @@ def test_converter_rejects_unknown_keys_and_unwraps_wrappers(reference_state):
         convert_foreign_state_dict({"conv.weight": torch.zeros(1)})
 
 
+@pytest.mark.slow  # builds the 218 M-parameter paper model
 def test_cli_convert_reference_writes_a_loadable_checkpoint(reference_state, converted_paper, tmp_path, capsys):
     source = tmp_path / "epoch_99.pth"
     torch.save(reference_state, source)

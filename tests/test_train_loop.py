@@ -143,6 +143,7 @@ def _wait_for_epoch(run: Path, proc: subprocess.Popen, epoch: int, timeout: floa
     raise AssertionError(f"no epoch {epoch} within {timeout} s")
 
 
+@pytest.mark.slow  # real training subprocesses
 def test_resume_after_sigkill_continues_with_the_right_epoch_and_same_result(data, tmp_path):
     args = ["--epochs", "3", "--recipe", "paper", "--batch-size", "4"]
     reference = tmp_path / "reference"
@@ -168,6 +169,7 @@ def test_resume_after_sigkill_continues_with_the_right_epoch_and_same_result(dat
     assert [r["lr"] for r in rows] == [r["lr"] for r in ref_rows]
 
 
+@pytest.mark.slow  # real training subprocesses
 def test_sigterm_saves_a_resumable_checkpoint_mid_epoch(data, tmp_path):
     run = tmp_path / "run"
     args = ["--epochs", "40", "--batch-size", "2"]
@@ -184,6 +186,7 @@ def test_sigterm_saves_a_resumable_checkpoint_mid_epoch(data, tmp_path):
     assert extra["scheduler"]["last_epoch"] == epochs_logged * 4 + extra["batch_in_epoch"]
 
 
+@pytest.mark.slow  # real training subprocesses
 def test_torchrun_two_processes_on_cpu(data, tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
