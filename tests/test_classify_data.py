@@ -129,8 +129,11 @@ def test_index_and_search_round_trip(cls_folder, checkpoint, tmp_path, capsys):
     assert "indexed 6 new image(s)" in capsys.readouterr().out  # train rows already there: only test added
     items = json.loads((gallery / "items.json").read_text())
     assert len(items) == 12
-    for item in items:
-        results = search(gallery, image=item["image_path"], k=3)
+    from endofuse.model.entrep_weights import load_classifier
+
+    model = load_classifier(checkpoint)
+    for i, item in enumerate(items):
+        results = search(gallery, image=item["image_path"], k=3, model=None if i == 0 else model)
         assert results[0]["image_path"] == item["image_path"] and results[0]["score"] == pytest.approx(1.0, abs=1e-5)
         assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
     capsys.readouterr()
@@ -139,10 +142,9 @@ def test_index_and_search_round_trip(cls_folder, checkpoint, tmp_path, capsys):
     ranked = json.loads(capsys.readouterr().out)
     assert len(ranked) == 4 and set(ranked[0]) == {"image_path", "label", "score"}
     # brute force: cosine of the text embedding with every stored embedding
-    from endofuse.model.entrep_weights import load_classifier
     from endofuse.train.classify import embed_texts
 
-    text = embed_texts(load_classifier(checkpoint), ["an NBI endoscopy frame showing a large lesion"])[0]
+    text = embed_texts(model, ["an NBI endoscopy frame showing a large lesion"])[0]
     emb = np.load(gallery / "embeddings.npy")
     best = np.argsort(-(emb @ text), kind="stable")[:4]
     assert [items[i]["image_path"] for i in best] == [r["image_path"] for r in ranked]

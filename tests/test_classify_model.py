@@ -213,6 +213,7 @@ def test_classifier_checkpoint_round_trip(tmp_path):
         load_classifier(tmp_path / "seg.pt")
 
 
+@pytest.mark.slow
 def test_b16_configuration_is_clip_vit_b16():
     model = build_entrep("entrep-b16", ["x", "y"])
     clip_part = sum(p.numel() for n, p in model.named_parameters()

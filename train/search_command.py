@@ -20,8 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def search(gallery_dir: Path, image: Path | None = None, text: str | None = None, k: int = 5,
-           checkpoint: Path | None = None) -> list[dict]:
-    """Ranked [{image_path, label, score}] for one image or text query."""
+           checkpoint: Path | None = None, model=None) -> list[dict]:
+    """Ranked [{image_path, label, score}] for one image or text query.
+
+    `model`: the gallery's classifier, already loaded (repeated queries); default: load its checkpoint.
+    """
     import torch.nn.functional as F
 
     from endofuse.model.entrep_weights import load_classifier
@@ -32,11 +35,12 @@ def search(gallery_dir: Path, image: Path | None = None, text: str | None = None
     if k < 1:
         raise EndofuseError(f"-k must be >= 1, got {k}")
     gallery = Gallery.open(gallery_dir)
-    checkpoint = Path(checkpoint or gallery.meta["checkpoint"])
-    if not checkpoint.is_file():
-        raise EndofuseError(f"{gallery_dir}: its checkpoint {checkpoint} is gone; pass --checkpoint FILE")
-    gallery.check_checkpoint(checkpoint)
-    model = load_classifier(checkpoint)
+    if model is None:
+        checkpoint = Path(checkpoint or gallery.meta["checkpoint"])
+        if not checkpoint.is_file():
+            raise EndofuseError(f"{gallery_dir}: its checkpoint {checkpoint} is gone; pass --checkpoint FILE")
+        gallery.check_checkpoint(checkpoint)
+        model = load_classifier(checkpoint)
     if image is not None:
         if not Path(image).is_file():
             raise MissingFileError(f"--image: file not found: {image}")
