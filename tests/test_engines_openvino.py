@@ -18,12 +18,9 @@ from endofuse.errors import EndofuseError
 from endofuse.realtime.engines import factory, open_engine, resolve_backend
 from endofuse.realtime.engines.onnx_export import missing_nbi_path_for
 
-import test_engines_helpers
-from conftest import SAMPLE_DATA
-from test_engines_helpers import SIZE, random_pair, torch_logits
+from conftest import SAMPLE_DATA, SIZE, random_pair, torch_logits
 
 pytest.importorskip("openvino")
-exported = test_engines_helpers.exported  # the session's export, as a fixture
 
 # Per precision: max |logits - torch| as a fraction of the torch logits' spread, and the least
 # fraction of pixels whose argmax (mask) agrees with torch. bf16 keeps 8 mantissa bits (~0.4 %
