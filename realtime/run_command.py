@@ -44,12 +44,14 @@ def quiet_opencv() -> None:
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments shared with `bench`: the model and engine."""
-    from endofuse.realtime.engines.factory import BACKENDS
+    from endofuse.realtime.engines.factory import BACKENDS, MODEL_CHOICES
 
     parser.add_argument("--checkpoint", default=None,
                         help="a .pt checkpoint, .onnx, OpenVINO .xml or TensorRT plan (default: the bundled demo "
                              "weights)")
-    parser.add_argument("--model", default="tiny", help="model config for the bundled weights (default: tiny)")
+    parser.add_argument("--model", default="tiny", choices=MODEL_CHOICES,
+                        help="model config for the bundled weights (default: tiny, the one with bundled weights; "
+                             "small and paper need --checkpoint)")
     parser.add_argument("--engine", default="auto", choices=BACKENDS,
                         help="inference backend (default: auto = TensorRT > OpenVINO on x86 CPUs > ONNX Runtime > "
                              "torch)")
@@ -82,6 +84,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runtime", default="native", choices=("native", "holoscan"),
                         help="native threads, or an NVIDIA Holoscan graph (needs the [holoscan] extra; "
                              "same outputs and report keys, plus Holoscan's per-path latency)")
+    parser.add_argument("--classifier", default=None, metavar="CKPT",
+                        help="also classify every WLI frame (class + confidence in the HUD, class counts in the "
+                             "report): a `train --task classify` checkpoint, its exported .onnx or OpenVINO .xml")
     parser.add_argument("--camera-timeout", type=float, default=30.0,
                         help="seconds a lost camera is retried (with back-off) before giving up")
 
@@ -118,7 +123,7 @@ def _path_inputs(args: argparse.Namespace) -> tuple[dict, list[str]]:
         is_camera,
     )
 
-    inputs, folders = {"--checkpoint": args.checkpoint}, []
+    inputs, folders = {"--checkpoint": args.checkpoint, "--classifier": getattr(args, "classifier", None)}, []
     for label, spec in (("--wli", args.wli), ("--nbi", args.nbi)):
         if spec is None:
             continue
@@ -149,7 +154,7 @@ def main(args: argparse.Namespace) -> int:
     quiet_opencv()
     from endofuse.realtime.engines import open_engine
     from endofuse.realtime.overlay import OverlayStyle
-    from endofuse.realtime.pipeline import Pipeline, PipelineConfig
+    from endofuse.realtime.pipeline import build_pipeline
     from endofuse.realtime.sinks import ImageFolderSink, VideoFileSink, WindowSink
     from endofuse.realtime.source_specs import open_source_pair
 
@@ -159,6 +164,9 @@ def main(args: argparse.Namespace) -> int:
     check_run_outputs(args)
     if getattr(args, "runtime", "native") == "holoscan":
         from endofuse.realtime.holoscan.run import run_holoscan
+
+        if args.classifier:
+            raise EndofuseError("--classifier runs in the native pipeline; drop --runtime holoscan to use it")
 
         return run_holoscan(args)
     report_path = Path(args.report) if args.report else None
@@ -175,8 +183,13 @@ def main(args: argparse.Namespace) -> int:
                 sinks.append(VideoFileSink(args.out, wli.fps))
             if args.frames_dir:
                 sinks.append(ImageFolderSink(args.frames_dir, force=args.force))
-            config = PipelineConfig(live=args.live, style=style, frames=args.frames, warmup_frames=args.warmup)
-            pipeline = Pipeline(wli, nbi, engine, config, sinks)
+            classifier = None
+            if args.classifier:
+                from endofuse.realtime.classifier import FrameClassifier
+
+                classifier = FrameClassifier.open(args.classifier)
+            pipeline = build_pipeline(wli, nbi, engine, args.live, style=style, frames=args.frames,
+                                      warmup_frames=args.warmup, sinks=sinks, classifier=classifier)
             if args.display:
                 pipeline.sinks.append(WindowSink("endofuse", pipeline.stop))
             engine.warmup()

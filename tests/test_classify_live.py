@@ -46,3 +46,22 @@ def test_hud_shows_the_class_line():
     info = HudInfo("FUSED", "torch", "tiny", 30.0, 12.0, classification="normal 93%")
     assert info.lines()[-1] == "normal 93%"
     assert "normal 93%" not in HudInfo("FUSED", "torch", "tiny").lines()
+
+
+def test_run_command_with_classifier_writes_class_counts(tmp_path):
+    import json
+
+    from endofuse.cli import main
+
+    torch.manual_seed(0)
+    model = build_entrep("entrep-tiny", ["normal", "lesion"], img_size=32, patch_size=8, vision_width=32,
+                         vision_layers=2, vision_heads=4, embed_dim=16, context_length=16, text_width=32,
+                         text_layers=1, text_heads=4, cls_layers=(1, 2), lora_rank=2)
+    ckpt = save_classifier(tmp_path / "c.pt", model)
+    report = tmp_path / "report.json"
+    assert main(["run", "--wli", "synthetic", "--frames", "4", "--warmup", "0", "--engine", "torch",
+                 "--classifier", str(ckpt), "--report", str(report)]) == 0
+    got = json.loads(report.read_text())["classifier"]
+    assert got["classes"] == ["normal", "lesion"] and sum(got["class_counts"].values()) == 4
+    assert main(["run", "--wli", "synthetic", "--frames", "4", "--classifier", str(ckpt),
+                 "--report", str(ckpt)]) == 1  # an output over an input is refused before any work
