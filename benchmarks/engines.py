@@ -4,10 +4,11 @@
 
 Per engine (torch eager, torch eager channels-last, torch.compile, ONNX Runtime
 fp32 as the pipeline runs it, the same with ORT's thread spinning on, ONNX
-Runtime INT8): p50 / p99 latency of one fused pair (batch 1), pairs/s, the
-ratio to torch eager, the achieved GFLOPS (matmul + conv FLOPs of one pair /
-p50) and its share of the CPU's fp32 peak, and the Dice of its masks
-on validation pairs (against the ground truth, and against torch eager's masks).
+Runtime INT8, OpenVINO f32 / bf16 / INT8): p50 / p99 latency of one fused pair
+(batch 1), pairs/s, the ratios to torch eager and to ONNX Runtime fp32, the
+achieved GFLOPS (matmul + conv FLOPs of one pair / p50) and its share of the
+CPU's fp32 peak, and the Dice of its masks on validation pairs (against the
+ground truth, and against torch eager's masks).
 Every engine is opened with the product's `open_engine` (its ONNX export,
 cache, INT8 calibration and session options). The engines are timed in turn,
 one call each per round, so all ratios come from this one run under the same
@@ -32,7 +33,8 @@ from endofuse.realtime.engines import Engine, open_engine
 from _common import add_json_argument, record, report, table
 
 FP32_PEAK_GFLOPS = 166.0  # 2 Zen 4 cores x 16 fp32 FMA lanes x 2 flops x 2.6 GHz (see the anchors)
-ENGINES = ("torch", "torch-channels-last", "torch-compile", "onnxruntime", "onnxruntime-spinning", "onnxruntime-int8")
+ENGINES = ("torch", "torch-channels-last", "torch-compile", "onnxruntime", "onnxruntime-spinning", "onnxruntime-int8",
+           "openvino-f32", "openvino-bf16", "openvino-int8")
 
 
 @dataclass
@@ -42,6 +44,7 @@ class Row:
     p99_ms: float
     pairs_per_s: float
     vs_torch: float
+    vs_ort: float
     gflops: float
     peak_fraction: float
     dice_gt: float
@@ -78,14 +81,23 @@ ENGINE_OPTIONS = {
     "onnxruntime": {"backend": "onnxruntime"},  # the pipeline's setting (spinning off)
     "onnxruntime-spinning": {"backend": "onnxruntime", "spinning": True},  # the engine alone at its fastest
     "onnxruntime-int8": {"backend": "onnxruntime-int8"},
+    # On a CPU without bf16 units OpenVINO runs "bf16" in f32; the log line names what each engine ran.
+    "openvino-f32": {"backend": "openvino", "precision": "f32"},
+    "openvino-bf16": {"backend": "openvino", "precision": "bf16"},
+    "openvino-int8": {"backend": "openvino-int8"},  # NNCF, calibrated on --data's training frames (else synthetic)
 }
 
 
-def open_engines(model, names, log) -> dict[str, Engine]:
+def open_engines(model, names, log, calibration=None) -> dict[str, Engine]:
     engines = {}
     for name in names:
         log(f"opening {name} ...")
-        engines[name] = open_engine(model, device="cpu", **ENGINE_OPTIONS[name])
+        options = dict(ENGINE_OPTIONS[name])
+        if options["backend"] == "openvino-int8":
+            options["calibration"] = calibration
+        engines[name] = open_engine(model, device="cpu", **options)
+        if engines[name].name != name and name.startswith("openvino"):
+            log(f"{name} runs as {engines[name].name} on this CPU")
     return engines
 
 
@@ -116,7 +128,7 @@ def run(args: argparse.Namespace, log=print) -> list[Row]:
         validation.append((preprocess_pair(pair, size), truth))
     wli, nbi = validation[0][0]
     rows: list[Row] = []
-    engines = open_engines(model, args.engines, log)
+    engines = open_engines(model, args.engines, log, calibration=args.data)
     torch_masks = None
     timings = interleaved_latencies_ms(engines, wli, nbi, args.iterations, args.warmup)
     for name, engine in engines.items():
@@ -125,13 +137,15 @@ def run(args: argparse.Namespace, log=print) -> list[Row]:
         if torch_masks is None:
             torch_masks = masks
         p50 = float(np.percentile(times, 50))
-        rows.append(Row(name, p50, float(np.percentile(times, 99)), 1e3 / times.mean(), 0.0,
+        rows.append(Row(name, p50, float(np.percentile(times, 99)), 1e3 / times.mean(), 0.0, 0.0,
                         flops / p50 / 1e6, flops / p50 / 1e6 / args.peak_gflops, dice_gt,
                         float(np.mean([dice(a, b) for a, b in zip(masks, torch_masks, strict=True)]))))
         log(f"{name}: p50 {p50:.2f} ms")
     base = next((r.p50_ms for r in rows if r.engine == "torch"), rows[0].p50_ms)
+    ort = next((r.p50_ms for r in rows if r.engine == "onnxruntime"), float("nan"))
     for row in rows:
         row.vs_torch = base / row.p50_ms
+        row.vs_ort = ort / row.p50_ms
     return rows
 
 
@@ -151,12 +165,12 @@ def load_benchmark_model(name: str, checkpoint: str | None, log):
     return build_model(name).eval()
 
 
-COLUMNS = ["engine", "p50 ms", "p99 ms", "pairs/s", "x torch eager", "GFLOPS", "% fp32 peak", "Dice (GT)",
+COLUMNS = ["engine", "p50 ms", "p99 ms", "pairs/s", "x torch eager", "x ORT fp32", "GFLOPS", "% fp32 peak", "Dice (GT)",
            "Dice vs torch"]
 
 
 def table_rows(rows: list[Row]) -> list[list]:
-    return [[*astuple(r)[:6], 100 * r.peak_fraction, r.dice_gt, r.dice_vs_torch] for r in rows]
+    return [[*astuple(r)[:7], 100 * r.peak_fraction, r.dice_gt, r.dice_vs_torch] for r in rows]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
