@@ -46,7 +46,9 @@ def check_towers(model, image_tower, text_tower):
 def test_onnx_export_parity(model_and_checkpoint, tmp_path):
     model, ckpt = model_and_checkpoint
     out = tmp_path / "cls.onnx"
-    assert export_command(ckpt, "onnx", out) == 0  # what `endofuse export --format onnx` runs for it
+    from endofuse.cli import main
+
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--out", str(out)]) == 0
     meta = read_metadata(out)
     assert json.loads(meta["classes"]) == ["normal", "lesion"] and meta["img_size"] == "32"
     check_towers(model, OnnxTower(out), OnnxTower(text_path_for(out)))

@@ -39,8 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from endofuse.realtime.engines.factory import load_model_and_label, tensorrt_available
     from endofuse.realtime.engines.cache import file_sha256
+    from endofuse.realtime.engines.factory import load_model_and_label, tensorrt_available
     from endofuse.realtime.engines.onnx_export import export_onnx
 
     if args.fp16 and args.format in ("onnx", "onnx-int8", "openvino", "openvino-int8"):
@@ -61,6 +61,10 @@ def main(args: argparse.Namespace) -> int:
         from endofuse.model import demo_checkpoint_path
         source = demo_checkpoint_path()
     repo = check_export_outputs(args, source)
+    from endofuse.realtime.engines.classifier_export import export_command, is_classifier_checkpoint
+
+    if is_classifier_checkpoint(source):
+        return export_command(source, args.format, args.out)
     model, label = load_model_and_label(source)
     digest = file_sha256(source)
     dynamic = args.dynamic_batch or args.format == "triton-repo"
