@@ -54,7 +54,7 @@ def stop_on_user_error(op: Operator, exc: Exception) -> bool:
 class EndofuseSourceOp(Operator):
     """An endofuse source (file, folder, camera, `synthetic`, a `Source`) -> output `frame` (a `Frame`).
 
-    `frames` stops after that many frames. `live=True` plays a recording like a
+    `frames` stops after that many frames read. `live=True` plays a recording like a
     camera: a frame is due every 1/fps, and frames that fell due while the graph
     was busy are skipped and counted in `dropped` (a camera does not wait).
     `wait_for` (another source op, lossless runs of recordings): emit a frame only
@@ -113,11 +113,11 @@ class EndofuseSourceOp(Operator):
     def _compute(self, op_input, op_output) -> None:
         if self.finished:
             return
-        if (self.max_frames is not None and self.emitted >= self.max_frames) or \
-                (self.stop_with is not None and self.stop_with.finished):
+        limit = math.inf if self.max_frames is None else self.max_frames  # frames read, skipped ones included
+        if self.emitted + self.dropped >= limit or (self.stop_with is not None and self.stop_with.finished):
             return self._end()
         if self.live and not self.source.live:
-            due = math.floor((now() - self.epoch) * self.source.fps)
+            due = min(math.floor((now() - self.epoch) * self.source.fps), limit - 1)
             if self.emitted + self.dropped > due:
                 return  # not due yet
             while self.emitted + self.dropped < due and self.source.next_frame() is not None:
