@@ -148,6 +148,7 @@ def _gather_worker(rank: int, world: int, init: str, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two spawned processes import torch and join a gloo group
 def test_rows_of_unequal_counts_are_gathered_from_every_rank(tmp_path):
     import torch.multiprocessing as mp
 

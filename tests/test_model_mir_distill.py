@@ -25,11 +25,11 @@ def test_mir_loss_is_l1_over_masked_patches_only():
     loss = head(share, nbi, mask)
     pred, target = head.reconstruct(share).detach(), patchify(nbi)
     manual = sum(float((pred[b, n] - target[b, n]).abs().sum()) for b, n in [(0, 0), (0, 3), (1, 1)]) / (3 * 768)
-    assert float(loss) == pytest.approx(manual, rel=1e-5)
+    assert loss.item() == pytest.approx(manual, rel=1e-5)
     # unmasked NBI pixels do not matter
     other = nbi.clone()
     other[0, :, :16, 16:] = 0.0  # patch 1 of sample 0 is unmasked
-    assert float(head(share, other, mask)) == pytest.approx(float(loss), rel=1e-6)
+    assert head(share, other, mask).item() == pytest.approx(loss.item(), rel=1e-6)
 
 
 def test_random_mask_ratio_and_gradients():
