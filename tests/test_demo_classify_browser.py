@@ -1,0 +1,65 @@
+"""The "Classify & search" tab in a real headless Chromium: `endofuse demo --classifier --gallery` in a subprocess."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from test_demo_browser import UI_TIMEOUT_MS, browser, expect, free_port, wait_until_serving  # noqa: F401
+
+from endofuse.cli import main
+from endofuse.model.entrep import build_entrep
+from endofuse.model.entrep_weights import save_classifier
+from endofuse.train.classify_synth import CLASSES, write_classification_dataset
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo-classify")
+    write_classification_dataset(root / "data", train_scenes=3, test_scenes=1, size=(48, 48))
+    torch.manual_seed(0)
+    model = build_entrep("entrep-tiny", list(CLASSES), img_size=32, patch_size=8, vision_width=32, vision_layers=2,
+                         vision_heads=4, embed_dim=16, context_length=24, text_width=32, text_layers=1,
+                         text_heads=4, cls_layers=(1, 2), lora_rank=2)
+    ckpt = save_classifier(root / "c.pt", model)
+    assert main(["index", "--checkpoint", str(ckpt), "--data", str(root / "data"), "--out", str(root / "g")]) == 0
+    port = free_port()
+    log = root / "server.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "endofuse", "demo", "--port", str(port), "--engine", "torch",
+                                    "--classifier", str(ckpt), "--gallery", str(root / "g")],
+                                   stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until_serving(url, process, log)
+        yield url, root
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=15)
+
+
+def test_classify_an_upload_and_search_by_text(browser, served):  # noqa: F811 - the imported fixture
+    url, root = served
+    page = browser.new_context(viewport={"width": 1280, "height": 1600}).new_page()
+    page.goto(url)
+    page.get_by_role("tab", name="Classify & search").click()
+    image = sorted((root / "data" / "cls_imgs").glob("*.png"))[0]
+    page.locator("#classify_image input[type=file]").set_input_files(str(image))
+    page.locator("#classify_button").click()
+    expect(page.locator("#class_probs")).to_contain_text(re.compile("normal|small_lesion|large_lesion"),
+                                                         timeout=UI_TIMEOUT_MS)
+    expect(page.locator("#similar_gallery img")).to_have_count(5, timeout=UI_TIMEOUT_MS)
+    expect(page.locator("#similar_gallery")).to_contain_text("1.000")  # the uploaded image is in the gallery
+    query = page.locator("#search_text textarea, #search_text input").first
+    query.fill("an NBI endoscopy frame showing a small lesion")
+    page.locator("#search_button").click()
+    expect(page.locator("#text_gallery img")).to_have_count(5, timeout=UI_TIMEOUT_MS)
+    page.context.close()
