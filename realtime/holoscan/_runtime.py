@@ -55,8 +55,16 @@ def import_holoscan():
     if importlib.util.find_spec("holoscan") is None:
         raise EndofuseError(f"the Holoscan runtime is not installed; {INSTALL_HINT}")
     load_cuda_runtime()
-    os.environ.setdefault("HOLOSCAN_LOG_LEVEL", "ERROR")  # its CPU-only notices are expected here
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*stack size.*", category=RuntimeWarning)
         import holoscan
     return holoscan
+
+
+def quiet_holoscan_logs() -> None:
+    """For endofuse's own commands: Holoscan's info/warning lines (CPU-only notices, stack size) off.
+
+    Holoscan reads HOLOSCAN_LOG_LEVEL when an Application is created, so this
+    works after the import; graphs of other programs keep their own setting.
+    """
+    os.environ.setdefault("HOLOSCAN_LOG_LEVEL", "ERROR")

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from endofuse.errors import EndofuseError
-from endofuse.realtime.holoscan._runtime import import_holoscan
+from endofuse.realtime.holoscan._runtime import import_holoscan, quiet_holoscan_logs
 
 import_holoscan()
 
@@ -194,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     from endofuse.realtime.run_command import quiet_opencv, summary_line
 
     quiet_opencv()
+    quiet_holoscan_logs()
     try:
         sections = load_config(args.config)
         report = run_app(EndofuseApp(sections))

@@ -9,8 +9,10 @@ MODE_KEYS = ("fps", "latency_ms", "stages_ms", "dropped", "stale_pairs", "nbi_mi
 def bench_holoscan(engine, wli, nbi, frames: int, warmup: int, live: bool, fps: float, scheduler: str = "greedy",
                    workers: int = 1) -> tuple[dict, list]:
     """One mode through the Holoscan graph on memory sources; the mode's summary and per-frame latencies."""
+    from endofuse.realtime.holoscan._runtime import quiet_holoscan_logs
     from endofuse.realtime.sources import MemorySource
 
+    quiet_holoscan_logs()
     sections = {
         "wli_source": {"source": MemorySource(wli, "bench WLI", fps, loops=None), "frames": frames + warmup,
                        "live": live},

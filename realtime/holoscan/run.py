@@ -28,6 +28,7 @@ def default_scheduler(wli, nbi) -> dict:
 
 def run_holoscan(args: argparse.Namespace) -> int:
     from endofuse.realtime.engines import open_engine
+    from endofuse.realtime.holoscan._runtime import quiet_holoscan_logs
     from endofuse.realtime.holoscan.app import EndofuseApp, run_app
     from endofuse.realtime.run_command import Stopped, _stopped_code, stop_on_signals, summary_line, write_report
     from endofuse.realtime.sinks import ImageFolderSink, VideoFileSink
@@ -37,6 +38,7 @@ def run_holoscan(args: argparse.Namespace) -> int:
         raise EndofuseError("--display is not available with --runtime holoscan; "
                             "add a HolovizOp after EndofuseOverlayOp in your own graph (see docs/holoscan.md)")
     report_path = Path(args.report) if args.report else None
+    quiet_holoscan_logs()
     with stop_on_signals():
         wli, nbi = open_source_pair(args.wli, args.nbi, args.fps, args.frames, args.camera_timeout)
         try:
