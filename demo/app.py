@@ -11,11 +11,20 @@ import tempfile
 from pathlib import Path
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from endofuse.demo.engines import EngineCache, EngineOpener, available_backends, model_choices
 from endofuse.demo.examples import write_example_pairs
 from endofuse.demo.pair import remember_nbi_frame, segment_live_frame, segment_uploaded_pair
-from endofuse.demo.uploads import MAX_UPLOAD_SIZE, VIDEO_FILE_TYPES, checked_image
+from endofuse.demo.uploads import (
+    MAX_UPLOAD_SIZE,
+    UPLOAD_MAX_AGE_S,
+    UPLOAD_SWEEP_S,
+    VIDEO_FILE_TYPES,
+    UploadBudget,
+    checked_image,
+    refuse_remote_files,
+)
 from endofuse.demo.video import process_video_pair
 from endofuse.errors import InvalidOptionError
 
@@ -71,7 +80,7 @@ def build_app(checkpoint: str | None = None, engine: str = "auto", *, opener: En
 
         search = ClassifySearch(classifier, gallery)
 
-    with gr.Blocks(title="endofuse demo", analytics_enabled=False, delete_cache=(1800, 3600)) as app:
+    with gr.Blocks(title="endofuse demo", analytics_enabled=False, delete_cache=(UPLOAD_SWEEP_S, UPLOAD_MAX_AGE_S)) as app:
         gr.Markdown("# endofuse: WLI/NBI tumour segmentation demo")
         with gr.Accordion("About", open=True, elem_id="about_box"):
             gr.Markdown(ABOUT.format(types=", ".join(VIDEO_FILE_TYPES), size=MAX_UPLOAD_SIZE.upper()))
@@ -147,8 +156,9 @@ def _image_pair_tab(engines: EngineCache, picker: list, examples) -> None:
 
 def _video_pair_tab(engines: EngineCache, picker: list, out_root: Path, build_pipeline) -> None:
     with gr.Row():
-        wli = gr.File(label="WLI video", file_types=VIDEO_FILE_TYPES, elem_id="wli_video")
-        nbi = gr.File(label="NBI video (optional)", file_types=VIDEO_FILE_TYPES, elem_id="nbi_video")
+        wli = refuse_remote_files(gr.File(label="WLI video", file_types=VIDEO_FILE_TYPES, elem_id="wli_video"))
+        nbi = refuse_remote_files(gr.File(label="NBI video (optional)", file_types=VIDEO_FILE_TYPES,
+                                          elem_id="nbi_video"))
     max_frames = gr.Slider(10, 3000, value=300, step=10, label="Frames to process", elem_id="max_frames")
     button = gr.Button("Process videos", variant="primary", elem_id="video_button")
     status = gr.Textbox(label="Status", elem_id="video_status", lines=3, interactive=False)
@@ -173,10 +183,10 @@ def _live_tab(engines: EngineCache, picker: list) -> None:
     gr.Markdown(LIVE_NOTE.format(limit=LIVE_TIME_LIMIT_S))
     no_mirror = gr.WebcamOptions(mirror=False)  # an endoscope image must never be flipped
     with gr.Row():
-        wli_cam = gr.Image(label="WLI camera", sources=["webcam"], streaming=True, webcam_options=no_mirror,
-                           type="numpy", elem_id="live_wli")
-        nbi_cam = gr.Image(label="NBI camera (optional)", sources=["webcam"], streaming=True, webcam_options=no_mirror,
-                           type="numpy", elem_id="live_nbi")
+        wli_cam = checked_image(label="WLI camera", sources=["webcam"], streaming=True, webcam_options=no_mirror,
+                                type="numpy", elem_id="live_wli")
+        nbi_cam = checked_image(label="NBI camera (optional)", sources=["webcam"], streaming=True,
+                                webcam_options=no_mirror, type="numpy", elem_id="live_nbi")
         overlay = gr.Image(label="Overlay", streaming=True, format="jpeg", interactive=False, elem_id="live_overlay")
     readout = gr.Textbox(label="Latency and mode (server side)", elem_id="live_latency_text", lines=2,
                          interactive=False)
@@ -192,6 +202,7 @@ def launch_app(app: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, *, blo
     """Serve `app` on `host:port` with the demo's safety settings; returns Gradio's (app, local_url, share_url)."""
     return app.launch(
         server_name=host, server_port=port, share=False, max_file_size=MAX_UPLOAD_SIZE,
+        app_kwargs={"middleware": [Middleware(UploadBudget)]},  # per-client upload budget
         show_error=False,  # only our gr.Error messages reach the page, never internal exception text
         ssr_mode=False, pwa=False, mcp_server=False, enable_monitoring=False,
         footer_links=["api", "settings"], prevent_thread_lock=not block, quiet=not block,

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -23,6 +25,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gallery", default=None, help="an `endofuse index` folder searched by that tab")
 
 
+def check_listen_address(host: str, port: int) -> None:
+    """`host:port` can be listened on here: an address of this machine, and the port free."""
+    try:
+        # numeric only (no DNS lookup for a typo); "localhost" comes from the hosts file
+        flags = 0 if host == "localhost" else socket.AI_NUMERICHOST
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=flags)
+    except socket.gaierror:
+        raise EndofuseError(f"--host {host!r} is not an IP address; use 127.0.0.1 (this machine only) or an "
+                            "address of one of this machine's network interfaces") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is not "in use"
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise EndofuseError(f"--port {port} is already in use on {host}: stop the other server or choose "
+                                    "another --port") from None
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise EndofuseError(f"--host {host} is not an address of this machine: use 127.0.0.1 or one of "
+                                    "its own interface addresses") from None
+            raise EndofuseError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
 def main(args: argparse.Namespace) -> int:
     if args.checkpoint is not None and not Path(args.checkpoint).is_file():
         raise MissingFileError(f"checkpoint not found: {args.checkpoint}")
@@ -32,6 +58,7 @@ def main(args: argparse.Namespace) -> int:
         raise MissingFileError(f"--classifier: file not found: {args.classifier}")
     if not 0 < args.port < 65536:
         raise EndofuseError(f"--port {args.port} is not a valid TCP port")
+    check_listen_address(args.host, args.port)  # before Gradio's slow import, and in one line
     try:
         from endofuse.demo.app import build_app, launch_app  # gradio is slow to import: only when serving
     except ModuleNotFoundError as exc:
@@ -44,7 +71,13 @@ def main(args: argparse.Namespace) -> int:
         app = build_app(args.checkpoint, args.engine, output_dir=output_dir, classifier=args.classifier,
                         gallery=args.gallery)
         print(f"endofuse demo: http://{args.host}:{args.port}  (Ctrl+C to stop)", flush=True)
-        launch_app(app, args.host, args.port, block=True)
+        try:
+            launch_app(app, args.host, args.port, block=True)
+        except OSError as exc:  # taken between our check and Gradio's bind (or on the other IP family)
+            if "empty port" not in str(exc):
+                raise
+            raise EndofuseError(f"--port {args.port} is already in use on {args.host}: stop the other server or "
+                                "choose another --port") from None
     finally:
         shutil.rmtree(output_dir, ignore_errors=True)
     return 0

@@ -4,7 +4,6 @@ overlaid video, report.json and a latency CDF.
 """
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from endofuse.demo.engines import EngineCache
 from endofuse.demo.pair import USER_ERRORS
 from endofuse.demo.plots import latency_cdf_figure
 from endofuse.demo.uploads import bgr_to_rgb, check_video_upload
+from endofuse.outputs import finite_or_none, write_json
 
 # The preview only needs to look live; sending every frame to the browser would
 # make the JPEG encode + websocket the bottleneck on fast engines.
@@ -113,7 +113,7 @@ def process_video_pair(engines: EngineCache, wli_video: str | None, nbi_video: s
     if not latencies:
         raise gr.Error(f"WLI video '{Path(wli_path).name}' gave no frames")
     report_path = out_dir / "report.json"
-    report_path.write_text(json.dumps(report, indent=2, default=str))
+    write_json(report_path, finite_or_none(report))  # strict JSON: null where a statistic is undefined
     # The CDF shows the frames the report's percentiles count (warm-up frames excluded).
     counted = latencies[min(int(report.get("warmup_frames", 0)), len(latencies) - 1):]
     yield (gr.skip(), str(writer.path), str(report_path), latency_cdf_figure(counted, "latency after warm-up"),

@@ -28,8 +28,6 @@ from endofuse.realtime.sources import DEFAULT_FPS, Source
 from endofuse.realtime.sync import MISSING, PAIRED, STALE, Synchroniser, SyncPolicy
 from endofuse.realtime.tracing import LatencyStats, now
 
-from endofuse.outputs import finite_or_none
-
 
 @dataclass
 class FrameResult:
@@ -259,8 +257,9 @@ class Pipeline:
                                     "class_counts": {c: self.class_counts[c] for c in self.classifier.classes}}
         if self.stats.counted == 0:
             report["statistics_note"] = (f"no statistics: {self.frames_out} frame(s), all within the "
-                                         f"{self.config.warmup_frames}-frame warm-up (use more --frames or less --warmup)")
-        return finite_or_none(report)
+                                         f"{self.config.warmup_frames}-frame warm-up "
+                                         "(use more --frames or less --warmup)")
+        return report  # NaN where undefined; JSON writers turn it into null (endofuse.outputs.finite_or_none)
 
 
 def build_pipeline(wli_source, nbi_source, engine, live: bool = False, alpha: float = 0.45, *,

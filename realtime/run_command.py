@@ -243,7 +243,7 @@ def write_report(report: dict, path: Path | None) -> None:
 
 
 def _num(value, unit: str = "") -> str:
-    return "n/a" if value is None else f"{value:.1f}{unit}"
+    return "n/a" if value is None or value != value else f"{value:.1f}{unit}"  # None/NaN: no statistics
 
 
 def summary_line(report: dict, out: str | None, report_path: Path | None) -> str:

@@ -191,7 +191,9 @@ def test_sigterm_and_sigint_finalise_the_video_and_a_true_report(sig, code, tmp_
     out, report = tmp_path / "live.mp4", tmp_path / "r.json"
     cmd = [sys.executable, "-c", STAND_IN_RUN, "run", "--wli", "synthetic", "--nbi", "synthetic", "--live",
            "--frames", "100000", "--out", str(out), "--report", str(report), "--warmup", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tests_dir = os.path.dirname(os.path.abspath(__file__))  # the stand-in engine lives in conftest.py
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [tests_dir, os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     partial = tmp_path / ".live.partial.mp4"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None and not (partial.exists()
