@@ -15,6 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from endofuse.realtime.engines import BACKENDS
 from endofuse.realtime.tracing import now
 
 from _common import add_json_argument, record, report, table
@@ -56,7 +57,7 @@ def soak(engine, frames: int, every: int = 100, settle: int = 500, tolerance: fl
          ring: int = 30) -> dict:
     """Run `frames` pairs through the pipeline, sampling RSS; returns the pipeline report plus the verdict."""
     from endofuse.realtime.bench_command import load_ring
-    from endofuse.realtime.pipeline import Pipeline, PipelineConfig
+    from endofuse.realtime.pipeline import build_pipeline
     from endofuse.realtime.sinks import CallbackSink
     from endofuse.realtime.sources import MemorySource
 
@@ -69,8 +70,8 @@ def soak(engine, frames: int, every: int = 100, settle: int = 500, tolerance: fl
         if count[0] % every == 0:
             samples.append((count[0], resident_bytes()))
 
-    pipeline = Pipeline(MemorySource(wli, "soak WLI", loops=None), MemorySource(nbi, "soak NBI", loops=None),
-                        engine, PipelineConfig(frames=frames), [CallbackSink(sample)])
+    pipeline = build_pipeline(MemorySource(wli, "soak WLI", loops=None), MemorySource(nbi, "soak NBI", loops=None),
+                              engine, frames=frames, sinks=[CallbackSink(sample)])
     started = now()
     report = pipeline.run()
     return {
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=10_000)
     parser.add_argument("--checkpoint", default=None, help="default: the bundled demo weights")
-    parser.add_argument("--engine", default="onnxruntime")
+    parser.add_argument("--engine", default="onnxruntime", choices=BACKENDS)
     parser.add_argument("--every", type=int, default=100, help="sample memory every N frames")
     parser.add_argument("--settle", type=int, default=500, help="frames before the baseline sample")
     parser.add_argument("--tolerance", type=float, default=0.05)

@@ -1,8 +1,8 @@
 """Small reusable blocks of the hybrid R50-ViT encoder and the TransUNet decoder.
 
 Each block takes its sizes as arguments so the `paper`, `small` and `tiny`
-configurations share one implementation. Numerics follow the reference (see
-the last section of the method file): weight-standardised convs with eps 1e-5,
+configurations share one implementation. Numerics follow the reference
+(docs/model.md): weight-standardised convs with eps 1e-5,
 GroupNorm eps 1e-6 inside bottlenecks, exact-erf GELU, scores / sqrt(head_dim).
 """
 from __future__ import annotations
@@ -11,17 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-try:  # the fast path; the kernels package adds `attention` in its first increment
-    from endofuse.kernels import attention as _kernel_attention
-except ImportError:  # FALLBACK until endofuse.kernels.attention exists
-    _kernel_attention = None
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v on (B, heads, N, d); no mask, no dropout."""
-    if _kernel_attention is not None:
-        return _kernel_attention(q, k, v)
-    return F.scaled_dot_product_attention(q, k, v)
+from endofuse.kernels import attention  # softmax(q k^T / sqrt(d)) v: Triton on CUDA, torch elsewhere
 
 
 class StdConv2d(nn.Conv2d):

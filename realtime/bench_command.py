@@ -93,14 +93,12 @@ def bench_engine(engine, wli: list[np.ndarray], nbi: list[np.ndarray], frames: i
 
 def bench_pipeline(engine, wli, nbi, frames: int, warmup: int, live: bool, fps: float) -> tuple[dict, list]:
     """The whole pipeline on memory sources; returns the mode's summary and its per-frame latencies."""
-    from endofuse.realtime.overlay import OverlayStyle
-    from endofuse.realtime.pipeline import Pipeline, PipelineConfig
+    from endofuse.realtime.pipeline import build_pipeline
     from endofuse.realtime.sources import MemorySource
 
     wli_source = MemorySource(wli, "bench WLI", fps, loops=None)
     nbi_source = MemorySource(nbi, "bench NBI", fps, loops=None)
-    config = PipelineConfig(live=live, style=OverlayStyle(), frames=frames + warmup, warmup_frames=warmup)
-    pipeline = Pipeline(wli_source, nbi_source, engine, config)
+    pipeline = build_pipeline(wli_source, nbi_source, engine, live, frames=frames + warmup, warmup_frames=warmup)
     report = pipeline.run()
     mode = {key: report[key] for key in MODE_KEYS}
     mode["source_fps"] = fps if live else None

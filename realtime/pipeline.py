@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from endofuse.errors import InvalidOptionError
+from endofuse.kernels.mask_overlay import DEFAULT_ALPHA
+from endofuse.outputs import finite_or_none
 from endofuse.realtime.operators import CaptureOp, InferenceOp, Inferred
 from endofuse.realtime.overlay import HudInfo, OverlayStyle
 from endofuse.realtime.queues import BLOCK, LATEST, Closed, FrameQueue, Timeout
@@ -262,14 +264,17 @@ class Pipeline:
         return report  # NaN where undefined; JSON writers turn it into null (endofuse.outputs.finite_or_none)
 
 
-def build_pipeline(wli_source, nbi_source, engine, live: bool = False, alpha: float = 0.45, *,
+def build_pipeline(wli_source, nbi_source, engine, live: bool = False, alpha: float = DEFAULT_ALPHA, *,
                    frames: int | None = None, fps: float = DEFAULT_FPS, sinks=(), hud: bool = True,
-                   contour: bool = True, warmup_frames: int = 10, sync: SyncPolicy | None = None,
-                   camera_give_up_s: float = 30.0) -> Pipeline:
-    """A ready-to-iterate pipeline. Sources are `Source` objects or strings (see `source_specs`).
+                   contour: bool = True, style: OverlayStyle | None = None, warmup_frames: int = 10,
+                   sync: SyncPolicy | None = None, camera_give_up_s: float = 30.0, classifier=None) -> Pipeline:
+    """A ready-to-iterate pipeline: the one way `run`, `bench`, the soak benchmark and the demo build one.
 
-    `nbi_source=None` runs WLI-only. `fps` applies to synthetic and image-folder
-    sources; `frames` stops after that many WLI frames (needed for endless sources).
+    Sources are `Source` objects or strings (see `source_specs`). `nbi_source=None`
+    runs WLI-only. `fps` applies to synthetic and image-folder sources; `frames`
+    stops after that many WLI frames (needed for endless sources). `style`, when
+    given, replaces `alpha`/`hud`/`contour`. `classifier`: a
+    `realtime.classifier.FrameClassifier` run on every WLI frame.
     """
     if frames is not None and frames < 1:
         raise InvalidOptionError(f"frames must be >= 1, got {frames}")
@@ -280,6 +285,6 @@ def build_pipeline(wli_source, nbi_source, engine, live: bool = False, alpha: fl
     else:
         wli, nbi = open_source_pair(wli_source, None if nbi_source is None else str(nbi_source), fps, frames,
                                     camera_give_up_s)
-    config = PipelineConfig(live=live, style=OverlayStyle(alpha=alpha, contour=contour, hud=hud), frames=frames,
-                            warmup_frames=warmup_frames, sync=sync)
-    return Pipeline(wli, nbi, engine, config, sinks)
+    style = style or OverlayStyle(alpha=alpha, contour=contour, hud=hud)
+    config = PipelineConfig(live=live, style=style, frames=frames, warmup_frames=warmup_frames, sync=sync)
+    return Pipeline(wli, nbi, engine, config, sinks, classifier=classifier)

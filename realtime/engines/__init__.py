@@ -5,6 +5,6 @@
     logits = engine.infer(wli, None)     # the missing-NBI path
 """
 from endofuse.realtime.engines.base import Engine
-from endofuse.realtime.engines.factory import BACKENDS, open_engine, resolve_backend, tensorrt_available
+from endofuse.realtime.engines.factory import BACKENDS, MODEL_CHOICES, open_engine, resolve_backend, tensorrt_available
 
-__all__ = ["BACKENDS", "Engine", "open_engine", "resolve_backend", "tensorrt_available"]
+__all__ = ["BACKENDS", "MODEL_CHOICES", "Engine", "open_engine", "resolve_backend", "tensorrt_available"]

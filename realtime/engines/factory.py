@@ -6,9 +6,12 @@ or a TensorRT plan (`.plan`/`.engine`). A checkpoint opened with an ONNX-based
 backend is exported once into the cache (keyed by the checkpoint's sha256) and
 reused afterwards. `auto` picks TensorRT when `tensorrt` and CUDA exist, then
 OpenVINO on x86 CPUs, then ONNX Runtime (its CUDA provider when present, else
-CPU), then torch. `onnxruntime-int8` runs an INT8 version (static QDQ,
-calibrated on synthetic pairs unless the file given is already an INT8 export),
-also made once and cached; `openvino-int8` likewise runs NNCF-quantised IR.
+CPU), then torch. `onnxruntime-int8` runs an INT8 version (ONNX Runtime's
+operator form, calibrated on synthetic pairs unless the file given is already
+an INT8 export), also made once and cached; `openvino-int8` likewise runs
+NNCF-quantised IR. Every engine option is an argument of `open_engine`, so
+callers never construct engine classes; `BACKENDS` and `MODEL_CHOICES` are the
+one list each of what `--engine` and `--model` accept (run, bench, demo).
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from torch import nn
 
 from endofuse import __version__
 from endofuse.checks import check_device
-from endofuse.errors import EndofuseError, MissingFileError
+from endofuse.errors import EndofuseError, InvalidOptionError, MissingFileError
 from endofuse.realtime.engines.base import Engine
 from endofuse.realtime.engines.cache import cache_entry, file_sha256
 from endofuse.realtime.engines.onnx_export import ONNX_OPSET, export_onnx, missing_nbi_path_for
@@ -33,6 +36,8 @@ IR_SUFFIXES = (".xml",)  # OpenVINO IR (+ .bin beside it)
 X86_MACHINES = ("x86_64", "amd64", "i386", "i686")
 PLAN_SUFFIXES = (".plan", ".engine", ".trt")
 DEMO_MODEL_NAME = "tiny"  # the bundled demo weights are the tiny config
+# what --model accepts (run, bench, demo): the configs; only tiny has bundled weights, the others need --checkpoint
+MODEL_CHOICES = ("tiny", "small", "paper")
 
 
 def tensorrt_available() -> bool:
@@ -81,13 +86,18 @@ def resolve_backend(backend: str, source: object, device: str | None = None) -> 
 
 def open_engine(checkpoint_or_model_file: str | os.PathLike | nn.Module | None = None, backend: str = "auto",
                 device: str | None = None, model_name: str = DEMO_MODEL_NAME, *, dynamic_batch: bool = False,
-                compile: bool = False, channels_last: bool = False, threads: int | None = None,
-                fp16: bool = True, precision: str = "auto",
+                compile: bool = False, channels_last: bool = False, cuda_graphs: bool | None = None,
+                threads: int | None = None, spinning: bool = False, fp16: bool = True, precision: str = "auto",
                 calibration: str | os.PathLike | None = None) -> Engine:
-    """Opens an engine (see the module docstring). `model_name` picks the bundled weights when the source is None.
+    """Opens an engine (see the module docstring).
 
-    OpenVINO only: `precision` ("auto", "f32", "bf16", "int8"; backend "openvino-int8" = "int8") and
-    `calibration`, a dataset folder whose frames calibrate INT8 (default: synthetic pairs).
+    `model_name` (one of MODEL_CHOICES) applies when the source is None: tiny opens the bundled demo
+    weights; small and paper have none (pass a checkpoint). `dynamic_batch`: exports
+    with a dynamic batch dimension. torch only: `compile`, `channels_last`, `cuda_graphs` (default: on
+    for CUDA). ONNX Runtime only: `threads` (intra-op; default the physical cores) and `spinning` (idle
+    workers busy-wait: faster alone, slower beside the pipeline's threads). TensorRT only: `fp16`.
+    OpenVINO only: `threads`, `precision` ("auto", "f32", "bf16", "int8"; backend "openvino-int8" =
+    "int8") and `calibration`, a dataset folder whose frames calibrate INT8 (default: synthetic pairs).
     """
     device = check_device(device, torch_cuda=False)  # "banana": one line, before any model is loaded
     source = _resolve_source(checkpoint_or_model_file, model_name)
@@ -96,7 +106,8 @@ def open_engine(checkpoint_or_model_file: str | os.PathLike | nn.Module | None =
         check_device(device)  # a CUDA request without a CUDA torch
         model, label = load_model_and_label(source)
         from endofuse.realtime.engines.torch_engine import TorchEngine
-        return TorchEngine(model, model_label=label, device=device, compile=compile, channels_last=channels_last)
+        return TorchEngine(model, model_label=label, device=device, compile=compile, channels_last=channels_last,
+                           cuda_graphs=cuda_graphs)
     if backend.startswith("openvino"):
         from endofuse.realtime.engines.openvino_engine import open_openvino_engine
         model_file = source if _suffix(source) in ONNX_SUFFIXES + IR_SUFFIXES else cached_onnx(source, dynamic_batch)
@@ -107,7 +118,7 @@ def open_engine(checkpoint_or_model_file: str | os.PathLike | nn.Module | None =
         from endofuse.realtime.engines.ort_engine import OnnxRuntimeEngine
         if backend == "onnxruntime-int8":
             onnx_path = cached_int8(onnx_path)
-        return OnnxRuntimeEngine(onnx_path, device=device, threads=threads)
+        return OnnxRuntimeEngine(onnx_path, device=device, threads=threads, spinning=spinning)
     from endofuse.realtime.engines.tensorrt_engine import open_tensorrt_engine
     return open_tensorrt_engine(onnx_path, device=device, fp16=fp16)
 
@@ -181,6 +192,8 @@ def _resolve_source(source: str | os.PathLike | nn.Module | None, model_name: st
     if isinstance(source, nn.Module):
         return source
     if source is None:
+        if model_name not in MODEL_CHOICES:
+            raise InvalidOptionError(f"unknown model {model_name!r}; choose one of {', '.join(MODEL_CHOICES)}")
         if model_name != DEMO_MODEL_NAME:
             raise EndofuseError(f"no bundled weights for model {model_name!r} (only {DEMO_MODEL_NAME!r} has demo "
                                 f"weights); pass a checkpoint trained with `endofuse train`")
