@@ -9,7 +9,6 @@ import numpy as np
 from endofuse.demo.engines import EngineCache
 from endofuse.demo.uploads import bgr_to_rgb, rgb_to_bgr
 from endofuse.errors import EndofuseError
-
 from endofuse.realtime import segment_pair
 
 STAGES = ("preprocess", "infer", "postprocess", "overlay", "total")

@@ -199,7 +199,8 @@ def launch_gram_backward(grad_gram: torch.Tensor, xs: list[torch.Tensor]) -> tup
 
 
 @torch.library.custom_op("endofuse::dacl_fused", mutates_args=())
-def dacl_fused(x0: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def dacl_fused(x0: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor,
+               temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, gram): the DACL loss of four (B, D) inputs and the (4B, 4B) Gram matrix it came from.
 
     One op from inputs to loss, so compilers see no intermediate gradient to
@@ -283,7 +284,8 @@ def loss_from_gram(gram: torch.Tensor, batch: int, temperature: float) -> torch.
     return lse.mean() - sim[idx[has_positive], positive[has_positive]].mean()
 
 
-def loss_from_gram_backward(gram: torch.Tensor, batch: int, temperature: float, grad_loss: torch.Tensor) -> torch.Tensor:
+def loss_from_gram_backward(gram: torch.Tensor, batch: int, temperature: float,
+                            grad_loss: torch.Tensor) -> torch.Tensor:
     """dL/dG of `loss_from_gram`, written out (custom-op bodies run without autograd).
 
     With A = dL/dS = softmax over the negatives / 4B - [positive] / 2B:
@@ -321,6 +323,7 @@ def dacl_loss(
         if batch <= MAX_KERNEL_BATCH and feats[0].dtype in (torch.float32, torch.float16, torch.bfloat16):
             return dacl_fused(*feats, float(temperature))[0]
         if backend == "triton":
-            raise ValueError(f"dacl_loss backend='triton' takes batch <= {MAX_KERNEL_BATCH} float inputs, got {batch} {feats[0].dtype}")
+            raise ValueError(f"dacl_loss backend='triton' takes batch <= {MAX_KERNEL_BATCH} float inputs, "
+                             f"got {batch} {feats[0].dtype}")
     rows = torch.cat(feats, dim=0).float()
     return loss_from_gram(rows @ rows.t(), batch, temperature)

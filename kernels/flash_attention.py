@@ -17,7 +17,15 @@ import math
 import torch
 import torch.nn.functional as F
 
-from endofuse.kernels._backend import autotune_enabled, dot_precision, launch_options, tl, triton, tuning_configs, use_triton
+from endofuse.kernels._backend import (
+    autotune_enabled,
+    dot_precision,
+    launch_options,
+    tl,
+    triton,
+    tuning_configs,
+    use_triton,
+)
 
 LOG2E = 1.4426950408889634  # exp(x) == exp2(x * log2(e)); exp2 is the fast path on GPUs
 HEAD_DIMS = (16, 32, 64, 128)  # power-of-two head sizes the kernels handle (tl.dot needs >= 16)
@@ -28,9 +36,11 @@ HEAD_DIMS = (16, 32, 64, 128)  # power-of-two head sizes the kernels handle (tl.
 FORWARD_DEFAULT = {"BLOCK_M": 128, "BLOCK_N": 64}
 BACKWARD_DEFAULT = {"BLOCK_M": 64, "BLOCK_N": 64}
 _FORWARD_CANDIDATES = [({"BLOCK_M": bm, "BLOCK_N": bn}, w, s) for bm, bn, w, s in
-                       [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 4), (64, 64, 4, 4), (128, 32, 4, 3), (64, 32, 4, 3)]]
+                       [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 4),
+                        (64, 64, 4, 4), (128, 32, 4, 3), (64, 32, 4, 3)]]
 _BACKWARD_CANDIDATES = [({"BLOCK_M": bm, "BLOCK_N": bn}, w, s) for bm, bn, w, s in
-                        [(64, 64, 4, 2), (64, 64, 8, 3), (32, 64, 4, 3), (64, 128, 8, 2), (128, 64, 8, 2), (32, 32, 4, 2)]]
+                        [(64, 64, 4, 2), (64, 64, 8, 3), (32, 64, 4, 3),
+                         (64, 128, 8, 2), (128, 64, 8, 2), (32, 32, 4, 2)]]
 
 
 @triton.jit
@@ -72,7 +82,8 @@ def _attn_fwd_kernel(
         acc = tl.dot(p.to(v.dtype), v, acc * correction[:, None], input_precision=PRECISION)
         m_i = m_new
     acc = acc / l_i[:, None]
-    tl.store(O_ptr + base + offs_m[:, None] * HEAD_DIM + offs_d[None, :], acc.to(O_ptr.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(O_ptr + base + offs_m[:, None] * HEAD_DIM + offs_d[None, :], acc.to(O_ptr.dtype.element_ty),
+             mask=row_ok[:, None])
     tl.store(LSE_ptr + tl.program_id(1).to(tl.int64) * n_ctx + offs_m, m_i + tl.math.log2(l_i), mask=row_ok)
 
 
@@ -126,7 +137,8 @@ def _attn_bwd_dkdv_kernel(
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     for start_m in range(0, n_ctx, BLOCK_M):
         rows = start_m + tl.arange(0, BLOCK_M)
-        q, do, lse, delta, row_ok, _ = _load_query_side(Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, base, bh * n_ctx, rows, n_ctx, offs_d, HEAD_DIM)
+        q, do, lse, delta, row_ok, _ = _load_query_side(Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, base, bh * n_ctx, rows,
+                                                        n_ctx, offs_d, HEAD_DIM)
         p, ds = _probs_and_dscores(q, k, v, do, lse, delta, row_ok, col_ok, qk_scale_log2, PRECISION)
         dv = tl.dot(tl.trans(p.to(do.dtype)), do, dv, input_precision=PRECISION)
         dk = tl.dot(tl.trans(ds.to(q.dtype)), q, dk, input_precision=PRECISION)
@@ -145,7 +157,8 @@ def _attn_bwd_dq_kernel(
     base = bh * n_ctx * HEAD_DIM
     offs_d = tl.arange(0, HEAD_DIM)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    q, do, lse, delta, row_ok, q_offsets = _load_query_side(Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, base, bh * n_ctx, rows, n_ctx, offs_d, HEAD_DIM)
+    q, do, lse, delta, row_ok, q_offsets = _load_query_side(Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, base, bh * n_ctx, rows,
+                                                            n_ctx, offs_d, HEAD_DIM)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     for start_n in range(0, n_ctx, BLOCK_N):
         cols = start_n + tl.arange(0, BLOCK_N)
@@ -169,7 +182,8 @@ def _launch(kernel, tuned, default: dict, grid, *args, **constexprs) -> None:
         kernel[grid(default)](*args, **constexprs, **default, **launch_options(4))
 
 
-def launch_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def launch_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   sm_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(out, lse) for (B, H, N, D) q, k, v; lse is float32 (B, H, N) in log2 units."""
     batch, heads, n_ctx, head_dim = q.shape
     # Kernels index densely: whatever strides compile/export hand us, work on dense copies
@@ -178,14 +192,16 @@ def launch_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scale: 
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty((batch, heads, n_ctx), dtype=torch.float32, device=q.device)
     _launch(
-        _attn_fwd_kernel, _tuned_fwd, FORWARD_DEFAULT, lambda meta: (triton.cdiv(n_ctx, meta["BLOCK_M"]), batch * heads),
+        _attn_fwd_kernel, _tuned_fwd, FORWARD_DEFAULT,
+        lambda meta: (triton.cdiv(n_ctx, meta["BLOCK_M"]), batch * heads),
         q, k, v, out, lse, n_ctx, sm_scale * LOG2E, HEAD_DIM=head_dim, PRECISION=dot_precision(q.dtype),
     )
     return out, lse
 
 
 @torch.library.custom_op("endofuse::flash_attention", mutates_args=())
-def flash_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def flash_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                            sm_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(out, lse) for (B, H, N, D) q, k, v; lse is float32 (B, H, N) in log2 units."""
     return launch_forward(q, k, v, sm_scale)
 
@@ -207,11 +223,13 @@ def flash_attention_backward(
     dq, dk, dv = (torch.empty(q.shape, dtype=q.dtype, device=q.device) for _ in range(3))
     common = dict(HEAD_DIM=head_dim, PRECISION=dot_precision(q.dtype))
     _launch(
-        _attn_bwd_dkdv_kernel, _tuned_dkdv, BACKWARD_DEFAULT, lambda meta: (triton.cdiv(n_ctx, meta["BLOCK_N"]), batch * heads),
+        _attn_bwd_dkdv_kernel, _tuned_dkdv, BACKWARD_DEFAULT,
+        lambda meta: (triton.cdiv(n_ctx, meta["BLOCK_N"]), batch * heads),
         q, k, v, grad_out, lse, delta, dk, dv, n_ctx, sm_scale * LOG2E, sm_scale, **common,
     )
     _launch(
-        _attn_bwd_dq_kernel, _tuned_dq, BACKWARD_DEFAULT, lambda meta: (triton.cdiv(n_ctx, meta["BLOCK_M"]), batch * heads),
+        _attn_bwd_dq_kernel, _tuned_dq, BACKWARD_DEFAULT,
+        lambda meta: (triton.cdiv(n_ctx, meta["BLOCK_M"]), batch * heads),
         q, k, v, grad_out, lse, delta, dq, n_ctx, sm_scale * LOG2E, sm_scale, **common,
     )
     return dq, dk, dv
@@ -241,7 +259,8 @@ flash_attention_forward.register_autograd(_backward, setup_context=_setup_contex
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
         raise ValueError(
-            f"attention expects q, k, v of one (B, H, N, D) shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+            f"attention expects q, k, v of one (B, H, N, D) shape, "
+            f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
         )
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"attention expects one dtype for q, k, v, got {q.dtype}, {k.dtype}, {v.dtype}")

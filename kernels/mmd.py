@@ -25,7 +25,8 @@ TILE_ROWS, TILE_D = 16, 32
 
 
 @triton.jit
-def _pairwise_distance_kernel(X_ptr, DIST_ptr, n_rows, n_cols, L1: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+def _pairwise_distance_kernel(X_ptr, DIST_ptr, n_rows, n_cols, L1: tl.constexpr, BLOCK_R: tl.constexpr,
+                              BLOCK_D: tl.constexpr):
     """DIST[i, j] = sum_d |x_id - x_jd| (L1) or (x_id - x_jd)^2 for one (i-tile, j-tile); X: (n_rows, n_cols)."""
     rows_i = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     rows_j = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -66,7 +67,8 @@ def _pairwise_distance_backward_kernel(
         else:
             slope = 2.0 * diff
         acc += tl.sum(w[:, :, None] * slope, axis=1)
-    tl.store(DX_ptr + rows_i[:, None] * n_cols + cols[None, :], acc.to(DX_ptr.dtype.element_ty), mask=ok_i[:, None] & col_ok[None, :])
+    tl.store(DX_ptr + rows_i[:, None] * n_cols + cols[None, :], acc.to(DX_ptr.dtype.element_ty),
+             mask=ok_i[:, None] & col_ok[None, :])
 
 
 @triton.jit
@@ -80,7 +82,8 @@ def _load_distances(DIST_ptr, n_rows, batch, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _mmd_reduce_kernel(DIST_ptr, OUT_ptr, n_rows, batch, kernel_mul, bandwidth_divisor, KERNEL_NUM: tl.constexpr, BLOCK_N: tl.constexpr):
+def _mmd_reduce_kernel(DIST_ptr, OUT_ptr, n_rows, batch, kernel_mul, bandwidth_divisor, KERNEL_NUM: tl.constexpr,
+                       BLOCK_N: tl.constexpr):
     """OUT = sum_ij s_i s_j sum_t exp(-d_ij / (bw * mul^t)) / batch^2 (s = +1 for x rows, -1 for y rows)."""
     dist, ok, signs = _load_distances(DIST_ptr, n_rows, batch, BLOCK_N)
     scale = tl.sum(tl.sum(dist, axis=1), axis=0) / (n_rows * n_rows - n_rows) / bandwidth_divisor
@@ -94,7 +97,8 @@ def _mmd_reduce_kernel(DIST_ptr, OUT_ptr, n_rows, batch, kernel_mul, bandwidth_d
 
 @triton.jit
 def _mmd_reduce_backward_kernel(
-    DIST_ptr, GRAD_ptr, DDIST_ptr, n_rows, batch, kernel_mul, bandwidth_divisor, KERNEL_NUM: tl.constexpr, BLOCK_N: tl.constexpr
+    DIST_ptr, GRAD_ptr, DDIST_ptr, n_rows, batch, kernel_mul, bandwidth_divisor, KERNEL_NUM: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     """dDIST = grad * s_i s_j / batch^2 * sum_t -exp(-d / bw_t) / bw_t (the bandwidth is detached)."""
     dist, ok, signs = _load_distances(DIST_ptr, n_rows, batch, BLOCK_N)
@@ -115,7 +119,8 @@ def pairwise_distance(total: torch.Tensor, l1: bool) -> torch.Tensor:
     n_rows, n_cols = total.shape
     dist = torch.empty((n_rows, n_rows), dtype=torch.float32, device=total.device)
     grid = (triton.cdiv(n_rows, TILE_ROWS), triton.cdiv(n_rows, TILE_ROWS))
-    _pairwise_distance_kernel[grid](total, dist, n_rows, n_cols, L1=l1, BLOCK_R=TILE_ROWS, BLOCK_D=TILE_D, **launch_options(4))
+    _pairwise_distance_kernel[grid](total, dist, n_rows, n_cols, L1=l1, BLOCK_R=TILE_ROWS, BLOCK_D=TILE_D,
+                                    **launch_options(4))
     return dist
 
 
@@ -131,7 +136,8 @@ def pairwise_distance_backward(grad_dist: torch.Tensor, total: torch.Tensor, l1:
     sym = (grad_dist + grad_dist.t()).float().contiguous()
     grad = torch.empty(total.shape, dtype=total.dtype, device=total.device)
     grid = (triton.cdiv(n_rows, TILE_ROWS), triton.cdiv(n_cols, TILE_D))
-    _pairwise_distance_backward_kernel[grid](total, sym, grad, n_rows, n_cols, L1=l1, BLOCK_R=TILE_ROWS, BLOCK_D=TILE_D, **launch_options(4))
+    _pairwise_distance_backward_kernel[grid](total, sym, grad, n_rows, n_cols, L1=l1, BLOCK_R=TILE_ROWS, BLOCK_D=TILE_D,
+                                             **launch_options(4))
     return grad
 
 
@@ -164,7 +170,8 @@ def _reduce_launch(dist: torch.Tensor, batch: int, kernel_mul: float, kernel_num
 def mmd_reduce(dist: torch.Tensor, batch: int, kernel_mul: float, kernel_num: int) -> torch.Tensor:
     """Biased MMD (float32 scalar) from the (2B, 2B) distances of [x; y]."""
     out = torch.empty((), dtype=torch.float32, device=dist.device)
-    _mmd_reduce_kernel[(1,)](dist.contiguous(), out, **_reduce_launch(dist, batch, kernel_mul, kernel_num), **launch_options(8))
+    _mmd_reduce_kernel[(1,)](dist.contiguous(), out, **_reduce_launch(dist, batch, kernel_mul, kernel_num),
+                             **launch_options(8))
     return out
 
 
@@ -174,7 +181,8 @@ def _(dist, batch, kernel_mul, kernel_num):
 
 
 @torch.library.custom_op("endofuse::mmd_reduce_backward", mutates_args=())
-def mmd_reduce_backward(grad: torch.Tensor, dist: torch.Tensor, batch: int, kernel_mul: float, kernel_num: int) -> torch.Tensor:
+def mmd_reduce_backward(grad: torch.Tensor, dist: torch.Tensor, batch: int, kernel_mul: float,
+                        kernel_num: int) -> torch.Tensor:
     grad_dist = torch.empty(dist.shape, dtype=torch.float32, device=dist.device)
     _mmd_reduce_backward_kernel[(1,)](
         dist.contiguous(), grad.float().contiguous(), grad_dist,

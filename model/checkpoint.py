@@ -99,7 +99,8 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def _looks_raw(payload) -> bool:
-    return isinstance(payload, dict) and any(str(k).startswith(("transformer.", "state_dict", "model")) for k in payload)
+    return isinstance(payload, dict) and any(str(k).startswith(("transformer.", "state_dict", "model"))
+                                             for k in payload)
 
 
 def model_from_checkpoint(payload: dict, source: str = "checkpoint") -> MMEndoCL:
@@ -108,7 +109,8 @@ def model_from_checkpoint(payload: dict, source: str = "checkpoint") -> MMEndoCL
     overrides = dict(kwargs["overrides"])
     if isinstance(payload.get("config"), dict):
         # numbers the registry has changed since the checkpoint was written win over today's defaults
-        default = dataclasses.asdict(MODEL_CONFIGS[payload["model_name"]]) if payload["model_name"] in MODEL_CONFIGS else {}
+        known = payload["model_name"] in MODEL_CONFIGS
+        default = dataclasses.asdict(MODEL_CONFIGS[payload["model_name"]]) if known else {}
         stored = {k: v for k, v in payload["config"].items() if k in default and k != "img_size"}
         overrides = {**{k: v for k, v in stored.items() if _plain(default[k]) != v}, **overrides}
     try:

@@ -29,7 +29,7 @@ class CascadedDecoder(nn.Module):
         in_channels = (head_channels, *channels[:-1])
         used_skips = [skip_channels[i] if i < n_skip else 0 for i in range(len(channels))]
         self.blocks = nn.ModuleList(
-            DecoderBlock(cin, cskip, cout) for cin, cskip, cout in zip(in_channels, used_skips, channels)
+            DecoderBlock(cin, cskip, cout) for cin, cskip, cout in zip(in_channels, used_skips, channels, strict=True)
         )
         self.head = nn.Conv2d(channels[-1], num_classes, 3, padding=1)
 

@@ -13,8 +13,8 @@ stops; a lost NBI camera only ends the NBI stream (WLI-only from then on).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from endofuse.realtime.queues import BLOCK, Closed, FrameQueue, Timeout
 from endofuse.realtime.segment import preprocess

@@ -54,7 +54,8 @@ class VideoFileSink:
         image = result.overlay
         if self._writer is None:
             self.size = (image.shape[1], image.shape[0])
-            self._writer = cv2.VideoWriter(str(self._partial), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, self.size)
+            self._writer = cv2.VideoWriter(str(self._partial), cv2.VideoWriter_fourcc(*self.fourcc), self.fps,
+                                           self.size)
             if not self._writer.isOpened():
                 self._writer = None
                 raise EndofuseError(f"output video '{self.path}': OpenCV cannot write {self.fourcc} video here")

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from endofuse.realtime.tracing import now
 
 from endofuse.errors import EndofuseError
+from endofuse.realtime.tracing import now
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 DEFAULT_FPS = 30.0
@@ -160,7 +160,8 @@ class VideoFileSource(Source):
         ok, first = capture.read()
         if not ok or first is None:
             capture.release()
-            raise EndofuseError(f"{self.role} video '{self.path}': no frame could be decoded (corrupt or truncated file)")
+            raise EndofuseError(f"{self.role} video '{self.path}': no frame could be decoded "
+                                f"(corrupt or truncated file)")
         self._capture, self._first = capture, first
         self.fps = _valid_fps(capture.get(cv2.CAP_PROP_FPS))
         self.frame_count = max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0))

@@ -81,7 +81,8 @@ def test_subpackages_import_under_endofuse_names(name):
 
 def test_no_bare_top_level_packages_are_importable(tmp_path):
     # Outside the checkout, only `endofuse` may be importable, never `model` / `train` / ...
-    code = "import importlib.util as u; print([n for n in ('model','train','kernels','realtime','demo','cli') if u.find_spec(n)])"
+    code = ("import importlib.util as u; "
+            "print([n for n in ('model','train','kernels','realtime','demo','cli') if u.find_spec(n)])")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60,
                             env={**os.environ, "PYTHONPATH": ""})
     assert result.returncode == 0, result.stderr
@@ -91,7 +92,8 @@ def test_no_bare_top_level_packages_are_importable(tmp_path):
 def test_wheel_maps_folders_under_endofuse(tmp_path, repo_root):
     # Build the real wheel and check its layout: every module lives under endofuse/.
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(repo_root)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
+         str(repo_root)],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr

@@ -201,7 +201,8 @@ def test_served_with_the_safety_settings(served):
     ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
     assert {"wli_image", "nbi_image", "segment_button", "overlay_image", "latency_text"} <= ids
     assert not app.allowed_paths, "the demo must not open any server folder to clients"
-    webcams = [c["props"] for c in config["components"] if c.get("props", {}).get("elem_id") in ("live_wli", "live_nbi")]
+    webcams = [c["props"] for c in config["components"]
+               if c.get("props", {}).get("elem_id") in ("live_wli", "live_nbi")]
     assert len(webcams) == 2 and all(p["webcam_options"]["mirror"] is False and p["streaming"] for p in webcams)
     live = next(fn for fn in app.fns.values() if fn.api_name == "live_frame")
     assert live.time_limit and live.concurrency_limit and live.concurrency_limit <= 4

@@ -180,7 +180,7 @@ def user_videos(tmp_path):
     scene = SyntheticScene(seed=4, size=(144, 176))
     frames = [scene.frame(t / 10) for t in range(12)]
     paths = tmp_path / "my_wli.mp4", tmp_path / "my_nbi.mp4"
-    for path, index in zip(paths, (0, 1)):
+    for path, index in zip(paths, (0, 1), strict=True):
         writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (176, 144))
         for frame in frames:
             writer.write(frame[index])

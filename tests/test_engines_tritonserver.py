@@ -23,7 +23,8 @@ def stand_in_export(folder: Path, batch: int | str = "batch") -> Path:
         value = lambda n, c: helper.make_tensor_value_info(n, TensorProto.FLOAT, [batch, c, SIZE, SIZE])  # noqa: E731
         nodes = [helper.make_node("Sum", names, ["total"]),
                  helper.make_node("Slice", ["total", "starts", "ends", "axes"], ["logits"])]
-        consts = [helper.make_tensor(n, TensorProto.INT64, [1], [v]) for n, v in (("starts", 0), ("ends", 2), ("axes", 1))]
+        consts = [helper.make_tensor(n, TensorProto.INT64, [1], [v])
+                  for n, v in (("starts", 0), ("ends", 2), ("axes", 1))]
         graph = helper.make_graph(nodes, "stand_in", [value(n, 3) for n in names], [value("logits", 2)], consts)
         onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
 

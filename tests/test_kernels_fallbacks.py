@@ -31,7 +31,7 @@ def test_dacl_torch_matches_reference_with_grads(batch, dim):
     out, grads = _grads(lambda *t: dacl_loss(*t, temperature=0.1, backend="torch"), *feats)
     ref, ref_grads = _grads(lambda *t: losses.dacl(*t, temperature=0.1), *feats)
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
-    for g, rg in zip(grads, ref_grads):
+    for g, rg in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(g.double(), rg, rtol=1e-4, atol=1e-6)
 
 
@@ -42,7 +42,7 @@ def test_mmd_torch_matches_reference_with_grads(kernel):
     out, grads = _grads(lambda a, b: mmd_loss(a, b, kernel=kernel, backend="torch"), x, y)
     ref, ref_grads = _grads(lambda a, b: losses.mmd(a, b, kernel=kernel), x, y)
     torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-6)
-    for g, rg in zip(grads, ref_grads):
+    for g, rg in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(g.double(), rg, rtol=1e-3, atol=1e-5)
 
 
@@ -72,7 +72,7 @@ def brute_force_rim(mask: np.ndarray, radius: int = 2) -> np.ndarray:
     """Foreground pixels with a background pixel inside the frame within `radius` (Chebyshev)."""
     rim = np.zeros_like(mask, bool)
     h, w = mask.shape
-    for y, x in zip(*np.nonzero(mask)):
+    for y, x in zip(*np.nonzero(mask), strict=True):
         window = mask[max(0, y - radius) : y + radius + 1, max(0, x - radius) : x + radius + 1]
         rim[y, x] = (window == 0).any()
     return rim

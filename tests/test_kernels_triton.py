@@ -48,13 +48,15 @@ def run_with_grads(fn, inputs, grad_out=None):
 
 def assert_grads_close(actual, expected, rel, atol):
     """Max error within rel * max|reference| + atol (atol covers gradients that are exactly 0, e.g. dq at N=1)."""
-    for i, (a, e) in enumerate(zip(actual, expected)):
+    for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
         scale = e.abs().max().item()
         err = (a.double() - e.double()).abs().max().item()
-        assert err <= rel * scale + atol, f"grad of input {i}: max abs error {err:.3g} > {rel:g} * max|ref| {scale:.3g} + {atol:g}"
+        assert err <= rel * scale + atol, \
+            f"grad of input {i}: max abs error {err:.3g} > {rel:g} * max|ref| {scale:.3g} + {atol:g}"
 
 
-@pytest.mark.parametrize("batch, heads, n_ctx, head_dim", [(1, 2, 1, 32), (2, 2, 17, 32), (1, 2, 197, 32), (24, 1, 17, 32), (1, 1, 33, 64), (1, 1, 17, 128)])
+@pytest.mark.parametrize("batch, heads, n_ctx, head_dim", [(1, 2, 1, 32), (2, 2, 17, 32), (1, 2, 197, 32),
+                                                        (24, 1, 17, 32), (1, 1, 33, 64), (1, 1, 17, 128)])
 def test_attention_forward_and_grads_match_sdpa(device, batch, heads, n_ctx, head_dim):
     for dtype in _dtypes(device):
         torch.manual_seed(n_ctx)
@@ -66,7 +68,8 @@ def test_attention_forward_and_grads_match_sdpa(device, batch, heads, n_ctx, hea
         )
         atol, rel = TOLERANCES[dtype]
         assert out.dtype == dtype and out.shape == q.shape
-        torch.testing.assert_close(out.double(), ref, atol=atol, rtol=atol, msg=lambda m: f"{dtype} N={n_ctx}: {m}")
+        torch.testing.assert_close(out.double(), ref, atol=atol, rtol=atol,
+                                   msg=lambda m, dtype=dtype, n_ctx=n_ctx: f"{dtype} N={n_ctx}: {m}")
         assert_grads_close(grads, ref_grads, rel, atol)
 
 
@@ -146,7 +149,7 @@ def test_compile_forward_and_backward_match_eager(device):
     out, grads = run_with_grads(compiled, inputs)
     ref, ref_grads = run_with_grads(TinyLossBlock(), inputs)
     torch.testing.assert_close(out, ref)
-    for a, e in zip(grads, ref_grads):
+    for a, e in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(a, e)
 
 

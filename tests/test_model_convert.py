@@ -131,7 +131,8 @@ def _seq_mlp(x, sd, p):
 
 def _conv_bn_relu(x, sd, p):
     x = F.conv2d(x, sd[p + ".0.weight"], None, padding=1)
-    x = F.batch_norm(x, sd[p + ".1.running_mean"], sd[p + ".1.running_var"], sd[p + ".1.weight"], sd[p + ".1.bias"], False, 0.0, 1e-5)
+    x = F.batch_norm(x, sd[p + ".1.running_mean"], sd[p + ".1.running_var"], sd[p + ".1.weight"], sd[p + ".1.bias"],
+                     False, 0.0, 1e-5)
     return F.relu(x)
 
 
@@ -245,7 +246,8 @@ def test_cli_convert_reference_writes_a_loadable_checkpoint(reference_state, con
     assert raw["model_name"] == "paper" and raw["extra"]["converted_from"] == "epoch_99.pth"
     expected = converted_paper.state_dict()
     assert set(raw["state_dict"]) == set(expected)
-    for key in ("encoder_nbi.blocks.11.attn.out.weight", "decoder.blocks.2.conv1.1.running_var", "fusion.fuse_share.fc2.bias"):
+    for key in ("encoder_nbi.blocks.11.attn.out.weight", "decoder.blocks.2.conv1.1.running_var",
+                "fusion.fuse_share.fc2.bias"):
         torch.testing.assert_close(raw["state_dict"][key], expected[key], atol=0, rtol=0)
     source.unlink()
     (tmp_path / "cut.pth").write_bytes(b"PK\x03\x04 not a torch file")

@@ -28,7 +28,9 @@ def scipy_hd95(pred: np.ndarray, gt: np.ndarray) -> float:
 
 def random_blobs(rng, shape, count):
     noise = ndimage.gaussian_filter(rng.random(shape), sigma=rng.uniform(2, 6))
-    return (noise > np.quantile(noise, 1 - rng.uniform(0.05, 0.5))).astype(np.uint8) if count else np.zeros(shape, np.uint8)
+    if not count:
+        return np.zeros(shape, np.uint8)
+    return (noise > np.quantile(noise, 1 - rng.uniform(0.05, 0.5))).astype(np.uint8)
 
 
 def test_hand_computed_overlap_case():
@@ -95,7 +97,7 @@ def test_evaluate_cli_writes_metrics_masks_overlays(tmp_path, capsys):
     # Recompute the native Dice of each image from the written mask PNG and the ground truth.
     from endofuse.model.dataset import load_split, read_mask
 
-    for record, entry in zip(load_split(data, "test"), metrics["per_image"]):
+    for record, entry in zip(load_split(data, "test"), metrics["per_image"], strict=True):
         written = cv2.imread(str(out / "masks" / f"{record.wli.stem}.png"), cv2.IMREAD_GRAYSCALE)
         assert written.shape == (72, 80) and set(np.unique(written)) <= {0, 255}
         assert (out / "overlays" / f"{record.wli.stem}.png").is_file()

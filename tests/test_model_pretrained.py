@@ -37,11 +37,13 @@ def write_npz(path, grid: int, seed: int = 0) -> dict[str, np.ndarray]:
         for u in range(1, units + 1):
             p = f"block{b}/unit{u}/"
             cin = in_ch if u == 1 else out_ch
-            arrays |= {p + "conv1/kernel": r(1, 1, cin, mid), p + "conv2/kernel": r(3, 3, mid, mid), p + "conv3/kernel": r(1, 1, mid, out_ch)}
+            arrays |= {p + "conv1/kernel": r(1, 1, cin, mid), p + "conv2/kernel": r(3, 3, mid, mid),
+                       p + "conv3/kernel": r(1, 1, mid, out_ch)}
             for gn, ch in (("gn1", mid), ("gn2", mid), ("gn3", out_ch)):
                 arrays |= {p + f"{gn}/scale": 1 + r(ch), p + f"{gn}/bias": r(ch)}
             if u == 1:
-                arrays |= {p + "conv_proj/kernel": r(1, 1, cin, out_ch), p + "gn_proj/scale": 1 + r(out_ch), p + "gn_proj/bias": r(out_ch)}
+                arrays |= {p + "conv_proj/kernel": r(1, 1, cin, out_ch), p + "gn_proj/scale": 1 + r(out_ch),
+                           p + "gn_proj/bias": r(out_ch)}
         in_ch = out_ch
     for i in range(CFG["depth"]):
         p = f"Transformer/encoderblock_{i}/"
@@ -68,7 +70,8 @@ def model():
 def flax_attention(x: np.ndarray, arrays: dict, block: int) -> np.ndarray:
     """Flax MultiHeadDotProductAttention semantics on (N, D) tokens, written with einsum."""
     a = f"Transformer/encoderblock_{block}/MultiHeadDotProductAttention_1/"
-    q, k, v = (np.einsum("nd,dhk->nhk", x, arrays[a + f"{n}/kernel"]) + arrays[a + f"{n}/bias"] for n in ("query", "key", "value"))
+    q, k, v = (np.einsum("nd,dhk->nhk", x, arrays[a + f"{n}/kernel"]) + arrays[a + f"{n}/bias"]
+               for n in ("query", "key", "value"))
     logits = np.einsum("qhk,nhk->hqn", q, k) / np.sqrt(q.shape[-1])
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
@@ -94,7 +97,8 @@ def test_loads_both_encoders_with_flax_semantics(model, tmp_path):
             got = enc.blocks[0].mlp.fc1(torch.from_numpy(h)).numpy()
         np.testing.assert_allclose(got, pre, atol=1e-5, rtol=1e-5)
         # the position embedding of the same grid is copied, class token dropped
-        np.testing.assert_array_equal(enc.pos_embed.detach().numpy(), arrays["Transformer/posembed_input/pos_embedding"][:, 1:])
+        np.testing.assert_array_equal(enc.pos_embed.detach().numpy(),
+                                      arrays["Transformer/posembed_input/pos_embedding"][:, 1:])
     torch.testing.assert_close(model.decoder.head.weight, decoder_before)  # untouched
 
 
@@ -130,7 +134,8 @@ def test_position_grid_is_resized_with_corners_kept(model, tmp_path):
 def test_mismatched_npz_names_the_key(model, tmp_path):
     arrays = write_npz(tmp_path / "w.npz", grid=10)
     small = build_model("tiny", depth=2, shallow_taps=(1, 2), hidden_size=64, heads=4, mlp_dim=128)
-    with pytest.raises(ValueError, match=r"w\.npz: pos_embed has shape \(1, 100, 128\), model 'tiny' expects \(1, 100, 64\)"):
+    expected = r"w\.npz: pos_embed has shape \(1, 100, 128\), model 'tiny' expects \(1, 100, 64\)"
+    with pytest.raises(ValueError, match=expected):
         load_imagenet21k_npz(small, tmp_path / "w.npz")
     del arrays["Transformer/encoderblock_1/LayerNorm_2/scale"]
     np.savez(tmp_path / "cut.npz", **arrays)

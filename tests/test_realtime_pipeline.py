@@ -49,7 +49,7 @@ def test_lossless_run_on_files_covers_every_frame_and_the_overlay_differs_exactl
     results = list(pipeline)
     assert [r.index for r in results] == list(range(30))
     masked = 0
-    for result, expected_input in zip(results, inputs):
+    for result, expected_input in zip(results, inputs, strict=True):
         np.testing.assert_array_equal(result.frame, expected_input)
         changed = (result.overlay != result.frame).any(axis=2)
         np.testing.assert_array_equal(changed, result.mask.astype(bool), err_msg=f"frame {result.index}")

@@ -145,7 +145,8 @@ def real_checkpoint_args(tmp_path_factory):
 def test_ctrl_c_finalises_the_video_and_writes_the_report(real_checkpoint_args, tmp_path):
     out, report_path = tmp_path / "live.mp4", tmp_path / "report.json"
     cmd = [sys.executable, "-m", "endofuse", "run", "--wli", "synthetic", "--nbi", "synthetic", "--live",
-           "--frames", "100000", "--engine", "torch", "--out", str(out), "--report", str(report_path), *real_checkpoint_args]
+           "--frames", "100000", "--engine", "torch", "--out", str(out), "--report", str(report_path),
+           *real_checkpoint_args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     partial = tmp_path / ".live.partial.mp4"

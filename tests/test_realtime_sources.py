@@ -78,7 +78,8 @@ def test_truncated_avi_fails_at_the_frame_where_decoding_stops(tmp_path):
     cut.write_bytes(full.read_bytes()[: int(full.stat().st_size * 0.5)])
     source = open_source(str(cut), "NBI")
     source.start(0.0, paced=False)
-    with pytest.raises(EndofuseError, match=r"NBI video '.*cut.avi': truncated or corrupt: decoding stopped after frame \d+ of 30"):
+    expected = r"NBI video '.*cut.avi': truncated or corrupt: decoding stopped after frame \d+ of 30"
+    with pytest.raises(EndofuseError, match=expected):
         list(source)
 
 

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from endofuse.realtime.sync import MISSING, PAIRED, STALE, SyncPolicy, Synchroniser
+from endofuse.realtime.sync import MISSING, PAIRED, STALE, Synchroniser, SyncPolicy
 
 FPS = 30.0
 POLICY = SyncPolicy.for_fps(FPS)  # tolerance 1/60 s, staleness 3/30 s
@@ -47,7 +47,7 @@ def run_lossless(wli_times, nbi_times, policy=POLICY):
 
 def check_against_reference(wli_times, nbi_times, policy=POLICY):
     sync, decisions = run_lossless(wli_times, nbi_times, policy)
-    for wli_time, decision in zip(wli_times, decisions):
+    for wli_time, decision in zip(wli_times, decisions, strict=True):
         status, best = brute_force(wli_time, list(nbi_times), policy)
         assert decision.status == status, (wli_time, decision, status)
         assert (decision.nbi.sync_time if decision.nbi else None) == best

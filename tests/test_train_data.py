@@ -10,9 +10,9 @@ import torch.nn.functional as F
 
 from endofuse import cli
 from endofuse.errors import EndofuseError
+from endofuse.model.dataset import holdout_split, load_split, read_mask
 from endofuse.model.synthetic import make_pair
 from endofuse.train.augment import PairAugment
-from endofuse.model.dataset import holdout_split, load_split, read_mask
 from endofuse.train.data import PairDataset
 from endofuse.train.synth_command import pair_seed
 

@@ -10,7 +10,7 @@ SIZE = (120, 136)
 
 def test_make_pair_is_deterministic_per_seed_and_differs_across_seeds():
     a, b = make_pair(7, SIZE), make_pair(7, SIZE)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x, y)
     c = make_pair(8, SIZE)
     assert not np.array_equal(a[0], c[0])

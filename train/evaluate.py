@@ -49,7 +49,7 @@ def reference_prediction(logits: torch.Tensor) -> np.ndarray:
 def output_stems(records: Sequence[PairRecord]) -> list[str]:
     """File stems for the outputs: the WLI file's stem, made unique with the row when two collide."""
     stems = [r.wli.stem for r in records]
-    return [s if stems.count(s) == 1 else f"{s}_row{r.row}" for s, r in zip(stems, records)]
+    return [s if stems.count(s) == 1 else f"{s}_row{r.row}" for s, r in zip(stems, records, strict=True)]
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
@@ -65,7 +65,7 @@ def evaluate_model(model: torch.nn.Module, records: Sequence[PairRecord], out: P
         (out / "masks").mkdir(parents=True, exist_ok=True)
         (out / "overlays").mkdir(parents=True, exist_ok=True)
     per_image = []
-    for record, stem in tqdm(list(zip(records, output_stems(records))), desc="evaluate", unit="pair",
+    for record, stem in tqdm(list(zip(records, output_stems(records), strict=True)), desc="evaluate", unit="pair",
                              disable=not progress):
         wli = read_image(record.wli)
         nbi = None if wli_only else read_image(record.nbi)

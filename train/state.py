@@ -52,7 +52,7 @@ class StopFlag:
             raise KeyboardInterrupt
         self.requested = signal.Signals(signum).name
 
-    def __enter__(self) -> "StopFlag":
+    def __enter__(self) -> StopFlag:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)

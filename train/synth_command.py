@@ -58,7 +58,7 @@ def write_dataset(out: Path, train_pairs: int, test_pairs: int, size: tuple[int,
         wli, nbi, mask = make_pair(pair_seed(seed, i), size, nbi_size, shift=shift if i >= train_pairs else None)
         stem = f"synth{seed}_{i:05d}"
         names = (f"imgs/{stem}_1.png", f"imgs/{stem}_2.png", f"imgs/{stem}_1_label.png")
-        for name, image in zip(names, (wli, nbi, mask * np.uint8(255))):
+        for name, image in zip(names, (wli, nbi, mask * np.uint8(255)), strict=True):
             write_image(out / name, image, durable=False)  # a full disk is one line naming the file
         rows["Training.csv" if i < train_pairs else "Test.csv"].append(names)
     for csv_name, entries in rows.items():
@@ -93,10 +93,12 @@ def write_video(out: Path, seconds: float, fps: float, size: tuple[int, int], se
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", type=Path, help="output folder")
     parser.add_argument("--pairs", type=int, default=None, help="training pairs to write (Training.csv)")
-    parser.add_argument("--test-pairs", type=int, default=None, help="test pairs (Test.csv); default pairs // 4, at least 1")
+    parser.add_argument("--test-pairs", type=int, default=None,
+                        help="test pairs (Test.csv); default pairs // 4, at least 1")
     parser.add_argument("--size", type=parse_size, default=DEFAULT_SIZE, help="WLI frame size HxW (default 288x320)")
     parser.add_argument("--nbi-size", type=parse_size, default=None, help="NBI frame size HxW (default: --size)")
-    parser.add_argument("--video", type=float, default=None, metavar="SECONDS", help="also write a moving WLI/NBI mp4 pair")
+    parser.add_argument("--video", type=float, default=None, metavar="SECONDS",
+                        help="also write a moving WLI/NBI mp4 pair")
     parser.add_argument("--fps", type=float, default=30.0, help="video frame rate (default 30)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true",
@@ -105,7 +107,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shift", action="store_true",
                         help=f"test pairs differ from the training pairs: per-channel colour gain +-{d.color_gain:g}, "
                              f"gamma in [1/{1 + d.gamma:g}, {1 + d.gamma:g}], Gaussian blur sigma "
-                             f"{d.blur_sigma[0]:g}-{d.blur_sigma[1]:g} px per 320 px, NBI misregistration up to {d.shift * 100:g}%% shift, {d.rotation:g} degrees, "
+                             f"{d.blur_sigma[0]:g}-{d.blur_sigma[1]:g} px per 320 px, NBI misregistration up to "
+                             f"{d.shift * 100:g}%% shift, {d.rotation:g} degrees, "
                              f"zoom +-{d.zoom:g}")
     parser.add_argument("--classes", action="store_true",
                         help="also write a classification folder (cls_train.csv, cls_test.csv, cls_imgs/): "

@@ -95,7 +95,8 @@ class Engine(ABC):
     def check_batch(self, x: ArrayLike, role: str) -> int:
         """Checks one input batch against what the engine was built for; returns its batch size."""
         if not isinstance(x, (np.ndarray, torch.Tensor)):
-            raise EndofuseError(f"{self.name} engine: {role} must be a numpy array or torch tensor, got {type(x).__name__}")
+            raise EndofuseError(f"{self.name} engine: {role} must be a numpy array or torch tensor, "
+                                f"got {type(x).__name__}")
         shape = tuple(x.shape)
         expected = f"(B, 3, {self.input_size[0]}, {self.input_size[1]})"
         if len(shape) != 4 or shape[1] != 3 or shape[2:] != self.input_size:

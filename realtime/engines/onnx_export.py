@@ -81,8 +81,9 @@ def export_onnx(model: nn.Module, out_path: str | os.PathLike, *, model_label: s
                 (MISSING_NBI, WliOnly(model), (wli,), ["wli"], result.missing_nbi_path)][: 2 if missing_nbi else 1]
     for variant, module, inputs, names, path in variants:
         _export_one(module, inputs, names, path, dynamic_batch, {**metadata, "variant": variant})
-        result.parity[variant] = parity_max_abs_diff(module, path, dict(zip(names, inputs)))
-        log(f"parity {variant:<11} max |onnx - torch| = {result.parity[variant]:.3g} (tolerance {tolerance:g}) -> {path}")
+        result.parity[variant] = parity_max_abs_diff(module, path, dict(zip(names, inputs, strict=True)))
+        log(f"parity {variant:<11} max |onnx - torch| = {result.parity[variant]:.3g} (tolerance {tolerance:g}) "
+            f"-> {path}")
         if not result.parity[variant] <= tolerance:
             raise EndofuseError(f"ONNX export {path}: {variant} logits differ from torch by "
                                 f"{result.parity[variant]:.3g} > {tolerance:g}")
@@ -138,5 +139,5 @@ def _quiet_exporter():
             warnings.simplefilter("ignore")
             yield
     finally:
-        for lg, level in zip(loggers, levels):
+        for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)

@@ -47,7 +47,8 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike,
     if missing_nbi_path_for(fp32_path).is_file():
         jobs.append((missing_nbi_path_for(fp32_path), missing_nbi_path_for(out_path), ("wli",)))
     for source, target, names in jobs:
-        feeds = [dict(zip(names, pair)) for pair in calibration]
+        # the missing-NBI graph takes only the first of each (wli, nbi) pair
+        feeds = [dict(zip(names, pair, strict=False)) for pair in calibration]
         with tempfile.TemporaryDirectory() as tmp, _quiet_quantizer():
             prepared = Path(tmp) / "prepared.onnx"
             # ONNX shape inference + graph fusions first, as ORT's quantisation guide asks. Symbolic shape

@@ -92,7 +92,10 @@ def read_plan_info(plan: Path) -> PlanInfo:
 
 def build_plans(onnx_path: str | os.PathLike, out_plan: str | os.PathLike, *, fp16: bool = True,
                 max_batch: int = MAX_BATCH, log=print) -> Path:
-    """Builds `out_plan` (+ its `NAME.missing-nbi.plan` sibling) from an export, each with a sidecar; returns `out_plan`."""
+    """Builds `out_plan` (+ its `NAME.missing-nbi.plan` sibling) from an export, each with a sidecar.
+
+    Returns `out_plan`.
+    """
     trt = _import_tensorrt()
     import onnx
 
@@ -105,7 +108,8 @@ def build_plans(onnx_path: str | os.PathLike, out_plan: str | os.PathLike, *, fp
                     meta.get("model_label", onnx_path.stem))
     logger = trt.Logger(trt.Logger.WARNING)
     timing_cache_file = cache_dir() / "tensorrt" / f"timing-{_slug(gpu_name)}-trt{trt.__version__}.cache"
-    sources = [(FUSED, onnx_path, out_plan), (MISSING_NBI, missing_nbi_path_for(onnx_path), missing_nbi_path_for(out_plan))]
+    sources = [(FUSED, onnx_path, out_plan),
+               (MISSING_NBI, missing_nbi_path_for(onnx_path), missing_nbi_path_for(out_plan))]
     for variant, source, target in sources:
         if not source.is_file():
             continue

@@ -89,7 +89,8 @@ def model_config(name: str, platform: str, inputs: dict[str, list[int]], outputs
         },
         "instance_group": [{"count": settings.instance_count, "kind": Enum("KIND_GPU" if gpu_only else "KIND_AUTO")}],
         "model_warmup": [
-            {"name": "zeros_batch1", "batch_size": 1, "inputs": [{"key": n, "value": v} for n, v in warm("zero_data").items()]},
+            {"name": "zeros_batch1", "batch_size": 1,
+             "inputs": [{"key": n, "value": v} for n, v in warm("zero_data").items()]},
             {"name": f"random_batch{settings.max_batch_size}", "batch_size": settings.max_batch_size,
              "inputs": [{"key": n, "value": v} for n, v in warm("random_data").items()]},
         ],
@@ -167,7 +168,7 @@ def check_repository(root: str | Path) -> list[str]:
     names = []
     for config_path in sorted(root.glob("*/config.pbtxt")):
         config = parse_model_config(config_path.read_text(encoding="utf-8"), str(config_path))
-        fail = lambda why: ValueError(f"{config_path}: {why}")  # noqa: E731
+        fail = lambda why, path=config_path: ValueError(f"{path}: {why}")  # noqa: E731
         if config.name != config_path.parent.name:
             raise fail(f"name {config.name!r} is not the folder name {config_path.parent.name!r}")
         if config.platform not in PLATFORM_FILES:
