@@ -80,7 +80,8 @@ def build_app(checkpoint: str | None = None, engine: str = "auto", *, opener: En
 
         search = ClassifySearch(classifier, gallery)
 
-    with gr.Blocks(title="endofuse demo", analytics_enabled=False, delete_cache=(UPLOAD_SWEEP_S, UPLOAD_MAX_AGE_S)) as app:
+    with gr.Blocks(title="endofuse demo", analytics_enabled=False,
+                   delete_cache=(UPLOAD_SWEEP_S, UPLOAD_MAX_AGE_S)) as app:
         gr.Markdown("# endofuse: WLI/NBI tumour segmentation demo")
         with gr.Accordion("About", open=True, elem_id="about_box"):
             gr.Markdown(ABOUT.format(types=", ".join(VIDEO_FILE_TYPES), size=MAX_UPLOAD_SIZE.upper()))

@@ -60,10 +60,11 @@ def load_ring(source: str, count: int) -> tuple[list[np.ndarray], list[np.ndarra
         seed = _synthetic_seed(source, "bench")
         scene = SharedSyntheticScene(seed).scene
         pairs = [scene.frame(i / 30.0)[:2] for i in range(count)]
-        return [p[0] for p in pairs], [p[1] for p in pairs], f"synthetic seed {seed}, {SYNTHETIC_SIZE[1]}x{SYNTHETIC_SIZE[0]}"
+        described = f"synthetic seed {seed}, {SYNTHETIC_SIZE[1]}x{SYNTHETIC_SIZE[0]}"
+        return [p[0] for p in pairs], [p[1] for p in pairs], described
     video = VideoFileSource(source, "bench").open()
     try:
-        frames = [f.image for f, _ in zip(video, range(count))]
+        frames = [f.image for f, _ in zip(video, range(count), strict=False)]  # the first `count` frames
     finally:
         video.close()
     h, w = frames[0].shape[:2]
@@ -76,7 +77,7 @@ def bench_engine(engine, wli: list[np.ndarray], nbi: list[np.ndarray], frames: i
 
     device = getattr(engine, "device", None)
     inputs = [(preprocess(w, engine.input_size, device), preprocess(n, engine.input_size, device))
-              for w, n in zip(wli, nbi)]
+              for w, n in zip(wli, nbi, strict=True)]
     ring = itertools.cycle(inputs)
 
     def infer() -> None:

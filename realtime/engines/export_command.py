@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "NNCF (same as --format openvino-int8)")
     group = parser.add_argument_group("onnx-int8 / openvino-int8")
     group.add_argument("--calibration", type=Path, default=None,
-                       help="dataset folder (reference CSV format) whose frames calibrate INT8; default: synthetic pairs")
+                       help="dataset folder (reference CSV format) whose frames calibrate INT8; "
+                            "default: synthetic pairs")
     group.add_argument("--calibration-pairs", type=int, default=32, help="how many pairs calibrate INT8")
     group = parser.add_argument_group("triton-repo / tensorrt")
     group.add_argument("--max-batch-size", type=int, default=8, help="largest batch served / in the TRT profile")
