@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from endofuse.errors import EndofuseError, MissingFileError
-from endofuse.realtime.engines import BACKENDS
+from endofuse.realtime.engines import BACKENDS, MODEL_CHOICES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "0.0.0.0 exposes it to the network)")
     parser.add_argument("--checkpoint", default=None,
                         help="a trained .pt checkpoint (or exported model file); default: the bundled demo weights")
+    parser.add_argument("--model", default="tiny", choices=MODEL_CHOICES,
+                        help="model config for the bundled weights (default: tiny, the one with bundled weights; "
+                             "small and paper need --checkpoint)")
     parser.add_argument("--engine", default="auto", choices=BACKENDS, help="inference backend (default auto)")
     parser.add_argument("--classifier", default=None,
                         help="a `train --task classify` checkpoint: enables the Classify & search tab")
@@ -68,8 +71,13 @@ def main(args: argparse.Namespace) -> int:
 
     output_dir = Path(tempfile.mkdtemp(prefix="endofuse-demo-"))
     try:
+        from functools import partial
+
+        from endofuse.realtime.engines import open_engine
+
+        opener = partial(open_engine, model_name=getattr(args, "model", "tiny"))  # the same --model as run/bench
         app = build_app(args.checkpoint, args.engine, output_dir=output_dir, classifier=args.classifier,
-                        gallery=args.gallery)
+                        gallery=args.gallery, opener=opener)
         print(f"endofuse demo: http://{args.host}:{args.port}  (Ctrl+C to stop)", flush=True)
         try:
             launch_app(app, args.host, args.port, block=True)
