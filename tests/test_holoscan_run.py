@@ -116,7 +116,10 @@ scheduler: {{kind: event, workers: 2}}
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["frames"] == FRAMES and report["holoscan"]["scheduler"] == "event"
     assert int(cv2.VideoCapture(str(tmp_path / "o.avi")).get(cv2.CAP_PROP_FRAME_COUNT)) == FRAMES
+    (tmp_path / "typo.yaml").write_text(f'wli_source: {{source: "{wli}"}}\nsync: {{tolerence: 0.1}}\n')
     capfd.readouterr()
+    assert app_main(["--config", str(tmp_path / "typo.yaml")]) == 1  # Holoscan alone would ignore the typo
+    assert "config section 'sync': unknown key(s) tolerence" in capfd.readouterr().err
     assert app_main(["--config", str(tmp_path / "x.yaml")]) == 1
     err = capfd.readouterr().err.strip()
     assert err.endswith("no such file") and "x.yaml" in err and len(err.splitlines()) == 1

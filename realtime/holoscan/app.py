@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import inspect
 import signal
 import sys
 from pathlib import Path
@@ -35,6 +36,24 @@ SCHEDULERS = ("greedy", "event", "multi_thread")
 SECTIONS = ("wli_source", "nbi_source", "sync", "inference", "overlay", "recorder", "scheduler", "tracking")
 
 
+def _keywords(cls, *internal: str) -> set[str]:
+    """The keyword arguments a config section may set for operator `cls` (graph wiring left out)."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    return {p.name for p in params if p.kind is p.KEYWORD_ONLY} - set(internal)
+
+
+SECTION_KEYS = {
+    "wli_source": _keywords(EndofuseSourceOp, "role", "wait_for", "stop_with"),
+    "nbi_source": _keywords(EndofuseSourceOp, "role", "wait_for", "stop_with"),
+    "sync": _keywords(EndofuseSyncOp),
+    "inference": _keywords(EndofuseInferenceOp),
+    "overlay": _keywords(EndofuseOverlayOp, "backpressure"),
+    "recorder": _keywords(EndofuseRecorderOp, "sync_op", "inference_op", "wli_op", "nbi_op", "sinks", "live"),
+    "scheduler": {"kind", "workers"},
+    "tracking": {"enabled"},
+}
+
+
 class EndofuseApp(Application):
     """Two endofuse sources -> sync -> inference -> overlay -> recorder, configured by `sections`.
 
@@ -44,14 +63,19 @@ class EndofuseApp(Application):
     """
 
     def __init__(self, sections: dict, engine=None, sinks=(), **kwargs) -> None:
+        super().__init__(**kwargs)  # first: Application.__del__ expects its own attributes even after an error
         unknown = set(sections) - set(SECTIONS)
         if unknown:
             raise EndofuseError(f"unknown config section(s) {', '.join(sorted(unknown))}; "
                                 f"expected {', '.join(SECTIONS)}")
         self.sections, self._engine, self._sinks = {k: dict(v or {}) for k, v in sections.items()}, engine, sinks
+        for section, keys in self.sections.items():
+            unknown = set(keys) - SECTION_KEYS[section]
+            if unknown:  # Holoscan would take a misspelt keyword as an operator Arg and ignore it
+                raise EndofuseError(f"config section '{section}': unknown key(s) {', '.join(sorted(unknown))}; "
+                                    f"expected {', '.join(sorted(SECTION_KEYS[section]))}")
         self.tracker = None
         self.errors: list[Exception] = []  # user errors raised inside operators (see stop_on_user_error)
-        super().__init__(**kwargs)
 
     def compose(self) -> None:
         s = self.sections
