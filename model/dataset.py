@@ -69,8 +69,8 @@ def decode_csv_text(path: Path) -> str:
     raise EndofuseError(f"{path}: not UTF-8 or GBK text")
 
 
-def _resolve(root: Path, cell: str) -> Path:
-    # Reference CSVs may come from Windows: accept backslashes.
+def resolve_path(root: Path, cell: str) -> Path:
+    """A CSV cell as a path: relative to the dataset folder; backslashes accepted (CSVs written on Windows)."""
     p = Path(cell.strip().replace("\\", "/"))
     return p if p.is_absolute() else root / p
 
@@ -91,11 +91,11 @@ def read_split_csv(path: Path) -> tuple[list[PairRecord], list[str]]:
         if len(cells) < 3 or not all(c.strip() for c in cells[:3]):
             problems.append(f"{path.name} row {data_row} (line {line}): expected 3 paths, got {cells!r}")
             continue
-        records.append(PairRecord(data_row, line, path, *(_resolve(root, c) for c in cells[:3])))
+        records.append(PairRecord(data_row, line, path, *(resolve_path(root, c) for c in cells[:3])))
     return records, problems
 
 
-def _image_size(path: Path) -> tuple[int, int]:
+def image_size(path: Path) -> tuple[int, int]:
     """(H, W) from the image header, after checking the file's structure (no full decode)."""
     with Image.open(path) as im:
         size = (im.height, im.width)
@@ -112,7 +112,7 @@ def record_problems(record: PairRecord) -> list[str]:
             problems.append(f"{record.where}: {role} file missing: {p}")
             continue
         try:
-            sizes[role] = _image_size(p)
+            sizes[role] = image_size(p)
         except Exception as exc:  # noqa: BLE001 - any decoder failure means "unreadable"
             problems.append(f"{record.where}: {role} image unreadable: {p} ({type(exc).__name__}: {exc})")
     if "wli" in sizes and "label" in sizes and sizes["wli"] != sizes["label"]:

@@ -23,7 +23,7 @@ WLI_ONLY = "WLI-ONLY"
 
 
 def check_frame(frame: np.ndarray, what: str) -> None:
-    """Raise a ValueError naming `what` unless `frame` is an HxWx3 uint8 BGR image."""
+    """Raise an InvalidInputError naming `what` unless `frame` is an HxWx3 uint8 BGR image."""
     if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
         desc = f"{frame.dtype} array of shape {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
         raise InvalidInputError(f"{what} must be an HxWx3 uint8 BGR image, got {desc}")

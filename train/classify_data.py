@@ -18,7 +18,7 @@ import torch
 
 from endofuse.errors import EndofuseError, InvalidOptionError, MissingFileError
 from endofuse.kernels import preprocess
-from endofuse.model.dataset import _image_size, _resolve, decode_csv_text, read_image
+from endofuse.model.dataset import decode_csv_text, image_size, read_image, resolve_path
 
 CLS_CSV = {"train": "cls_train.csv", "test": "cls_test.csv"}
 REQUIRED = ("image_path", "label")
@@ -64,7 +64,7 @@ def read_classify_csv(path: Path) -> tuple[list[ImageRecord], list[str]]:
         if not image or not label:
             problems.append(f"{path.name} row {data_row} (line {line}): needs image_path and label, got {cells!r}")
             continue
-        records.append(ImageRecord(data_row, line, path, _resolve(path.parent, image), label, text))
+        records.append(ImageRecord(data_row, line, path, resolve_path(path.parent, image), label, text))
     return records, problems
 
 
@@ -76,7 +76,7 @@ def record_problems(record: ImageRecord) -> list[str]:
     if not record.image.is_file():
         return [f"{record.where}: image file missing: {record.image}"]
     try:
-        _image_size(record.image)
+        image_size(record.image)
     except Exception as exc:  # noqa: BLE001 - any decoder failure means "unreadable"
         return [f"{record.where}: image unreadable: {record.image} ({type(exc).__name__}: {exc})"]
     return []
