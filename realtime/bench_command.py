@@ -161,6 +161,8 @@ def bench_holoscan_modes(args, engine, wli, nbi, engine_only: dict, latencies: d
 def main(args: argparse.Namespace) -> int:
     quiet_opencv()
     check_fps(args.paced_fps, "--paced-fps")
+    if args.plot and args.runtime == "holoscan":
+        raise EndofuseError("--plot draws the native stages; use --runtime both (or native) with --plot")
     for target in (args.json, args.plot):
         if target and not Path(target).parent.exists():
             raise EndofuseError(f"'{target}': folder '{Path(target).parent}' does not exist")
