@@ -92,11 +92,22 @@ def resize_bilinear(frame: np.ndarray, height: int, width: int) -> np.ndarray:
     within = np.arange(channels)
     cols0, cols1 = (x0[:, None] * channels + within).ravel(), (x1[:, None] * channels + within).ravel()
     rows = frame.reshape(h, w * channels)
-    wx, wy = np.repeat(wx, channels)[None, :], wy[:, None]
-    top_rows, bottom_rows = rows[y0], rows[y1]
-    top = top_rows[:, cols0].astype(np.float32) * (1 - wx) + top_rows[:, cols1].astype(np.float32) * wx
-    bottom = bottom_rows[:, cols0].astype(np.float32) * (1 - wx) + bottom_rows[:, cols1].astype(np.float32) * wx
-    return (top * (1 - wy) + bottom * wy).reshape(height, width, channels)
+    wx = np.repeat(wx, channels)[None, :]
+    keep_x, wy, keep_y = 1 - wx, wy[:, None], 1 - wy[:, None]
+
+    def horizontal(picked_rows: np.ndarray) -> np.ndarray:  # a * (1 - wx) + b * wx, in place
+        a = np.take(picked_rows, cols0, axis=1).astype(np.float32)
+        b = np.take(picked_rows, cols1, axis=1).astype(np.float32)
+        a *= keep_x
+        b *= wx
+        a += b
+        return a
+
+    top, bottom = horizontal(rows[y0]), horizontal(rows[y1])
+    top *= keep_y
+    bottom *= wy
+    top += bottom
+    return top.reshape(height, width, channels)
 
 
 def preprocess_cpu(frames: list[Frame], size: tuple[int, int]) -> torch.Tensor:
