@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="default: the recipe's (1234)")
     parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bars (logs still print per epoch)")
+    parser.add_argument("--force", action="store_true",
+                        help="start a run in an --out folder that holds files endofuse did not write")
     methods = parser.add_argument_group("options from related work (docs/training.md)")
     methods.add_argument("--fusion", choices=("token", "dmaf"), default="token",
                          help="tiny/small: token = learned missing-NBI token (default); dmaf = masked attention "
@@ -62,7 +64,7 @@ def main(args: argparse.Namespace) -> int:
         data=args.data, out=args.out, model=args.model, epochs=args.epochs, recipe=args.recipe, resume=args.resume,
         batch_size=args.batch_size, lr=args.lr, amp=args.amp, pretrained=args.pretrained,
         ablate=parse_ablate(args.ablate), img_size=args.img_size, val_fraction=args.val_fraction, seed=args.seed,
-        device=args.device, progress=not args.no_progress,
+        device=args.device, progress=not args.no_progress, force=args.force,
         methods=MethodOptions(fusion=args.fusion, negatives=args.negatives, clusters=args.clusters,
                               centroid_momentum=args.centroid_momentum, mir=args.mir,
                               distill=parse_distill(args.distill), dtm=args.dtm),

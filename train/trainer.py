@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from endofuse.model import AUX_KEYS, MMEndoCL, build_model, count_parameters, re
 from endofuse.model.checkpoint import model_from_checkpoint
 from endofuse.model.dataset import holdout_split, load_split, split_csv_path
 from endofuse.model.metrics import overlap_metrics
+from endofuse.outputs import OutputFolder
 from endofuse.train import distributed as ddp
 from endofuse.train.data import PairDataset
 from endofuse.train.methods import LOG_KEYS as METHOD_LOG_KEYS
@@ -45,6 +47,7 @@ from endofuse.train.recipes import (
     term_values,
     total_loss,
 )
+from endofuse.train.resume_checks import check_resume, check_run_folder
 from endofuse.train.run_files import write_config, write_curves, write_log
 from endofuse.train.state import StopFlag, capture_rng, restore_rng
 
@@ -73,6 +76,7 @@ class TrainOptions:
     seed: int | None = None
     device: str | None = None
     progress: bool = True
+    force: bool = False  # a new run may go into a folder holding files endofuse did not write
     overrides: dict = field(default_factory=dict)
     # related-work options (--fusion, --negatives, --mir, --distill, --dtm)
     methods: MethodOptions = field(default_factory=MethodOptions)
@@ -131,6 +135,10 @@ class TrainState:
     skip_batches: int = 0
     best_dice: float = -1.0
     history: list[dict] = field(default_factory=list)
+    # loss sums of the epoch a signal interrupted, so its log.csv row covers the whole epoch
+    partial_sums: dict = field(default_factory=dict)
+    partial_count: int = 0
+    output: OutputFolder | None = None  # a new run's folder: its files are recorded as endofuse's at the end
     methods: MethodTerms | None = None  # DTM state and the related-work terms' log values
 
     @property
@@ -166,6 +174,7 @@ class TrainStep(torch.nn.Module):
 def build_state(options: TrainOptions) -> TrainState:
     """Check the options, join the process group, build model, data and optimiser (resuming last.pt if asked)."""
     check_options(options)
+    output = check_run_folder(options.out, options.data, options.pretrained, options.resume, options.force)
     recipe = RECIPES[options.recipe]
     dist_state = ddp.setup(options.device)
     try:
@@ -190,6 +199,7 @@ def build_state(options: TrainOptions) -> TrainState:
         state = TrainState(options, recipe, dist_state, seed, batch_size, lr, model, step_module, train_set,
                            val_set, val_source, sampler, steps_per_epoch, optimizer, scheduler, scaler,
                            resumed=payload is not None, methods=MethodTerms(options.methods, dist_state))
+        state.output = output
         if payload is not None:
             _restore_progress(state, payload["extra"])
         else:
@@ -205,7 +215,9 @@ def _resume_payload(o: TrainOptions) -> dict | None:
     if o.resume:
         if not last.is_file():
             raise MissingFileError(f"--resume: no {last} to continue from")
-        return read_checkpoint(last)
+        payload = read_checkpoint(last)
+        check_resume(payload, o.as_dict(), last)
+        return payload
     if last.exists():
         raise EndofuseError(f"{o.out} already holds last.pt: pass --resume to continue it or choose another --out")
     return None
@@ -246,7 +258,9 @@ def _restore_progress(state: TrainState, extra: dict) -> None:
     state.best_dice, state.history = extra["best_dice"], list(extra["history"])
     state.methods.load_state_dict(extra.get("dtm"))
     states = extra["rng"]
-    restore_rng(states[state.dist.rank] if state.dist.rank < len(states) else states[0])
+    mine = states[state.dist.rank] if state.dist.rank < len(states) else states[0]
+    restore_rng(mine)
+    state.partial_sums, state.partial_count = dict(mine.get("epoch_sums", {})), int(mine.get("epoch_count", 0))
 
 
 def _bf16(dist_state: ddp.Dist) -> bool:
@@ -265,17 +279,18 @@ class Trainer:
         return torch.autocast("cuda", dtype=torch.bfloat16 if _bf16(self.s.dist) else torch.float16)
 
     # ---- checkpoints ----
-    def _gather_rng(self) -> list:
-        state = capture_rng()
+    def _gather_rng(self, sums: dict | None = None, count: int = 0) -> list:
+        # this rank's RNG plus the loss sums of an epoch cut short (restored per rank on --resume)
+        state = {**capture_rng(), "epoch_sums": dict(sums or {}), "epoch_count": count}
         if not self.s.dist.enabled:
             return [state]
         states = [None] * self.s.dist.world_size
         dist.all_gather_object(states, state)
         return states
 
-    def _save_last(self, epoch: int, batch_in_epoch: int) -> None:
+    def _save_last(self, epoch: int, batch_in_epoch: int, sums: dict | None = None, count: int = 0) -> None:
         s = self.s
-        rng = self._gather_rng()  # collective: every rank calls it
+        rng = self._gather_rng(sums, count)  # collective: every rank calls it
         if not s.dist.is_main:
             return
         extra = {"optimizer": s.optimizer.state_dict(), "scheduler": s.scheduler.state_dict(),
@@ -290,12 +305,16 @@ class Trainer:
         s.sampler.set_epoch(epoch)
         s.train_set.set_epoch(epoch)
         indices = list(s.sampler)[s.skip_batches * s.batch_size:]
-        return DataLoader(s.train_set, batch_size=s.batch_size, sampler=indices, num_workers=0)
+        # its own generator: a DataLoader otherwise draws its base seed from the global RNG when iterated,
+        # which a run resumed mid-epoch would do once more than the uninterrupted run (shifting dropout)
+        generator = torch.Generator().manual_seed(s.seed + epoch)
+        return DataLoader(s.train_set, batch_size=s.batch_size, sampler=indices, num_workers=0, generator=generator)
 
     def _train_epoch(self, epoch: int, stop: StopFlag) -> tuple[dict, bool]:
         """One epoch; returns (mean loss terms, interrupted)."""
         s, d, epochs = self.s, self.s.dist, self.s.options.epochs
-        sums, count, done = {}, 0, s.skip_batches
+        sums, count, done = dict(s.partial_sums), s.partial_count, s.skip_batches
+        s.partial_sums, s.partial_count = {}, 0
         loader = self._batches(epoch)
         bar = tqdm(loader, total=s.steps_per_epoch, initial=done, desc=f"epoch {epoch + 1}/{epochs}",
                    unit="it", disable=not (d.is_main and s.options.progress), dynamic_ncols=True)
@@ -315,9 +334,6 @@ class Trainer:
                 raise TrainingStopped(
                     f"non-finite loss ({value}) at epoch {epoch + 1}, step {step} (batch {done + 1} of the epoch); "
                     f"stopped without saving, the last good checkpoint is {s.last_path}")
-            if stopping:
-                self._save_last(epoch, done)
-                return self._means(sums, count), True
             s.optimizer.zero_grad(set_to_none=True)
             s.scaler.scale(loss).backward()
             s.scaler.step(s.optimizer)
@@ -332,6 +348,9 @@ class Trainer:
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v * n
             count += n
+            if stopping:  # after the step, never mid-step: what is saved is exactly an uninterrupted run's state
+                self._save_last(epoch, done, sums, count)
+                return self._means(sums, count), True
             if bar.disable is False:
                 bar.set_postfix(loss=f"{value:.3f}", seg=f"{terms['seg']:.3f}", fd=f"{terms['fd']:.3f}",
                                 da=f"{terms['da']:.3f}", lr=f"{s.scheduler.get_last_lr()[0]:.2e}")
@@ -411,7 +430,7 @@ class Trainer:
         })
 
     def fit(self) -> int:
-        """Train; returns 0 when done, 130 when stopped by a signal (resumable)."""
+        """Train; returns 0 when done, 130 / 143 when stopped by SIGINT / SIGTERM (resumable)."""
         s = self.s
         if s.dist.is_main:
             s.run.mkdir(parents=True, exist_ok=True)
@@ -429,7 +448,7 @@ class Trainer:
                     if s.dist.is_main:
                         print(f"stopped by {stop.requested}: saved resumable {s.last_path}; "
                               f"continue with --resume", flush=True)
-                    return 130
+                    return 128 + signal.Signals[stop.requested].value  # 130 SIGINT, 143 SIGTERM, as the shell
                 self._end_epoch(epoch, terms, time.perf_counter() - started)
         if s.dist.is_main:
             print(f"done: best validation Dice {s.best_dice:.4f} -> {s.best_path}", flush=True)
@@ -441,4 +460,6 @@ def train(options: TrainOptions) -> int:
     try:
         return Trainer(state).fit()
     finally:
+        if state.output is not None and state.dist.is_main:
+            state.output.commit()
         ddp.teardown(state.dist)

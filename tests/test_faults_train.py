@@ -1,0 +1,139 @@
+"""`endofuse train`: exact resume after SIGINT/SIGTERM mid-epoch, --resume refusals, run-folder checks."""
+import csv
+import os
+import shutil
+import signal
+
+import pytest
+import torch
+
+from endofuse import cli
+from endofuse.model import read_checkpoint
+
+TINY = ["--model", "tiny", "--img-size", "32", "--no-progress", "--batch-size", "2", "--recipe", "paper"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("faults_train")
+    assert cli.main(["synth", str(out), "--pairs", "8", "--test-pairs", "2", "--size", "40x48", "--seed", "3"]) == 0
+    return out
+
+
+def train(data, run, *extra):
+    return cli.main(["train", "--data", str(data), "--out", str(run), *TINY, *extra])
+
+
+def log_rows(run):
+    with open(run / "log.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if k not in ("seconds", "pairs_per_s")} for row in csv.DictReader(f)]
+
+
+def one_line(capsys, rc):
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
+def test_resume_after_a_signal_mid_epoch_reproduces_the_uninterrupted_run_exactly(sig, data, tmp_path,
+                                                                                   monkeypatch):
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    assert train(data, reference, "--epochs", "2") == 0
+
+    from endofuse.train.methods import MethodTerms
+
+    stock, steps = MethodTerms.observe, []
+
+    def signal_after_step_two(self, aux):  # a real signal, delivered mid-epoch (4 steps per epoch)
+        stock(self, aux)
+        steps.append(1)
+        if len(steps) == 2:
+            os.kill(os.getpid(), sig)
+
+    monkeypatch.setattr(MethodTerms, "observe", signal_after_step_two)
+    assert train(data, run, "--epochs", "2") == 128 + sig
+    extra = read_checkpoint(run / "last.pt")["extra"]
+    assert (extra["epoch"], extra["batch_in_epoch"]) == (0, 3)  # the step in flight completed, then saved
+    monkeypatch.setattr(MethodTerms, "observe", stock)
+    assert train(data, run, "--epochs", "2", "--resume") == 0
+
+    ref, got = read_checkpoint(reference / "last.pt")["state_dict"], read_checkpoint(run / "last.pt")["state_dict"]
+    assert ref.keys() == got.keys()
+    differing = [k for k in ref if not torch.equal(ref[k], got[k])]
+    assert differing == []
+    assert log_rows(run) == log_rows(reference)  # epoch 1's loss covers all its batches, not only the resumed ones
+
+
+@pytest.fixture(scope="module")
+def finished_run(data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("finished") / "run"
+    assert train(data, run, "--epochs", "1") == 0
+    return run
+
+
+@pytest.mark.parametrize("change, flag", [
+    (["--img-size", "48"], "--img-size"),
+    (["--recipe", "default"], "--recipe"),
+    (["--batch-size", "4"], "--batch-size"),
+])
+def test_resume_with_different_options_is_refused_naming_the_difference(change, flag, data, finished_run, capsys):
+    before = (finished_run / "config.json").read_bytes()
+    args = ["train", "--data", str(data), "--out", str(finished_run), "--epochs", "2", "--resume", *TINY]
+    for i, token in enumerate(args):  # replace the option's value (or add it)
+        if token == change[0]:
+            args[i + 1] = change[1]
+            break
+    else:
+        args += change
+    err = one_line(capsys, cli.main(args))
+    assert flag in err and "start a new --out" in err
+    assert (finished_run / "config.json").read_bytes() == before  # provenance untouched
+
+
+def test_resume_with_other_data_is_refused(data, finished_run, tmp_path, capsys):
+    other = tmp_path / "other"
+    shutil.copytree(data, other)
+    err = one_line(capsys, train(other, finished_run, "--epochs", "2", "--resume"))
+    assert "--data" in err
+
+
+def test_resume_from_weights_without_training_state_is_one_line(data, finished_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copyfile(finished_run / "best.pt", run / "last.pt")
+    err = one_line(capsys, train(data, run, "--epochs", "2", "--resume"))
+    assert "no training state" in err and "optimizer" in err
+
+
+@pytest.mark.parametrize("case", ["out-is-file", "out-is-data", "out-contains-data", "foreign-folder",
+                                  "img-size-0", "device-cuda"])
+def test_run_folder_and_option_mistakes_are_one_line(case, data, tmp_path, capsys):
+    import torch
+
+    if case == "device-cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep")
+    out, extra, message = {
+        "out-is-file": (a_file, [], "existing file"),
+        "out-is-data": (data, [], "same as the input --data"),
+        "out-contains-data": (data.parent, [], "contains the input --data"),
+        "foreign-folder": (foreign, [], "--force"),
+        "img-size-0": (tmp_path / "r", ["--img-size", "0"], "--img-size"),
+        "device-cuda": (tmp_path / "r", ["--device", "cuda"], "use --device cpu"),
+    }[case]
+    assert message in one_line(capsys, train(data, out, "--epochs", "1", *extra))
+    assert a_file.read_text() == "keep" and (foreign / "notes.txt").read_text() == "keep"
+    assert not (data / "last.pt").exists()
