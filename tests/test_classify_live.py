@@ -1,4 +1,5 @@
 """`--classifier` in the live pipeline: per-frame class + confidence, HUD line, report class counts."""
+import pytest
 import torch
 
 from endofuse.model.entrep import build_entrep
@@ -48,6 +49,7 @@ def test_hud_shows_the_class_line():
     assert "normal 93%" not in HudInfo("FUSED", "torch", "tiny").lines()
 
 
+@pytest.mark.slow
 def test_run_command_with_classifier_writes_class_counts(tmp_path):
     import json
 
