@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from endofuse import __version__
-from endofuse.errors import EndofuseError
+from endofuse.errors import EndofuseError, MissingFileError
 from endofuse.model.entrep import ENTREP_CONFIGS, EntrepConfig, EntrepModel, build_entrep
 
 FORMAT = "endofuse-classifier"
@@ -93,7 +93,7 @@ def save_classifier(path: str | os.PathLike, model: EntrepModel, extra: dict | N
 def read_classifier(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise MissingFileError(f"checkpoint not found: {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a damaged file can fail anywhere inside the unpickler

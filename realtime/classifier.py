@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from endofuse.errors import EndofuseError
+from endofuse.errors import EndofuseError, MissingFileError
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class FrameClassifier:
     def open(cls, path: str | os.PathLike) -> FrameClassifier:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"--classifier: file not found: {path}")
+            raise MissingFileError(f"--classifier: file not found: {path}")
         if path.suffix.lower() in (".onnx", ".xml"):
             from endofuse.realtime.engines.classifier_export import OnnxTower, OpenVinoTower, read_metadata
 

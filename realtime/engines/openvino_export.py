@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from endofuse.errors import EndofuseError
+from endofuse.errors import EndofuseError, MissingFileError
 from endofuse.realtime.engines.onnx_export import ENGINE_FORMAT, FUSED, MISSING_NBI, missing_nbi_path_for
 from endofuse.realtime.engines.openvino_env import import_nncf, import_openvino, quiet_nncf
 
@@ -63,7 +63,7 @@ def read_model(core, path: Path):
     ov = import_openvino()
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
+        raise MissingFileError(f"model file not found: {path}")
     if path.suffix.lower() in IR_SUFFIXES and not path.with_suffix(".bin").is_file():
         raise EndofuseError(f"OpenVINO IR {path} has no weights file {path.with_suffix('.bin').name} beside it; "
                             f"copy both files (or export again with `endofuse export --format openvino`)")
