@@ -119,7 +119,7 @@ def reuse_export(exported, monkeypatch):
 
 
 def test_export_cli_writes_ir_with_metadata_checked_on_open(exported, cache, reuse_export, tmp_path, capsys):
-    out = tmp_path / "ir" / "m.xml"
+    out = tmp_path / "m.xml"
     assert cli.main(["export", "--checkpoint", str(exported.checkpoint), "--format", "openvino",
                      "--precision", "f32", "--out", str(out)]) == 0
     assert "wrote" in capsys.readouterr().out
@@ -200,14 +200,26 @@ def test_compiled_and_int8_caches_are_reused(exported, cache, sample_or_none, mo
 
     # Quantised and compiled once (the parity test above already did, with the same calibration frames).
     open_engine(exported.onnx_path, backend="openvino-int8", calibration=sample_or_none)
-    blobs = sorted(compiled_cache_dir().glob("*.blob"))
+    blobs = sorted(compiled_cache_dir("int8").glob("*.blob"))
     assert blobs, "OpenVINO wrote no compiled-model blob into the cache"
     monkeypatch.setattr(openvino_export, "quantize_ir", lambda *a, **k: pytest.fail("INT8 IR was not reused"))
     again = open_engine(exported.onnx_path, backend="openvino-int8", calibration=sample_or_none)
     assert again.name == "openvino-int8"
-    assert sorted(compiled_cache_dir().glob("*.blob")) == blobs  # nothing compiled anew
+    assert sorted(compiled_cache_dir("int8").glob("*.blob")) == blobs  # nothing compiled anew
     with pytest.raises(EndofuseError, match="is an INT8 model; open it with precision 'int8'"):
         open_engine(again.path, backend="openvino", precision="f32")
+
+
+def test_a_cached_blob_never_serves_another_precision(exported, cache):
+    """OpenVINO's blob key leaves out the precision hint; a bf16 open must still run bf16, not the f32 blob."""
+    from endofuse.realtime.engines.openvino_engine import OpenVinoEngine
+
+    wli, nbi = random_pair(seed=5)
+    expected = {p: OpenVinoEngine(exported.onnx_path, precision=p, cache=False).infer(wli, nbi)
+                for p in ("f32", "bf16")}
+    for precision in ("f32", "bf16", "f32", "bf16"):  # each open finds the other precision's blob in the cache
+        got = open_engine(exported.onnx_path, backend="openvino", precision=precision).infer(wli, nbi)
+        np.testing.assert_array_equal(got, expected[precision])
 
 
 def test_pipeline_runs_end_to_end_on_openvino(exported, cache, tmp_path, capsys):

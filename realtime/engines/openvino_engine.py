@@ -29,9 +29,14 @@ from endofuse.realtime.engines.openvino_export import PRECISIONS, check_metadata
 MATCHING_KEYS = ("source_sha256", "img_size", "num_classes", "model_name", "precision")
 
 
-def compiled_cache_dir() -> Path:
-    """Where OpenVINO keeps compiled-model blobs (`$ENDOFUSE_CACHE/openvino-compiled`)."""
-    return cache_dir() / "openvino-compiled"
+def compiled_cache_dir(precision: str = "auto") -> Path:
+    """Where OpenVINO keeps compiled-model blobs for one precision (`$ENDOFUSE_CACHE/openvino-compiled/<precision>`).
+
+    One folder per precision because OpenVINO 2026.4's blob key leaves out
+    INFERENCE_PRECISION_HINT: with one folder, a bf16 open loaded the f32 blob and
+    returned wrong logits (max error 3.4 on the tiny demo model, half its logit range).
+    """
+    return cache_dir() / "openvino-compiled" / precision
 
 
 def compile_config(precision: str, threads: int | None, cache: bool = True) -> dict[str, str]:
@@ -42,8 +47,9 @@ def compile_config(precision: str, threads: int | None, cache: bool = True) -> d
     if precision in ("f32", "bf16"):
         config["INFERENCE_PRECISION_HINT"] = precision
     if cache:
-        compiled_cache_dir().mkdir(parents=True, exist_ok=True)
-        config["CACHE_DIR"] = str(compiled_cache_dir())
+        folder = compiled_cache_dir(precision)
+        folder.mkdir(parents=True, exist_ok=True)
+        config["CACHE_DIR"] = str(folder)
     return config
 
 
