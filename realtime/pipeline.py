@@ -20,7 +20,6 @@ import numpy as np
 
 from endofuse.errors import InvalidOptionError
 from endofuse.kernels.mask_overlay import DEFAULT_ALPHA
-from endofuse.outputs import finite_or_none
 from endofuse.realtime.operators import CaptureOp, InferenceOp, Inferred
 from endofuse.realtime.overlay import HudInfo, OverlayStyle
 from endofuse.realtime.queues import BLOCK, LATEST, Closed, FrameQueue, Timeout
