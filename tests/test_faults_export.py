@@ -88,3 +88,29 @@ def test_writing_the_same_repository_again_keeps_one_version(tmp_path):
     write_triton_repository(root, onnx_path)
     assert sorted(p.name for p in (root / "endofuse").iterdir()) == ["1", "config.pbtxt"]
     assert not list(root.rglob("*.tmp"))
+
+
+@pytest.mark.slow  # a real ONNX export
+def test_onnx_export_on_a_full_disk_is_one_line_and_leaves_no_temp(tmp_path, monkeypatch, capsys):
+    import errno
+    import os
+
+    import torch
+
+    import endofuse.outputs as outputs
+    from endofuse.model import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    weights = save_checkpoint(tmp_path / "w.pt", build_model("tiny", img_size=32))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "m.onnx").write_bytes(b"previous export")
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(outputs.os, "fsync", full_disk)
+    rc = cli.main(["export", "--checkpoint", str(weights), "--format", "onnx", "--out", str(out / "m.onnx")])
+    err = one_line(capsys, rc)
+    assert "m.onnx" in err and "no space left on device" in err
+    assert sorted(p.name for p in out.iterdir()) == ["m.onnx"] and (out / "m.onnx").read_bytes() == b"previous export"

@@ -23,6 +23,7 @@ from torch import nn
 
 from endofuse import __version__
 from endofuse.errors import EndofuseError
+from endofuse.outputs import atomic_write_bytes
 
 ONNX_OPSET = 18
 # Bumped whenever the file layout or metadata meaning changes; engines refuse other values.
@@ -115,16 +116,15 @@ def _export_one(module: nn.Module, inputs: tuple, names: list[str], path: Path, 
     if dynamic_batch:
         batch = torch.export.Dim("batch", min=1, max=1024)
         dynamic_shapes = {name: {0: batch} for name in names}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with _quiet_exporter(), torch.inference_mode(False), torch.no_grad():
-        torch.onnx.export(module, inputs, str(tmp), dynamo=True, opset_version=ONNX_OPSET, input_names=names,
-                          output_names=["logits"], dynamic_shapes=dynamic_shapes, optimize=True, verbose=False,
-                          external_data=False)
-    proto = onnx.load(str(tmp))
+        program = torch.onnx.export(module, inputs, None, dynamo=True, opset_version=ONNX_OPSET, input_names=names,
+                                    output_names=["logits"], dynamic_shapes=dynamic_shapes, optimize=True,
+                                    verbose=False)
+    proto = program.model_proto
     onnx.helper.set_model_props(proto, metadata)
     proto.producer_name, proto.producer_version = "endofuse", __version__
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, path)  # atomic: a cache reader never sees a half-written model
+    # checked and atomic: a full disk is one line naming the file, a cache reader never sees half a model
+    atomic_write_bytes(path, proto.SerializeToString())
 
 
 @contextlib.contextmanager
