@@ -107,7 +107,7 @@ def check_output_file(path: str | os.PathLike, what: str) -> Path:
 
 def reason(exc: OSError) -> str:
     """"no space left on device" and the like: the OS's reason, lower-case."""
-    text = exc.strerror or (os.strerror(exc.errno) if exc.errno else str(exc))
+    text = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))  # the OS's wording for errno
     return text[:1].lower() + text[1:]
 
 

@@ -10,6 +10,7 @@ from endofuse.errors import InvalidInputError, MissingFileError
 from endofuse.model.checkpoint import count_parameters, save_checkpoint
 from endofuse.model.convert import convert_reference_state_dict, reference_model_kwargs
 from endofuse.model.mm_endocl import MMEndoCL, build_model
+from endofuse.outputs import check_output_file, refuse_overlap
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +39,9 @@ def convert_reference_file(source: Path, output: Path, half: bool = False) -> MM
 
 
 def main(args: argparse.Namespace) -> int:
+    # the reference weights are never replaced by their conversion
+    refuse_overlap({"OUT.pt": args.output}, {"IN.pth": args.source})
+    check_output_file(args.output, "OUT.pt")
     model = convert_reference_file(Path(args.source), Path(args.output), half=args.half)
     print(
         f"converted {args.source} -> {args.output}: model 'paper', {count_parameters(model) / 1e6:.1f} M parameters, "

@@ -24,6 +24,7 @@ import numpy as np
 from endofuse.checks import check_fps
 from endofuse.errors import EndofuseError
 from endofuse.machine import describe_machine, machine_line, time_calls
+from endofuse.outputs import check_output_file, refuse_overlap
 from endofuse.realtime.run_command import add_source_arguments, quiet_opencv, write_report
 from endofuse.realtime.tracing import now, percentiles
 
@@ -163,9 +164,11 @@ def main(args: argparse.Namespace) -> int:
     check_fps(args.paced_fps, "--paced-fps")
     if args.plot and args.runtime == "holoscan":
         raise EndofuseError("--plot draws the native stages; use --runtime both (or native) with --plot")
-    for target in (args.json, args.plot):
-        if target and not Path(target).parent.exists():
-            raise EndofuseError(f"'{target}': folder '{Path(target).parent}' does not exist")
+    source = None if args.source.startswith("synthetic") else args.source
+    refuse_overlap({"--json": args.json, "--plot": args.plot}, {"--source": source, "--checkpoint": args.checkpoint})
+    for flag, target in (("--json", args.json), ("--plot", args.plot)):
+        if target:
+            check_output_file(target, flag)
     result, latencies = run_bench(args)
     print(format_table(result))
     if args.json:
