@@ -1,9 +1,12 @@
 """`endofuse bench --plot`: latency CDFs and per-stage bars in one PNG (matplotlib, no display)."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
+
+from endofuse.outputs import atomic_write_bytes
 
 COLORS = {"engine only": "tab:green", "max": "tab:blue", "paced": "tab:orange"}
 STAGE_ORDER = ("preprocess", "queue", "sync", "infer", "postprocess", "overlay", "output")
@@ -44,5 +47,7 @@ def plot_bench(result: dict, latencies: dict[str, list[float]], path: Path) -> N
     bar_ax.legend()
     fig.suptitle(f"{result['model']} | {result['engine']} | efficiency {result['efficiency']:.2f}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    atomic_write_bytes(path, buffer.getvalue())  # checked: a full disk is one line naming the file
     plt.close(fig)

@@ -4,12 +4,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import platform
 import sys
-import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+
+from endofuse.outputs import atomic_write_bytes, atomic_write_text
 
 LOG_COLUMNS = (
     "epoch", "step", "lr", "w_fd", "loss", "seg", "da", "align", "diff", "orth_wli", "orth_nbi", "mi", "dacl", "fd",
@@ -20,14 +20,8 @@ LOSS_CURVES = ("loss", "seg", "fd", "mi", "dacl", "da")
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Checked atomic write: a full disk is a one-line WriteError naming the file, the old file kept."""
+    atomic_write_text(path, text)
 
 
 def versions() -> dict[str, str]:
@@ -79,8 +73,7 @@ def write_curves(run: Path, history: Sequence[dict]) -> None:
     ax_dice.set_title("validation Dice")
     ax_dice.grid(alpha=0.3)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=".curves.", suffix=".png", dir=run)
-    os.close(fd)
-    fig.savefig(tmp, dpi=90)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
     plt.close(fig)
-    os.replace(tmp, run / "curves.png")
+    atomic_write_bytes(run / "curves.png", buffer.getvalue())  # checked: a full disk is one line
