@@ -137,3 +137,17 @@ def test_run_folder_and_option_mistakes_are_one_line(case, data, tmp_path, capsy
     assert message in one_line(capsys, train(data, out, "--epochs", "1", *extra))
     assert a_file.read_text() == "keep" and (foreign / "notes.txt").read_text() == "keep"
     assert not (data / "last.pt").exists()
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_leaves_no_temp(data, tmp_path, capsys, monkeypatch):
+    import errno
+
+    def full_disk(payload, handle, *args, **kwargs):
+        handle.write(b"partial")  # what a real full disk leaves: a few bytes, then ENOSPC
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    run = tmp_path / "run"
+    err = one_line(capsys, train(data, run, "--epochs", "1")).split("\r")[-1]
+    assert "last.pt" in err and "no space left on device" in err
+    assert not list(run.glob("*.tmp")) and not list(run.glob(".*.tmp")) and not (run / "last.pt").exists()
