@@ -21,6 +21,8 @@ import contextlib
 import logging
 import sys
 
+from endofuse.errors import EndofuseError
+
 TELEMETRY_MODULE = "openvino_telemetry"
 
 
@@ -48,15 +50,22 @@ def disable_telemetry() -> None:
 def import_openvino():
     """The `openvino` module, imported with telemetry off."""
     disable_telemetry()
-    import openvino
-
+    try:
+        import openvino
+    except ImportError as exc:
+        raise EndofuseError("the OpenVINO engine needs the openvino package (`pip install openvino nncf`, x86-64 or "
+                            "64-bit ARM); or use --engine onnxruntime") from exc
     return openvino
 
 
 def import_nncf():
     """The `nncf` module, imported with telemetry off and its logging at warnings and above."""
     disable_telemetry()
-    import nncf
+    try:
+        import nncf
+    except ImportError as exc:
+        raise EndofuseError("OpenVINO INT8 needs the nncf package (`pip install nncf`); or use --engine openvino "
+                            "(bf16 / f32)") from exc
 
     nncf.set_log_level(logging.ERROR)
     return nncf
