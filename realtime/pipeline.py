@@ -202,6 +202,9 @@ class Pipeline:
         if self._closed:
             return
         self._closed = True
+        # Only failures from before the stop make the video partial: a thread still reading when the sources
+        # close below may fail too, and that is the stop, not a broken stream.
+        failed_before_stop = bool(self._errors)
         self.stop()
         deadline = now() + self.config.stop_timeout_s
         for op in self.operators:
@@ -212,7 +215,7 @@ class Pipeline:
                 source.close()
         errors = []
         for sink in self.sinks:
-            if self._errors and hasattr(sink, "mark_partial"):
+            if failed_before_stop and hasattr(sink, "mark_partial"):
                 sink.mark_partial(str(self._errors[0]))
             try:
                 sink.close()

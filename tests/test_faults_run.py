@@ -197,7 +197,7 @@ def test_sigterm_and_sigint_finalise_the_video_and_a_true_report(sig, code, tmp_
     partial = tmp_path / ".live.partial.mp4"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None and not (partial.exists()
-                                                                       and partial.stat().st_size > 0):
+                                                                       and partial.stat().st_size > 20_000):
         time.sleep(0.1)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
