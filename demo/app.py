@@ -74,11 +74,11 @@ def build_app(checkpoint: str | None = None, engine: str = "auto", *, opener: En
     out_root = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="endofuse-demo-"))
     out_root.mkdir(parents=True, exist_ok=True)
     examples = write_example_pairs(examples_dir)
-    search = None
+    search = keep = None
     if classifier is not None:
-        from endofuse.demo.classify import ClassifySearch
+        from endofuse.demo.classify import ClassifySearch, keep_segmented_frame
 
-        search = ClassifySearch(classifier, gallery)
+        search, keep = ClassifySearch(classifier, gallery), keep_segmented_frame
 
     with gr.Blocks(title="endofuse demo", analytics_enabled=False,
                    delete_cache=(UPLOAD_SWEEP_S, UPLOAD_MAX_AGE_S)) as app:
@@ -91,20 +91,22 @@ def build_app(checkpoint: str | None = None, engine: str = "auto", *, opener: En
             opacity = gr.Slider(0.0, 1.0, value=DEFAULT_ALPHA, step=0.05, label="Overlay opacity",
                                 elem_id="opacity_slider")
         picker = [opacity, model_choice, engine_choice]
+        # the session's latest segmented WLI frame, server-side, for "use the current overlay frame"
+        latest = gr.State(None, time_to_live=UPLOAD_MAX_AGE_S) if search is not None else None
 
         with gr.Tabs():
             with gr.Tab("Image pair", id="image_pair"):
-                _image_pair_tab(engines, picker, examples)
+                _image_pair_tab(engines, picker, examples, latest, keep)
             with gr.Tab("Video pair", id="video_pair"):
                 _video_pair_tab(engines, picker, out_root, build_pipeline)
             with gr.Tab("Live", id="live"):
-                _live_tab(engines, picker)
+                _live_tab(engines, picker, latest, keep)
             with gr.Tab("Classify & search", id="classify_search"):
-                _classify_tab(search, examples)
+                _classify_tab(search, examples, latest)
     return app
 
 
-def _classify_tab(search, examples) -> None:
+def _classify_tab(search, examples, latest) -> None:
     if search is None:
         gr.Markdown("Start the demo with `--classifier CKPT` (from `endofuse train --task classify`) and "
                     "`--gallery GALLERY` (from `endofuse index`) to classify frames and search a case library.",
@@ -117,7 +119,9 @@ def _classify_tab(search, examples) -> None:
         image = checked_image(label="Frame to classify", elem_id="classify_image", type="numpy", image_mode="RGB",
                               sources=["upload", "clipboard"], height=320)
         probs = gr.Label(label="Class probabilities", elem_id="class_probs", num_top_classes=len(search.model.classes))
-    button = gr.Button("Classify & find similar", variant="primary", elem_id="classify_button")
+    with gr.Row():
+        button = gr.Button("Classify & find similar", variant="primary", elem_id="classify_button")
+        current = gr.Button("Use the current overlay frame", elem_id="classify_current_button")
     similar = gr.Gallery(label="Most similar gallery images", elem_id="similar_gallery", columns=6, height=300,
                          format="jpeg", interactive=False)
     gr.Examples(examples=[[str(w)] for w, _ in examples], inputs=[image], label="Synthetic example frames")
@@ -129,13 +133,15 @@ def _classify_tab(search, examples) -> None:
                               format="jpeg", interactive=False)
     button.click(search.classify_image, inputs=[image, k], outputs=[probs, similar], api_name="classify",
                  concurrency_limit=1)
+    current.click(search.classify_current_frame, inputs=[latest, k], outputs=[image, probs, similar],
+                  api_name="classify_current", concurrency_limit=1)
     text_button.click(search.search_text, inputs=[text, k], outputs=text_results, api_name="search_text",
                       concurrency_limit=1)
     text.submit(search.search_text, inputs=[text, k], outputs=text_results, api_visibility="private",
                 concurrency_limit=1)
 
 
-def _image_pair_tab(engines: EngineCache, picker: list, examples) -> None:
+def _image_pair_tab(engines: EngineCache, picker: list, examples, latest=None, keep=None) -> None:
     with gr.Row():
         wli = checked_image(label="WLI image", elem_id="wli_image", type="numpy", image_mode="RGB",
                             sources=["upload", "clipboard"], height=320)
@@ -151,8 +157,11 @@ def _image_pair_tab(engines: EngineCache, picker: list, examples) -> None:
         examples=[[str(w), str(n)] for w, n in examples] + [[str(examples[0][0]), None]],
         inputs=[wli, nbi], label="Synthetic example pairs (the last one leaves NBI empty: WLI-ONLY)",
     )
-    button.click(functools.partial(segment_uploaded_pair, engines), inputs=[wli, nbi, *picker],
-                 outputs=[overlay, mask, latency], api_name="segment", concurrency_limit=1)
+    handler = functools.partial(segment_uploaded_pair, engines)
+    inputs, outputs = [wli, nbi, *picker], [overlay, mask, latency]
+    if latest is not None:  # the Classify & search tab is on: keep the segmented frame for it
+        handler, inputs, outputs = keep(handler), [*inputs, latest], [*outputs, latest]
+    button.click(handler, inputs=inputs, outputs=outputs, api_name="segment", concurrency_limit=1)
 
 
 def _video_pair_tab(engines: EngineCache, picker: list, out_root: Path, build_pipeline) -> None:
@@ -180,7 +189,7 @@ def _video_handler(engines, out_root, build_pipeline, wli, nbi, alpha, model_lab
                                   build_pipeline=build_pipeline)
 
 
-def _live_tab(engines: EngineCache, picker: list) -> None:
+def _live_tab(engines: EngineCache, picker: list, latest=None, keep=None) -> None:
     gr.Markdown(LIVE_NOTE.format(limit=LIVE_TIME_LIMIT_S))
     no_mirror = gr.WebcamOptions(mirror=False)  # an endoscope image must never be flipped
     with gr.Row():
@@ -195,8 +204,11 @@ def _live_tab(engines: EngineCache, picker: list) -> None:
     stream_limits = dict(time_limit=LIVE_TIME_LIMIT_S, stream_every=LIVE_STREAM_EVERY_S,
                          concurrency_limit=LIVE_CONCURRENCY)
     nbi_cam.stream(remember_nbi_frame, inputs=nbi_cam, outputs=latest_nbi, api_visibility="private", **stream_limits)
-    wli_cam.stream(functools.partial(segment_live_frame, engines), inputs=[wli_cam, latest_nbi, *picker],
-                   outputs=[overlay, readout], api_name="live_frame", **stream_limits)
+    handler = functools.partial(segment_live_frame, engines)
+    inputs, outputs = [wli_cam, latest_nbi, *picker], [overlay, readout]
+    if latest is not None:
+        handler, inputs, outputs = keep(handler), [*inputs, latest], [*outputs, latest]
+    wli_cam.stream(handler, inputs=inputs, outputs=outputs, api_name="live_frame", **stream_limits)
 
 
 def launch_app(app: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, *, block: bool = True):

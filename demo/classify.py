@@ -4,6 +4,11 @@ The classifier checkpoint and the gallery folder are named by whoever starts
 the demo (`endofuse demo --classifier CKPT --gallery GALLERY`), never by the
 browser. Result images are read here from the gallery's own files and sent as
 pixels, so Gradio never has to serve a path outside its upload cache.
+
+"Use the current overlay frame" classifies the WLI frame behind the latest
+overlay of the "Image pair" or "Live" tab. That frame is kept in the browser
+session's server-side `gr.State` by the segmentation handlers themselves; the
+request carries no image and no path, so the client cannot point it elsewhere.
 """
 from __future__ import annotations
 
@@ -23,6 +28,8 @@ from endofuse.train.classify import embed_texts
 from endofuse.train.gallery import Gallery
 
 MAX_QUERY_CHARS = 300
+NO_FRAME_YET = ("no overlay frame yet: segment an image in the Image pair tab (or start the Live tab) first, "
+                "or upload a frame here")
 MAX_K = 12
 THUMB_SIDE = 256
 
@@ -65,6 +72,16 @@ class ClassifySearch:
         return ({c: float(p) for c, p in zip(self.model.classes, probs, strict=True)},
                 self._search(z.numpy(), k))
 
+    def classify_current_frame(self, latest_rgb: np.ndarray | None, k: int = 5):
+        """The "use the current overlay frame" button: (the frame, probabilities, top-k similar).
+
+        `latest_rgb` is the session's `gr.State`, written only by `keep_segmented_frame`.
+        """
+        if latest_rgb is None:
+            raise gr.Error(NO_FRAME_YET)
+        probs, similar = self.classify_image(latest_rgb, k)
+        return latest_rgb, probs, similar
+
     def search_text(self, text: str | None, k: int = 5) -> list[tuple[np.ndarray, str]]:
         text = (text or "").strip()
         if not text:
@@ -74,3 +91,17 @@ class ClassifySearch:
         if self.gallery is None:
             raise gr.Error("no gallery loaded: start the demo with --gallery GALLERY (built by endofuse index)")
         return self._search(embed_texts(self.model, [text]), k)
+
+
+def keep_segmented_frame(segment):
+    """Wrap a segmentation handler so it also returns its WLI input, for the session's "current frame" state.
+
+    The wrapped handler takes the state's previous value as its last input and
+    keeps it when no overlay was produced (e.g. the webcam has not started).
+    """
+    def handler(wli_rgb, *args):
+        *args, previous = args
+        result = segment(wli_rgb, *args)
+        return (*result, wli_rgb if result[0] is not None else previous)
+
+    return handler

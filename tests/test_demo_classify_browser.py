@@ -63,3 +63,25 @@ def test_classify_an_upload_and_search_by_text(browser, served):  # noqa: F811 -
     page.locator("#search_button").click()
     expect(page.locator("#text_gallery img")).to_have_count(5, timeout=UI_TIMEOUT_MS)
     page.context.close()
+
+
+def test_use_the_current_overlay_frame_after_segmenting_it(browser, served):  # noqa: F811 - the imported fixture
+    url, root = served
+    page = browser.new_context(viewport={"width": 1280, "height": 1600}).new_page()
+    page.goto(url)
+    page.get_by_role("tab", name="Classify & search").click()
+    page.locator("#classify_current_button").click()  # nothing segmented in this session yet
+    expect(page.get_by_text("no overlay frame yet").first).to_be_visible(timeout=UI_TIMEOUT_MS)
+    page.get_by_role("tab", name="Image pair").click()
+    image = sorted((root / "data" / "cls_imgs").glob("*.png"))[2]
+    page.locator("#wli_image input[type=file]").set_input_files(str(image))
+    page.locator("#segment_button").click()
+    expect(page.locator("#latency_text textarea")).to_have_value(re.compile("mode: WLI-ONLY"), timeout=UI_TIMEOUT_MS)
+    page.get_by_role("tab", name="Classify & search").click()
+    page.locator("#classify_current_button").click()
+    expect(page.locator("#classify_image img")).to_have_count(1, timeout=UI_TIMEOUT_MS)  # the frame it classified
+    expect(page.locator("#class_probs")).to_contain_text(re.compile("normal|small_lesion|large_lesion"),
+                                                         timeout=UI_TIMEOUT_MS)
+    expect(page.locator("#similar_gallery img")).to_have_count(5, timeout=UI_TIMEOUT_MS)
+    expect(page.locator("#similar_gallery")).to_contain_text("1.000")  # the segmented frame is in the gallery
+    page.context.close()
