@@ -3,6 +3,7 @@ the engines it has opened so far (opened once, on first use, then reused).
 """
 from __future__ import annotations
 
+import importlib.util
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,9 +32,19 @@ def model_choices(checkpoint: str | None) -> list[ModelChoice]:
     return choices
 
 
+# Backends that need packages beyond the base install: offered only where those import.
+NEEDS_PACKAGES = {"openvino": ("openvino",), "openvino-int8": ("openvino", "nncf")}
+
+
 def available_backends() -> list[str]:
-    """Backends worth offering here: TensorRT only where it can run (package + CUDA GPU)."""
-    return [b for b in BACKENDS if b != "tensorrt" or tensorrt_available()]
+    """Backends worth offering here: OpenVINO only where it is installed (INT8 also needs NNCF, which
+    calibrates it), TensorRT only where it can run (package + CUDA GPU)."""
+    def usable(backend: str) -> bool:
+        if backend == "tensorrt":
+            return tensorrt_available()
+        return all(importlib.util.find_spec(name) is not None for name in NEEDS_PACKAGES.get(backend, ()))
+
+    return [b for b in BACKENDS if usable(b)]
 
 
 class EngineCache:

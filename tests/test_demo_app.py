@@ -133,6 +133,21 @@ def test_engine_picker_opens_each_backend_once(served, pair_files):
     assert len(opener.engines) - before <= 1
 
 
+@pytest.mark.parametrize("missing, hidden", [((), set()), (("nncf",), {"openvino-int8"}),
+                                             (("openvino",), {"openvino", "openvino-int8"})])
+def test_engine_picker_offers_openvino_only_where_it_imports(monkeypatch, missing, hidden):
+    import importlib.util
+
+    from endofuse.demo.engines import available_backends
+    from endofuse.realtime.engines import BACKENDS
+
+    # Every package imports except the `missing` ones, whatever this machine has installed.
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in missing else object())
+    monkeypatch.setattr("endofuse.demo.engines.tensorrt_available", lambda: True)
+    offered = available_backends()
+    assert [b for b in BACKENDS if b not in hidden] == offered
+
+
 def test_bad_upload_gives_a_message_naming_the_file_and_the_app_keeps_working(served, pair_files, tmp_path):
     client, _, _, _ = served
     wli_path, nbi_path, _ = pair_files
