@@ -63,6 +63,16 @@ def test_preprocess_cpu_matches_torch_bilinear():
         torch.testing.assert_close(batch[i].double(), expected, rtol=0, atol=2e-4)
 
 
+def test_preprocess_cpu_of_a_view_equals_its_copy_and_torch():
+    # A mirrored crop is a non-contiguous view: the flat tap indices must read the copy's bytes.
+    frame = np.random.default_rng(1).integers(0, 256, (50, 70, 3), dtype=np.uint8)[5:45, ::-1]
+    batch = preprocess([frame, np.ascontiguousarray(frame)], (17, 23), backend="torch")
+    torch.testing.assert_close(batch[0], batch[1], rtol=0, atol=0)
+    rgb = torch.from_numpy(frame[:, :, ::-1].copy()).permute(2, 0, 1)[None].double()
+    expected = F.interpolate(rgb, size=(17, 23), mode="bilinear", align_corners=False)[0] / 255.0
+    torch.testing.assert_close(batch[0].double(), expected, rtol=0, atol=2e-4)
+
+
 def test_preprocess_rejects_non_uint8_frame_naming_it():
     with pytest.raises(ValueError, match="frame 1"):
         preprocess([np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4, 3), np.float32)], 8)
