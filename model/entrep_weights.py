@@ -17,7 +17,6 @@ import dataclasses
 import functools
 import importlib.util
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from endofuse import __version__
 from endofuse.errors import EndofuseError, MissingFileError
 from endofuse.model.entrep import ENTREP_CONFIGS, EntrepConfig, EntrepModel, build_entrep
+from endofuse.outputs import atomic_file
 
 FORMAT = "endofuse-classifier"
 FORMAT_VERSION = 1
@@ -79,14 +79,8 @@ def save_classifier(path: str | os.PathLike, model: EntrepModel, extra: dict | N
         "endofuse_version": __version__,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as handle:  # a full disk: one WriteError naming the file, the old file kept
+        torch.save(payload, handle)
     return path
 
 

@@ -127,8 +127,14 @@ def test_index_and_search_round_trip(cls_folder, checkpoint, tmp_path, capsys):
     assert json.loads((gallery / "gallery.json").read_text())["count"] == 6
     assert main(["index", "--checkpoint", str(checkpoint), "--data", str(cls_folder), "--out", str(gallery)]) == 0
     assert "indexed 6 new image(s)" in capsys.readouterr().out  # train rows already there: only test added
-    items = json.loads((gallery / "items.json").read_text())
-    assert len(items) == 12
+    from endofuse.train.gallery import Gallery
+
+    opened = Gallery.open(gallery)
+    items = opened.items
+    assert len(items) == 12 and opened.meta["generation"] == 2
+    # the previous generation's data files are gone, the current ones are all that is left
+    assert sorted(p.name for p in gallery.iterdir() if not p.name.startswith(".")) == sorted(
+        ["gallery.json", *opened.meta["files"].values()])
     from endofuse.model.entrep_weights import load_classifier
 
     model = load_classifier(checkpoint)
@@ -145,7 +151,7 @@ def test_index_and_search_round_trip(cls_folder, checkpoint, tmp_path, capsys):
     from endofuse.train.classify import embed_texts
 
     text = embed_texts(model, ["an NBI endoscopy frame showing a large lesion"])[0]
-    emb = np.load(gallery / "embeddings.npy")
+    emb = np.load(gallery / opened.meta["files"]["embeddings"])
     best = np.argsort(-(emb @ text), kind="stable")[:4]
     assert [items[i]["image_path"] for i in best] == [r["image_path"] for r in ranked]
 

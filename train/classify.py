@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ from endofuse.model.entrep_weights import (
 from endofuse.train import distributed as ddp
 from endofuse.train.classify_data import ImageDataset, class_names, load_classify_split
 from endofuse.train.classify_metrics import classification_metrics, first_hit_ranks, retrieval_metrics
+from endofuse.train.resume_checks import check_resume, check_run_folder
 from endofuse.train.run_files import write_config, write_text_atomic
 from endofuse.train.state import StopFlag, capture_rng, restore_rng
 
@@ -62,6 +64,7 @@ class ClassifyOptions:
     seed: int = 1234
     device: str | None = None
     progress: bool = True
+    force: bool = False  # a new run may go into a folder holding files endofuse did not write
     overrides: dict = field(default_factory=dict)
 
 
@@ -156,9 +159,11 @@ class ClassifyTrainer:
         self.lr = options.lr or DEFAULTS[options.model]["lr"]
         if self.batch_size < 1:
             raise InvalidOptionError(f"--batch-size must be >= 1, got {self.batch_size}")
-        self.d = ddp.setup(options.device)
         self.run = Path(options.out)
         self.last_path, self.best_path = self.run / "last.pt", self.run / "best.pt"
+        # before the process group: every rank refuses the same bad --out in one line
+        self.output = check_run_folder(self.run, options.data, options.pretrained, options.resume, options.force)
+        self.d = ddp.setup(options.device)
 
     def _setup(self) -> dict | None:
         payload = None
@@ -166,6 +171,7 @@ class ClassifyTrainer:
             if not self.last_path.is_file():
                 raise MissingFileError(f"--resume: no {self.last_path} to continue from")
             payload = read_classifier(self.last_path)
+            check_resume(payload, self._options_dict(), self.last_path)
             if payload["model_name"] != self.o.model:
                 raise EndofuseError(f"{self.last_path}: holds model {payload['model_name']!r}, "
                                     f"not --model {self.o.model}")
@@ -204,6 +210,7 @@ class ClassifyTrainer:
         total = self.o.epochs * self.steps_per_epoch
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _cosine(total))
         self.start_epoch, self.skip_batches, self.best_acc, self.history = 0, 0, -1.0, []
+        self.partial = ({}, 0)  # loss sums and image count of a resumed epoch's first part
         self.generator = torch.Generator().manual_seed(self.o.seed + self.d.rank)
         if payload is not None:
             extra = payload["extra"]
@@ -211,6 +218,7 @@ class ClassifyTrainer:
             self.scheduler.load_state_dict(extra["scheduler"])
             self.start_epoch, self.skip_batches = extra["epoch"], extra["batch_in_epoch"]
             self.best_acc, self.history = extra["best_accuracy"], list(extra["history"])
+            self.partial = (dict(extra.get("epoch_sums", {})), int(extra.get("epoch_count", 0)))
             self.generator.set_state(extra["generator"])
             states = extra["rng"]
             restore_rng(states[self.d.rank] if self.d.rank < len(states) else states[0])
@@ -219,7 +227,7 @@ class ClassifyTrainer:
     def _options_dict(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.o).items()}
 
-    def _save_last(self, epoch: int, batch_in_epoch: int) -> None:
+    def _save_last(self, epoch: int, batch_in_epoch: int, sums: dict | None = None, count: int = 0) -> None:
         states = [capture_rng()]
         if self.d.enabled:
             states = [None] * self.d.world_size
@@ -229,14 +237,16 @@ class ClassifyTrainer:
         save_classifier(self.last_path, self.model, extra={
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "epoch": epoch,
             "batch_in_epoch": batch_in_epoch, "best_accuracy": self.best_acc, "history": self.history,
-            "rng": states, "generator": self.generator.get_state(), "options": self._options_dict()})
+            "rng": states, "generator": self.generator.get_state(), "options": self._options_dict(),
+            "epoch_sums": dict(sums or {}), "epoch_count": count})
 
     def _train_epoch(self, epoch: int, stop: StopFlag) -> tuple[dict, bool]:
         self.sampler.set_epoch(epoch)
         self.train_set.set_epoch(epoch)
         indices = list(self.sampler)[self.skip_batches * self.batch_size:]
         loader = DataLoader(self.train_set, batch_size=self.batch_size, sampler=indices)
-        sums, count, done = {}, 0, self.skip_batches
+        (sums, count), done = self.partial, self.skip_batches
+        self.partial = ({}, 0)
         bar = tqdm(loader, total=self.steps_per_epoch, initial=done, desc=f"epoch {epoch + 1}/{self.o.epochs}",
                    unit="it", disable=not (self.d.is_main and self.o.progress), dynamic_ncols=True)
         self.model.train()
@@ -251,9 +261,6 @@ class ClassifyTrainer:
             if nonfinite:
                 raise EndofuseError(f"non-finite loss ({value}) at epoch {epoch + 1}, batch {done + 1}; "
                                     f"stopped without saving, the last good checkpoint is {self.last_path}")
-            if stopping:
-                self._save_last(epoch, done)
-                return {}, True
             self.optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             self.optimizer.step()
@@ -264,6 +271,10 @@ class ClassifyTrainer:
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
             count += n
             bar.set_postfix(loss=f"{value:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+            if stopping:  # the step in flight has finished: save its result and the epoch's position
+                bar.close()
+                self._save_last(epoch, done, sums, count)
+                return {}, True
         bar.close()
         self.skip_batches = 0
         keys = ["loss", "ce", "slerp_ce", "contrastive"]
@@ -308,7 +319,7 @@ class ClassifyTrainer:
                   f"{' (best)' if improved else ''}  {row['images_per_s']:.1f} images/s", flush=True)
 
     def fit(self) -> int:
-        """Train; 0 when done, 130 when stopped by a signal (resumable with --resume)."""
+        """Train; 0 when done, 130 / 143 when stopped by SIGINT / SIGTERM (resumable with --resume)."""
         payload = self._setup()
         if self.d.is_main:
             self.run.mkdir(parents=True, exist_ok=True)
@@ -334,7 +345,8 @@ class ClassifyTrainer:
                     if self.d.is_main:
                         print(f"stopped by {stop.requested}: saved resumable {self.last_path}; continue with --resume",
                               flush=True)
-                    return 130
+                    # 130 SIGINT, 143 SIGTERM, as the shell (a rank stopped by another rank's signal: 130)
+                    return 128 + (signal.Signals[stop.requested].value if stop.requested else signal.SIGINT.value)
                 self._end_epoch(epoch, terms, time.perf_counter() - started)
         if self.d.is_main:
             print(f"done: best validation accuracy {self.best_acc:.4f} -> {self.best_path}", flush=True)
@@ -346,4 +358,6 @@ def train_classifier(options: ClassifyOptions) -> int:
     try:
         return trainer.fit()
     finally:
+        if trainer.output is not None and trainer.d.is_main:
+            trainer.output.commit()  # the run's files are endofuse's, also after a failure
         ddp.teardown(trainer.d)

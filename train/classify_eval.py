@@ -7,22 +7,21 @@ when the row has none); a hit is a gallery image of the query's label.
 """
 from __future__ import annotations
 
-import json
-import os
-import tempfile
+import io
 from pathlib import Path
 
 import numpy as np
 
 from endofuse.model.entrep import EntrepModel
+from endofuse.outputs import atomic_write_bytes, finite_or_none, write_json
 from endofuse.train.classify import embed_images, embed_texts, prompts_of
 from endofuse.train.classify_data import ImageDataset, load_classify_split
 from endofuse.train.classify_metrics import classification_metrics, first_hit_ranks, retrieval_metrics
-from endofuse.train.run_files import write_text_atomic
 
 
-def evaluate_classifier(model: EntrepModel, data: Path, split: str = "test") -> dict:
-    records = load_classify_split(data, split, model.classes)
+def evaluate_classifier(model: EntrepModel, data: Path, split: str = "test", records=None) -> dict:
+    """The metrics of `model` on `data`'s split (`records`: that split, already loaded and checked)."""
+    records = records if records is not None else load_classify_split(data, split, model.classes)
     dataset = ImageDataset(records, model.img_size, model.classes, prompts_of(model))
     emb, probs = embed_images(model, dataset)
     labels = np.array([dataset.index[r.label] for r in records])
@@ -56,11 +55,10 @@ def write_confusion_png(path: Path, matrix: list[list[int]], classes: list[str])
         ax.text(j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
     ax.set_title("confusion matrix")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=".confusion.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=90)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
     plt.close(fig)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buffer.getvalue())  # checked: a full disk is one line naming the file
 
 
 def summary(metrics: dict) -> str:
@@ -76,6 +74,6 @@ def summary(metrics: dict) -> str:
 
 
 def write_metrics(out: Path, metrics: dict) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
+    """metrics.json (strict JSON) and confusion_matrix.png into an already prepared `out`."""
+    write_json(out / "metrics.json", finite_or_none(metrics))  # a NaN (a broken checkpoint) is null, not NaN
     write_confusion_png(out / "confusion_matrix.png", metrics["confusion_matrix"], metrics["classes"])

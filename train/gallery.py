@@ -1,26 +1,43 @@
 """A case library for retrieval: unit image embeddings + metadata + a faiss inner-product index.
 
-Folder layout: `gallery.json` (model, classes, checkpoint path and SHA-256, count),
-`embeddings.npy` (N, E) float32 unit rows, `items.json` (per row: image_path,
-label, caption, split), `index.faiss` (exact `IndexFlatIP`: cosine similarity on
-unit vectors). Appending needs the same checkpoint (embeddings of two
-checkpoints are not comparable); images already in the gallery are skipped.
+Folder layout: `gallery.json` (model, classes, checkpoint path and SHA-256,
+count, and the names of the data files), and one generation of data files:
+`embeddings-G.npy` (N, E) float32 unit rows, `items-G.json` (per row:
+image_path, label, caption, split), `index-G.faiss` (exact `IndexFlatIP`:
+cosine similarity on unit vectors).
+
+Appending writes generation G+1 beside G, then replaces `gallery.json` (one
+atomic rename: the commit point), then deletes generation G. A crash or a full
+disk at any point leaves `gallery.json` naming a complete generation, old or
+new; leftovers of an interrupted append are removed by the next one. One
+`endofuse index` at a time holds the folder's lock. Appending needs the same
+checkpoint (embeddings of two checkpoints are not comparable); images already
+in the gallery are skipped.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import io
 import json
-from dataclasses import dataclass
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from endofuse.errors import EndofuseError
-from endofuse.outputs import atomic_write_bytes, write_json
+from endofuse.outputs import atomic_write_bytes, reason, write_json
 
 FORMAT = "endofuse-gallery"
-FILES = ("gallery.json", "embeddings.npy", "items.json", "index.faiss")
+VERSION = 2
+META = "gallery.json"
+LOCK = ".gallery.lock"
+DATA_FILE = re.compile(r"^(embeddings|items|index)-\d+\.(npy|json|faiss)$")
 
 
 def file_sha256(path: Path) -> str:
@@ -39,36 +56,76 @@ def _faiss():
     return faiss
 
 
+def data_names(generation: int) -> dict[str, str]:
+    return {"embeddings": f"embeddings-{generation}.npy", "items": f"items-{generation}.json",
+            "index": f"index-{generation}.faiss"}
+
+
+@contextlib.contextmanager
+def locked(folder: Path) -> Iterator[None]:
+    """Exclusive lock on the gallery folder for one append (a second `index` into it is one line)."""
+    folder = Path(folder)
+    try:
+        handle = open(folder / LOCK, "a")  # noqa: SIM115 - held for the whole append
+    except OSError as exc:
+        raise EndofuseError(f"cannot lock gallery '{folder}': {reason(exc)}") from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise EndofuseError(f"{folder}: another endofuse index is writing this gallery; "
+                                    "wait for it to finish") from None
+            raise
+        yield
+    finally:
+        handle.close()
+
+
 @dataclass
 class Gallery:
     folder: Path
     meta: dict
     embeddings: np.ndarray
     items: list[dict]
+    index_bytes: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, folder: Path) -> Gallery:
+        """Read the generation `gallery.json` names; one line for anything missing or damaged."""
         folder = Path(folder)
-        missing = [n for n in FILES if not (folder / n).is_file()]
-        if missing:
-            raise EndofuseError(f"{folder}: not a gallery (missing {', '.join(missing)}); "
-                                f"build one with endofuse index")
-        meta = json.loads((folder / "gallery.json").read_text(encoding="utf-8"))
-        if meta.get("format") != FORMAT:
-            raise EndofuseError(f"{folder / 'gallery.json'}: not an endofuse gallery")
-        embeddings = np.load(folder / "embeddings.npy", allow_pickle=False)
-        items = json.loads((folder / "items.json").read_text(encoding="utf-8"))
+        meta_path = folder / META
+        if not meta_path.is_file():
+            raise EndofuseError(f"{folder}: not a gallery (no {META}); build one with endofuse index")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise EndofuseError(f"{meta_path}: not readable JSON ({exc}); rebuild the gallery") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise EndofuseError(f"{meta_path}: not an endofuse gallery")
+        if meta.get("version") != VERSION or not isinstance(meta.get("files"), dict):
+            raise EndofuseError(f"{meta_path}: gallery version {meta.get('version')} is not the one this endofuse "
+                                f"reads ({VERSION}); rebuild it with endofuse index")
+        files = {k: folder / meta["files"].get(k, "") for k in ("embeddings", "items", "index")}
+        try:
+            embeddings = np.load(files["embeddings"], allow_pickle=False)
+            items = json.loads(files["items"].read_text(encoding="utf-8"))
+            index_bytes = np.fromfile(files["index"], dtype=np.uint8)
+        except FileNotFoundError as exc:
+            raise EndofuseError(f"{folder}: {Path(exc.filename).name} named by {META} is missing "
+                                f"(deleted by hand?); rebuild the gallery") from None
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            raise EndofuseError(f"{folder}: a data file is damaged ({exc}); rebuild the gallery") from None
         if not (len(items) == len(embeddings) == meta.get("count")):
-            raise EndofuseError(f"{folder}: gallery.json counts {meta.get('count')} rows, items.json {len(items)}, "
-                                f"embeddings.npy {len(embeddings)} (an interrupted write?); "
-                                f"rebuild the gallery")
-        return cls(folder, meta, embeddings, items)
+            raise EndofuseError(f"{folder}: {META} counts {meta.get('count')} rows, {files['items'].name} "
+                                f"{len(items)}, {files['embeddings'].name} {len(embeddings)}; rebuild the gallery")
+        return cls(folder, meta, embeddings, items, index_bytes)
 
     @classmethod
     def empty(cls, folder: Path, checkpoint: Path, model_name: str, classes: list[str], dim: int) -> Gallery:
-        meta = {"format": FORMAT, "version": 1, "checkpoint": str(Path(checkpoint).resolve()),
+        meta = {"format": FORMAT, "version": VERSION, "checkpoint": str(Path(checkpoint).resolve()),
                 "checkpoint_sha256": file_sha256(checkpoint), "model": model_name, "classes": list(classes),
-                "embed_dim": dim, "count": 0}
+                "embed_dim": dim, "count": 0, "generation": 0, "files": {}}
         return cls(Path(folder), meta, np.zeros((0, dim), np.float32), [])
 
     def check_checkpoint(self, checkpoint: Path) -> None:
@@ -77,7 +134,7 @@ class Gallery:
                                 f"append with that one or index into a new --out")
 
     def add(self, embeddings: np.ndarray, items: list[dict]) -> int:
-        """Append rows whose image_path is new; returns how many were added."""
+        """Append rows whose image_path is new (in memory; `save` writes them); returns how many."""
         known = {item["image_path"] for item in self.items}
         keep = [i for i, item in enumerate(items) if item["image_path"] not in known]
         if keep:
@@ -86,25 +143,47 @@ class Gallery:
         return len(keep)
 
     def save(self) -> None:
+        """Write the next generation, commit it by replacing gallery.json, then drop the old files.
+
+        Call under `locked(folder)`. A failure before the commit leaves the
+        previous gallery as it was (a WriteError naming the file).
+        """
         faiss = _faiss()
         self.folder.mkdir(parents=True, exist_ok=True)
         index = faiss.IndexFlatIP(self.embeddings.shape[1])
         index.add(np.ascontiguousarray(self.embeddings, dtype=np.float32))
+        generation = int(self.meta.get("generation", 0)) + 1
+        names = data_names(generation)
         buf = io.BytesIO()
         np.save(buf, self.embeddings, allow_pickle=False)
-        atomic_write_bytes(self.folder / "embeddings.npy", buf.getvalue())
-        write_json(self.folder / "items.json", self.items)
-        atomic_write_bytes(self.folder / "index.faiss", faiss.serialize_index(index).tobytes())
-        # written last: a gallery whose gallery.json count disagrees was interrupted mid-write
-        write_json(self.folder / "gallery.json", {**self.meta, "count": len(self.items)})
+        self.index_bytes = faiss.serialize_index(index)
+        atomic_write_bytes(self.folder / names["embeddings"], buf.getvalue())
+        write_json(self.folder / names["items"], self.items)
+        atomic_write_bytes(self.folder / names["index"], self.index_bytes.tobytes())
+        meta = {**self.meta, "count": len(self.items), "generation": generation, "files": names}
+        write_json(self.folder / META, meta)  # the commit point
+        self.meta = meta
+        self.remove_stale()
+
+    def remove_stale(self) -> None:
+        """Delete data files `gallery.json` does not name (the previous generation, interrupted appends)."""
+        current = set(self.meta.get("files", {}).values())
+        for path in self.folder.iterdir():
+            if DATA_FILE.match(path.name) and path.name not in current:
+                with contextlib.suppress(OSError):  # a leftover is harmless; the next append retries
+                    os.unlink(path)
 
     def search(self, queries: np.ndarray, k: int) -> list[list[dict]]:
         """Top-k rows per unit query vector: {image_path, label, score} best first."""
         faiss = _faiss()
-        index = faiss.deserialize_index(np.fromfile(self.folder / "index.faiss", dtype=np.uint8))
+        try:
+            index = faiss.deserialize_index(self.index_bytes)
+        except RuntimeError as exc:
+            raise EndofuseError(f"{self.folder}: {self.meta['files']['index']} is not a faiss index ({exc}); "
+                                f"rebuild the gallery") from None
         if index.ntotal != len(self.items):
-            raise EndofuseError(f"{self.folder}: index.faiss holds {index.ntotal} rows, items.json {len(self.items)}; "
-                                f"rebuild the gallery")
+            raise EndofuseError(f"{self.folder}: {self.meta['files']['index']} holds {index.ntotal} rows, "
+                                f"{self.meta['files']['items']} {len(self.items)}; rebuild the gallery")
         k = min(k, len(self.items))
         scores, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
         return [[{"image_path": self.items[j]["image_path"], "label": self.items[j]["label"], "score": float(s)}

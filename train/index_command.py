@@ -1,4 +1,9 @@
-"""`endofuse index`: embed every image of a classification folder's CSVs into a search gallery."""
+"""`endofuse index`: embed every image of a classification folder's CSVs into a search gallery.
+
+An existing gallery in --out is appended to (same checkpoint only); the append
+is all or nothing (see `endofuse.train.gallery`). A new --out must be empty,
+new, or hold only files endofuse wrote (--force to write beside others).
+"""
 from __future__ import annotations
 
 import argparse
@@ -15,33 +20,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", choices=tuple(SPLITS), default="all", help="which CSVs to index (default all)")
     parser.add_argument("--out", type=Path, required=True,
                         help="gallery folder; an existing gallery of the same checkpoint is appended to")
+    parser.add_argument("--force", action="store_true",
+                        help="start a gallery in an --out folder that holds files endofuse did not write")
 
 
 def main(args: argparse.Namespace) -> int:
     from endofuse.model.entrep_weights import load_classifier
-    from endofuse.outputs import refuse_overlap
+    from endofuse.outputs import OutputFolder, refuse_overlap
     from endofuse.train.classify import embed_images, prompts_of
     from endofuse.train.classify_data import ImageDataset, classify_csv_path, load_classify_split
-    from endofuse.train.gallery import Gallery
+    from endofuse.train.gallery import META, Gallery, locked
 
-    refuse_overlap({"--out": args.out}, {"--checkpoint": args.checkpoint, "--data": args.data})
-    model = load_classifier(args.checkpoint)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise EndofuseError(f"--out '{out}' is an existing file: give a gallery folder")
     splits = [s for s in SPLITS[args.split] if args.split != "all" or classify_csv_path(args.data, s).is_file()]
     if not splits:
         raise EndofuseError(f"{args.data}: no cls_train.csv or cls_test.csv to index")
-    if (args.out / "gallery.json").is_file():
-        gallery = Gallery.open(args.out)
-        gallery.check_checkpoint(args.checkpoint)
-    else:
-        gallery = Gallery.empty(args.out, args.checkpoint, model.name, model.classes, model.config.embed_dim)
-    added = 0
-    for split in splits:
-        records = load_classify_split(args.data, split, model.classes)
-        dataset = ImageDataset(records, model.img_size, model.classes, prompts_of(model))
-        embeddings, _ = embed_images(model, dataset)
-        items = [{"image_path": str(r.image.resolve()), "label": r.label, "caption": r.caption, "split": split}
-                 for r in records]
-        added += gallery.add(embeddings, items)
-    gallery.save()
-    print(f"indexed {added} new image(s) from {', '.join(splits)} into {args.out} ({len(gallery.items)} in all)")
+    inputs = {"--checkpoint": args.checkpoint, "--data": args.data}
+    inputs.update({f"{classify_csv_path(args.data, s).name}": classify_csv_path(args.data, s) for s in splits})
+    refuse_overlap({"--out": out}, inputs, output_dirs=["--out"])
+    model = load_classifier(args.checkpoint)
+    records = {split: load_classify_split(args.data, split, model.classes) for split in splits}  # all rows checked
+    appending = (out / META).is_file()
+    if appending:
+        Gallery.open(out).check_checkpoint(args.checkpoint)  # before any work; a damaged gallery is one line
+    # an existing gallery is endofuse's own folder (like train --resume); a new one follows the owned-folder rule
+    folder = OutputFolder(out, "index --out", force=args.force or appending).prepare()
+    try:
+        with locked(out):
+            if (out / META).is_file():  # re-read under the lock: another index may have appended meanwhile
+                gallery = Gallery.open(out)
+                gallery.check_checkpoint(args.checkpoint)
+            else:
+                gallery = Gallery.empty(out, args.checkpoint, model.name, model.classes, model.config.embed_dim)
+            added = 0
+            for split, rows in records.items():
+                dataset = ImageDataset(rows, model.img_size, model.classes, prompts_of(model))
+                embeddings, _ = embed_images(model, dataset)
+                items = [{"image_path": str(r.image.resolve()), "label": r.label, "caption": r.caption,
+                          "split": split} for r in rows]
+                added += gallery.add(embeddings, items)
+            gallery.save()
+    finally:
+        folder.commit()
+    print(f"indexed {added} new image(s) from {', '.join(splits)} into {out} ({len(gallery.items)} in all)")
     return 0
