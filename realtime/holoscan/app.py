@@ -75,7 +75,7 @@ class EndofuseApp(Application):
                 raise EndofuseError(f"config section '{section}': unknown key(s) {', '.join(sorted(unknown))}; "
                                     f"expected {', '.join(sorted(SECTION_KEYS[section]))}")
         self.tracker = None
-        self.errors: list[Exception] = []  # user errors raised inside operators (see stop_on_user_error)
+        self.errors: list[Exception] = []  # user errors raised inside operators (see EndofuseOperator)
 
     def compose(self) -> None:
         s = self.sections
@@ -124,8 +124,17 @@ class EndofuseApp(Application):
                     "messages": int(self.tracker.get_metric(path, DataFlowMetric.NUM_DST_MESSAGES)),
                 }
         cfg = self.sections.get("scheduler", {})
-        return {"holoscan": {"scheduler": cfg.get("kind", "greedy"), "workers": int(cfg.get("workers", 1)),
-                             "flow_tracking_ms": paths}}
+        overlay = self.overlay_op
+        return {"holoscan": {
+            "scheduler": cfg.get("kind", "greedy"), "workers": int(cfg.get("workers", 1)),
+            "flow_tracking_ms": paths,
+            # what decides between the schedulers: how many threads ran the operators of one frame's path
+            # (source, sync, inference, overlay) and how often a frame moved from one thread to another
+            "threads_used": len(overlay.threads),
+            "handoffs_per_frame": overlay.handoffs / overlay.frames if overlay.frames else 0.0,
+            "nbi_dropped_by_stage": {"nbi_source": getattr(self.nbi_op, "dropped", 0),
+                                     "sync_port": self.sync_op.nbi_dropped},
+        }}
 
 
 def make_scheduler(app: Application, kind: str = "greedy", workers: int = 1):

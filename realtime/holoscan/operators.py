@@ -7,14 +7,18 @@
                           --result---> EndofuseRecorderOp (or any operator taking a FrameResult)
 
 Each `compute` calls the same endofuse functions the native pipeline runs
-(`Synchroniser`, `segment.preprocess`, `engine.infer`, `segment.finish_frame`),
-so both runtimes give the same masks for the same pairs and an adapter for
-another Holoscan API stays a thin shell.
+(`Synchroniser`, `segment.preprocess`, `engine.infer`, the frame classifier,
+`segment.finish_frame`), so both runtimes give the same masks for the same
+pairs and an adapter for another Holoscan API stays a thin shell. Frames that
+arrive on the GPU stay there (device.py).
 """
 from __future__ import annotations
 
 import math
 import os
+import threading
+
+import torch
 
 from endofuse.errors import EndofuseError
 from endofuse.realtime.holoscan._runtime import import_holoscan
@@ -24,6 +28,7 @@ import_holoscan()
 from holoscan.conditions import PeriodicCondition  # noqa: E402
 from holoscan.core import ConditionType, IOSpec, Operator  # noqa: E402
 
+from endofuse.realtime.holoscan.device import finish_tensor, model_input  # noqa: E402
 from endofuse.realtime.holoscan.frames import (  # noqa: E402
     FrameStamper,
     Segmented,
@@ -33,25 +38,36 @@ from endofuse.realtime.holoscan.frames import (  # noqa: E402
 )
 from endofuse.realtime.overlay import HudInfo, OverlayStyle  # noqa: E402
 from endofuse.realtime.pipeline import FrameResult  # noqa: E402
-from endofuse.realtime.segment import FUSED, WLI_ONLY, engine_label, finish_frame, preprocess  # noqa: E402
+from endofuse.realtime.segment import FUSED, WLI_ONLY, engine_label, finish_frame  # noqa: E402
 from endofuse.realtime.source_specs import open_source  # noqa: E402
 from endofuse.realtime.sources import Source, SourceLost  # noqa: E402
 from endofuse.realtime.sync import Synchroniser, SyncPolicy  # noqa: E402
 from endofuse.realtime.tracing import FrameTrace, now  # noqa: E402
 
 
-def stop_on_user_error(op: Operator, exc: Exception) -> bool:
-    """In an `EndofuseApp`, a user error (bad file mid-stream) stops the graph quietly and is re-raised by
-    `run_app` as one line; in any other graph it propagates as Holoscan reports it. True when handled."""
-    errors = getattr(op.fragment, "errors", None)
-    if errors is None or not isinstance(exc, EndofuseError):
-        return False
-    errors.append(exc)
-    op.fragment.stop_execution()
-    return True
+class EndofuseOperator(Operator):
+    """What every endofuse operator shares: `compute` runs `_compute`, and a user error stops the graph.
+
+    In an `EndofuseApp` a user error (a file that stops decoding mid-stream)
+    stops the graph quietly and `run_app` re-raises it as one line; in any other
+    graph it propagates as Holoscan reports it.
+    """
+
+    def compute(self, op_input, op_output, context) -> None:
+        try:
+            self._compute(op_input, op_output)
+        except EndofuseError as exc:
+            errors = getattr(self.fragment, "errors", None)
+            if errors is None:
+                raise
+            errors.append(exc)
+            self.fragment.stop_execution()
+
+    def _compute(self, op_input, op_output) -> None:
+        raise NotImplementedError
 
 
-class EndofuseSourceOp(Operator):
+class EndofuseSourceOp(EndofuseOperator):
     """An endofuse source (file, folder, camera, `synthetic`, a `Source`) -> output `frame` (a `Frame`).
 
     `frames` stops after that many frames read. `live=True` plays a recording like a
@@ -103,13 +119,6 @@ class EndofuseSourceOp(Operator):
         self.source.close()
         self.stop_execution()
 
-    def compute(self, op_input, op_output, context) -> None:
-        try:
-            self._compute(op_input, op_output)
-        except EndofuseError as exc:
-            if not stop_on_user_error(self, exc):
-                raise
-
     def _compute(self, op_input, op_output) -> None:
         if self.finished:
             return
@@ -135,6 +144,8 @@ class EndofuseSourceOp(Operator):
             frame = None
         if frame is None:
             return self._end()
+        # the sync op counts gaps in `seq` as frames lost at its port; `thread` feeds the hand-off counts
+        frame.extras.update(seq=self.emitted, thread=threading.get_ident())
         self.emitted += 1
         self.last_sync_time = frame.sync_time
         op_output.emit(frame, "frame")
@@ -143,14 +154,17 @@ class EndofuseSourceOp(Operator):
         self.source.close()
 
 
-class EndofuseSyncOp(Operator):
+class EndofuseSyncOp(EndofuseOperator):
     """Inputs `wli` (drives) and `nbi` (never gates) -> output `pair` (a `SyncedPair`).
 
     Every WLI frame is paired by endofuse's `Synchroniser`: the NBI frame nearest
     in time within `tolerance` s (default half a WLI period) is `paired`, within
     `staleness` s (default three periods) `stale`, otherwise WLI-only (`missing`).
     Frames are endofuse `Frame`s or HWC uint8 numpy/cupy/holoscan Tensors/one-
-    tensor maps in `channel_order` (RGB/RGBA or BGR), stamped on arrival.
+    tensor maps in `channel_order` (RGB/RGBA or BGR), stamped on arrival; CUDA
+    frames stay on the GPU. NBI frames replaced at the one-slot `nbi` port
+    before they were read are counted in `nbi_dropped` (frames from
+    `EndofuseSourceOp` carry a sequence number; other frames cannot be counted).
     """
 
     def __init__(self, fragment, *args, wli_fps: float = 30.0, tolerance: float | None = None,
@@ -171,13 +185,6 @@ class EndofuseSyncOp(Operator):
         spec.input("nbi", policy=IOSpec.QueuePolicy.POP).condition(ConditionType.NONE)
         spec.output("pair")
 
-    def compute(self, op_input, op_output, context) -> None:
-        try:
-            self._compute(op_input, op_output)
-        except EndofuseError as exc:
-            if not stop_on_user_error(self, exc):
-                raise
-
     def _compute(self, op_input, op_output) -> None:
         started = now()
         nbi = op_input.receive("nbi")  # NBI first: arrival stamps then precede the WLI frame's
@@ -189,7 +196,17 @@ class EndofuseSyncOp(Operator):
         if pairing is None:
             return  # not newer than the previous WLI frame: counted by the synchroniser
         trace.add("sync", max(started, frame.capture_time))
-        op_output.emit(SyncedPair(pairing, order, trace), "pair")
+        threads = [t for t in (frame.extras.get("thread"), threading.get_ident()) if t is not None]
+        op_output.emit(SyncedPair(pairing, order, trace, threads), "pair")
+
+    @property
+    def nbi_dropped(self) -> int:
+        """NBI frames that never reached the synchroniser (replaced at the port by a newer one)."""
+        return self._nbi.lost
+
+    @property
+    def wli_dropped(self) -> int:
+        return self._wli.lost
 
 
 def resolve_engine(engine, backend: str = "auto", device: str | None = None, model: str = "tiny"):
@@ -203,16 +220,24 @@ def resolve_engine(engine, backend: str = "auto", device: str | None = None, mod
     return open_engine(engine, backend=backend, device=device, model_name=model)
 
 
-class EndofuseInferenceOp(Operator):
+class EndofuseInferenceOp(EndofuseOperator):
     """Input `pair` -> output `segmented`: preprocess both frames, run the engine (NBI missing: WLI-only path).
 
     `engine`: an engine from `open_engine` (OpenVINO, ONNX Runtime, TensorRT,
     torch), a checkpoint/model path, or None for the bundled demo weights.
+    `classifier`: a `realtime.classifier.FrameClassifier` or its file; it
+    classifies the WLI frame's model input right after segmentation, as in the
+    native pipeline. Frames on the GPU are preprocessed there (device.py).
     """
 
     def __init__(self, fragment, *args, engine=None, backend: str = "auto", device: str | None = None,
-                 model: str = "tiny", warmup: bool = True, **kwargs) -> None:
+                 model: str = "tiny", warmup: bool = True, classifier=None, **kwargs) -> None:
         self.engine = resolve_engine(engine, backend, device, model)
+        if classifier is not None and not callable(classifier):
+            from endofuse.realtime.classifier import FrameClassifier
+
+            classifier = FrameClassifier.open(classifier)
+        self.classifier = classifier
         self._warmup = warmup
         super().__init__(fragment, *args, **kwargs)
 
@@ -224,32 +249,32 @@ class EndofuseInferenceOp(Operator):
         if self._warmup:
             self.engine.warmup()
 
-    def compute(self, op_input, op_output, context) -> None:
-        try:
-            self._compute(op_input, op_output)
-        except EndofuseError as exc:
-            if not stop_on_user_error(self, exc):
-                raise
-
     def _compute(self, op_input, op_output) -> None:
         pair: SyncedPair = op_input.receive("pair")
-        size, device = tuple(self.engine.input_size), getattr(self.engine, "device", None)
+        pair.threads.append(threading.get_ident())
+        size = tuple(self.engine.input_size)
         started = now()
-        wli = preprocess(pair.wli.image, size, device)
-        nbi = None if pair.nbi is None else preprocess(pair.nbi.image, size, device)
+        wli = model_input(pair.wli.image, size, self.engine)
+        nbi = None if pair.nbi is None else model_input(pair.nbi.image, size, self.engine)
         t_pre = pair.trace.add("preprocess", started)
         logits = self.engine.infer(wli, nbi)
-        pair.trace.add("infer", t_pre)
-        op_output.emit(Segmented(pair, logits, self.engine), "segmented")
+        t_infer = pair.trace.add("infer", t_pre)
+        classification = None
+        if self.classifier is not None:
+            classification = self.classifier(wli)
+            pair.trace.add("classify", t_infer)
+        op_output.emit(Segmented(pair, logits, self.engine, classification), "segmented")
 
 
-class EndofuseOverlayOp(Operator):
+class EndofuseOverlayOp(EndofuseOperator):
     """Input `segmented` -> outputs `overlay` and `result`; either may be left unconnected.
 
     `overlay`: a tensor map {"overlay": HxWx3 uint8} in the channel order the
     frames came in (for `HolovizOp(tensors=[dict(name="overlay", type="color")])`
     or a recorder). `result`: an `endofuse.realtime.FrameResult` (overlay in
-    BGR, mask, mode, latency, timings, nbi_index).
+    BGR, mask, mode, latency, timings, nbi_index; with a classifier, `class`
+    and `confidence` in `extras`). For frames that arrived on the GPU, the
+    overlay tensor and the result's overlay, mask and frame are CUDA tensors.
 
     An output with no receiver would stop the operator forever, so both ports
     send without waiting for the receiver: under a multi-threaded scheduler a
@@ -265,6 +290,8 @@ class EndofuseOverlayOp(Operator):
         self.backpressure = tuple(backpressure)
         self.style = OverlayStyle(alpha=alpha, contour=contour, hud=hud)
         self._done: list[float] = []
+        self.frames = self.handoffs = 0  # hand-offs: consecutive operators of a frame's path on different threads
+        self.threads: set[int] = set()
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec) -> None:
@@ -275,19 +302,17 @@ class EndofuseOverlayOp(Operator):
             else:
                 spec.output(port)
 
-    def compute(self, op_input, op_output, context) -> None:
-        try:
-            self._compute(op_input, op_output)
-        except EndofuseError as exc:
-            if not stop_on_user_error(self, exc):
-                raise
-
     def _compute(self, op_input, op_output) -> None:
         item: Segmented = op_input.receive("segmented")
         pair, trace, frame = item.pair, item.pair.trace, item.pair.wli
+        threads = [*pair.threads, threading.get_ident()]
+        self.frames += 1
+        self.handoffs += sum(a != b for a, b in zip(threads, threads[1:], strict=False))
+        self.threads.update(threads)
         mode = FUSED if pair.nbi is not None else WLI_ONLY
-        mask, overlay, post_ms, overlay_ms = finish_frame(item.logits, frame.image, self.style,
-                                                          lambda: self._hud(mode, item.engine, trace))
+        finish = finish_tensor if isinstance(frame.image, torch.Tensor) else finish_frame  # on the GPU: stays there
+        mask, overlay, post_ms, overlay_ms = finish(item.logits, frame.image, self.style,
+                                                    lambda: self._hud(mode, item, trace))
         trace.stages_ms["postprocess"], trace.stages_ms["overlay"] = post_ms, overlay_ms
         ready = now()
         self._done = (self._done + [ready])[-30:]
@@ -295,10 +320,13 @@ class EndofuseOverlayOp(Operator):
         result = FrameResult(frame.index, overlay, mask, mode, trace.stages_ms, trace.latency_ms(ready), frame.image,
                              pair.pairing.status, None if skew is None else skew * 1000.0,
                              None if pair.nbi is None else pair.nbi.index)
+        if item.classification is not None:
+            result.extras.update({"class": item.classification.label, "confidence": item.classification.confidence})
         op_output.emit({"overlay": from_bgr(overlay, pair.channel_order)}, "overlay")
         op_output.emit(result, "result")
 
-    def _hud(self, mode: str, engine, trace: FrameTrace) -> HudInfo:
-        times = self._done
+    def _hud(self, mode: str, item: Segmented, trace: FrameTrace) -> HudInfo:
+        times, engine = self._done, item.engine
         fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else None
-        return HudInfo(mode, engine_label(engine), getattr(engine, "model_label", ""), fps, trace.latency_ms())
+        line = "" if item.classification is None else item.classification.hud_line()
+        return HudInfo(mode, engine_label(engine), getattr(engine, "model_label", ""), fps, trace.latency_ms(), line)

@@ -1,23 +1,23 @@
 """`EndofuseRecorderOp`: FrameResults -> video file / image folder + report.json (the `endofuse run` keys)."""
 from __future__ import annotations
 
+import collections
 import math
 from pathlib import Path
 
-from endofuse.errors import EndofuseError
 from endofuse.realtime.holoscan._runtime import import_holoscan
 
 import_holoscan()
 
-from holoscan.core import Operator  # noqa: E402
-
+from endofuse.realtime.holoscan.device import host_result  # noqa: E402
+from endofuse.realtime.holoscan.operators import EndofuseOperator  # noqa: E402
 from endofuse.realtime.segment import engine_label  # noqa: E402
 from endofuse.realtime.sinks import ImageFolderSink, VideoFileSink  # noqa: E402
 from endofuse.realtime.sync import MISSING, PAIRED, STALE  # noqa: E402
 from endofuse.realtime.tracing import LatencyStats, now, percentiles  # noqa: E402
 
 
-class EndofuseRecorderOp(Operator):
+class EndofuseRecorderOp(EndofuseOperator):
     """Input `result` (a `FrameResult`) -> `out` video, `frames_dir` PNGs, `report` JSON (written at stop).
 
     The report has the keys of `endofuse run`'s report. Pass the graph's
@@ -40,6 +40,7 @@ class EndofuseRecorderOp(Operator):
         self.live = live
         self.frames = 0
         self.counts = {PAIRED: 0, STALE: 0, MISSING: 0}
+        self.class_counts: collections.Counter = collections.Counter()
         self.skews_ms: list[float] = []
         self.resolution_changes = 0
         self._last_size = None
@@ -51,24 +52,22 @@ class EndofuseRecorderOp(Operator):
     def setup(self, spec) -> None:
         spec.input("result")
 
-    def compute(self, op_input, op_output, context) -> None:
-        from endofuse.realtime.holoscan.operators import stop_on_user_error
-
-        try:
-            self._record(op_input.receive("result"))
-        except EndofuseError as exc:
-            if not stop_on_user_error(self, exc):
-                raise
+    def _compute(self, op_input, op_output) -> None:
+        self._record(op_input.receive("result"))
 
     def _record(self, result) -> None:
-        for sink in self.sinks:
-            sink.write(result)
+        if self.sinks:
+            host = host_result(result)  # frames kept on the GPU: one copy here, for the files
+            for sink in self.sinks:
+                sink.write(host)
         ready = now()
         self.stats.record(result.latency_ms, result.timings_ms, ready)
         self.frames += 1
         self.counts[result.status] = self.counts.get(result.status, 0) + 1
         if result.skew_ms is not None:
             self.skews_ms.append(result.skew_ms)
+        if "class" in result.extras:
+            self.class_counts[result.extras["class"]] += 1
         size = result.frame.shape[:2]
         if self._last_size is not None and size != self._last_size:
             self.resolution_changes += 1
@@ -100,7 +99,10 @@ class EndofuseRecorderOp(Operator):
         engine = getattr(self.inference_op, "engine", None)
         sync = self.sync_op.sync.summary() if self.sync_op is not None else None
         skews = [abs(s) for s in self.skews_ms]
-        dropped = {"wli_capture": getattr(self.wli_op, "dropped", 0), "results": 0}
+        # as natively: frames a camera-like source skipped or a port replaced before they were used
+        dropped = {"wli_capture": getattr(self.wli_op, "dropped", 0) + getattr(self.sync_op, "wli_dropped", 0),
+                   "results": 0}
+        nbi_dropped = getattr(self.nbi_op, "dropped", 0) + getattr(self.sync_op, "nbi_dropped", 0)
         warnings = [w for op in (self.wli_op, self.nbi_op) if op is not None for w in op.warnings]
         report = {
             "model": getattr(engine, "model_label", ""),
@@ -115,7 +117,7 @@ class EndofuseRecorderOp(Operator):
             "nbi_missing": self.counts[MISSING],
             "dropped": sum(dropped.values()),
             "dropped_by_port": dropped,
-            "nbi_dropped": getattr(self.nbi_op, "dropped", 0),
+            "nbi_dropped": nbi_dropped,
             "fps": summary["fps"],
             "latency_ms": summary["latency_ms"],
             "stages_ms": summary["stages_ms"],
@@ -131,6 +133,13 @@ class EndofuseRecorderOp(Operator):
             "warnings": warnings,
             "runtime": "holoscan",
         }
+        classifier = getattr(self.inference_op, "classifier", None)
+        if classifier is not None:  # the native report's section
+            report["classifier"] = {"model": classifier.label, "classes": list(classifier.classes),
+                                    "class_counts": {c: self.class_counts[c] for c in classifier.classes}}
+        if self.stats.counted == 0:  # the native wording
+            report["statistics_note"] = (f"no statistics: {self.frames} frame(s), all within the "
+                                         f"{self.stats.warmup}-frame warm-up (use more --frames or less --warmup)")
         if self.extra_report is not None:
             report.update(self.extra_report())
         if self.interrupted:

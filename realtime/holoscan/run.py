@@ -46,9 +46,15 @@ def run_holoscan(args: argparse.Namespace) -> int:
             sinks = [VideoFileSink(args.out, wli.fps)] if args.out else []
             if args.frames_dir:
                 sinks.append(ImageFolderSink(args.frames_dir, force=getattr(args, "force", False)))
+            classifier = None
+            if getattr(args, "classifier", None):
+                from endofuse.realtime.classifier import FrameClassifier
+
+                classifier = FrameClassifier.open(args.classifier)
             sections = {
                 "wli_source": {"source": wli, "frames": args.frames, "live": args.live},
                 "nbi_source": {"source": nbi},
+                "inference": {"classifier": classifier},
                 "overlay": {"alpha": args.alpha, "hud": not args.no_hud},
                 "recorder": {"warmup_frames": args.warmup},
                 "scheduler": default_scheduler(wli, nbi),
