@@ -165,9 +165,6 @@ def main(args: argparse.Namespace) -> int:
     if getattr(args, "runtime", "native") == "holoscan":
         from endofuse.realtime.holoscan.run import run_holoscan
 
-        if args.classifier:
-            raise EndofuseError("--classifier runs in the native pipeline; drop --runtime holoscan to use it")
-
         return run_holoscan(args)
     report_path = Path(args.report) if args.report else None
     style = OverlayStyle(alpha=args.alpha, hud=not args.no_hud)  # checks alpha before any work

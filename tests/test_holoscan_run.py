@@ -38,13 +38,32 @@ def run_cli(*argv):
     return main(["run", *map(str, argv), "--engine", "onnxruntime", "--warmup", "2"])
 
 
-def test_holoscan_run_matches_native_masks_frames_and_report_keys(video_pair, tmp_path):
+def tiny_classifier(path):
+    import torch
+
+    from endofuse.model.entrep import build_entrep
+    from endofuse.model.entrep_weights import save_classifier
+
+    torch.manual_seed(0)
+    model = build_entrep("entrep-tiny", ["normal", "small_lesion", "large_lesion"], img_size=32, patch_size=8,
+                         vision_width=32, vision_layers=2, vision_heads=4, embed_dim=16, context_length=16,
+                         text_width=32, text_layers=1, text_heads=4, cls_layers=(1, 2), lora_rank=2).eval()
+    with torch.no_grad():
+        model.classifier.weight.normal_(0, 1.0)  # spread the predictions over the classes
+    return save_classifier(path, model)
+
+
+def test_holoscan_run_matches_native_masks_frames_classes_and_report_keys(video_pair, tmp_path):
     wli, nbi = video_pair
+    classifier = tiny_classifier(tmp_path / "classifier.pt")
     for runtime in ("native", "holoscan"):
         assert run_cli("--runtime", runtime, "--wli", wli, "--nbi", nbi, "--out", tmp_path / f"{runtime}.avi",
-                       "--frames-dir", tmp_path / runtime, "--report", tmp_path / f"{runtime}.json") == 0
+                       "--frames-dir", tmp_path / runtime, "--report", tmp_path / f"{runtime}.json",
+                       "--classifier", classifier) == 0
     native, holo = (json.loads((tmp_path / f"{r}.json").read_text()) for r in ("native", "holoscan"))
     assert set(native) <= set(holo) and set(holo) - set(native) == {"runtime", "holoscan"}
+    assert holo["classifier"] == native["classifier"] and sum(holo["classifier"]["class_counts"].values()) == FRAMES
+    assert "classify" in holo["stages_ms"] and holo["nbi_dropped"] == native["nbi_dropped"] == 0
     assert holo["frames"] == native["frames"] == FRAMES and holo["paired"] == native["paired"]
     assert holo["holoscan"]["flow_tracking_ms"]  # one entry per tracked path
     video = cv2.VideoCapture(str(tmp_path / "holoscan.avi"))
@@ -164,3 +183,8 @@ def test_every_scheduler_delivers_every_frame_of_a_recording(scheduler):
                       engine=ColourThresholdEngine((16, 16)))
     report = run_app(app)
     assert report["frames"] == 40 and report["paired"] == 40 and report["holoscan"]["scheduler"] == scheduler
+    threads, handoffs = report["holoscan"]["threads_used"], report["holoscan"]["handoffs_per_frame"]
+    if scheduler == "greedy":  # one thread runs every operator: a frame never changes threads
+        assert threads == 1 and handoffs == 0
+    else:  # source -> sync -> inference -> overlay: at most 3 changes per frame, on at most 2 workers
+        assert 1 <= threads <= 2 and 0 <= handoffs <= 3
