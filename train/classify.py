@@ -9,14 +9,17 @@ CLIP targets would push identical captions apart).
 Run folder as for segmentation: `last.pt` (every epoch and on SIGINT/SIGTERM,
 with optimiser, scheduler, epoch/batch position, RNG states and history),
 `best.pt` (by validation accuracy on cls_test.csv), `log.csv`, `config.json`.
-Under torchrun every rank trains on its shard; the contrastive term sees the
-rank's local batch only.
+Under torchrun every rank trains on its shard and the contrastive term sees the
+global batch: image and text embeddings are all-gathered (see `gather_global`),
+so the result is the single-process loss on the concatenated batch, and the
+DDP-averaged gradient equals that loss's gradient.
 """
 from __future__ import annotations
 
 import csv
 import io
 import math
+import os
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -99,6 +102,7 @@ def classify_losses(model: EntrepModel, images: torch.Tensor, labels: torch.Tens
     contrastive = zero
     if c.contrastive_weight > 0 and tokens is not None:
         text = F.normalize(model.encode_text(tokens), dim=-1)
+        z, text, labels = gather_global(z), gather_global(text), gather_global(labels)
         logits = model.logit_scale.exp().clamp(max=100) * z @ text.T
         same = (labels[:, None] == labels[None, :]).float()
         targets = same / same.sum(dim=1, keepdim=True)
@@ -106,6 +110,28 @@ def classify_losses(model: EntrepModel, images: torch.Tensor, labels: torch.Tens
                              + torch.sum(-targets * logits.T.log_softmax(dim=1), dim=1).mean())
     return {"loss": ce + slerp_ce + c.contrastive_weight * contrastive, "ce": ce, "slerp_ce": slerp_ce,
             "contrastive": contrastive}
+
+
+def gather_global(local: torch.Tensor) -> torch.Tensor:
+    """Concatenate `local` over the torchrun ranks in rank order (identity on one process).
+
+    Every rank then computes the loss on the whole global batch, but only its own
+    slot carries a gradient. Summed over ranks those partial gradients are the
+    global loss's gradient; DDP averages instead of summing, so the own slot's
+    gradient is scaled by the world size (`W * x - (W - 1) * x.detach()`: the
+    value of x, W times its gradient). Batches must have the same size on every
+    rank (DistributedSampler pads the data so they do).
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return local
+    world = torch.distributed.get_world_size()
+    if world == 1:
+        return local
+    parts = [torch.empty_like(local) for _ in range(world)]
+    torch.distributed.all_gather(parts, local.detach().contiguous())
+    if local.is_floating_point() and local.requires_grad:
+        parts[torch.distributed.get_rank()] = world * local - (world - 1) * local.detach()
+    return torch.cat(parts)
 
 
 @torch.no_grad()
@@ -161,8 +187,11 @@ class ClassifyTrainer:
             raise InvalidOptionError(f"--batch-size must be >= 1, got {self.batch_size}")
         self.run = Path(options.out)
         self.last_path, self.best_path = self.run / "last.pt", self.run / "best.pt"
-        # before the process group: every rank refuses the same bad --out in one line
-        self.output = check_run_folder(self.run, options.data, options.pretrained, options.resume, options.force)
+        # before the process group: every rank refuses the same bad --out in one line; only rank 0 judges
+        # foreign files (another rank could list rank 0's write probe as one)
+        main_rank = int(os.environ.get("RANK", "0")) == 0
+        self.output = check_run_folder(self.run, options.data, options.pretrained, options.resume,
+                                       options.force or not main_rank)
         self.d = ddp.setup(options.device)
 
     def _setup(self) -> dict | None:
