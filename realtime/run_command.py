@@ -18,6 +18,8 @@ import contextlib
 import os
 import signal
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from endofuse.checks import check_fps
@@ -99,18 +101,53 @@ class Stopped(KeyboardInterrupt):
         self.signum = signum
 
 
+class StopSignals:
+    """The first SIGINT/SIGTERM of a run: raised as `Stopped`, or, once `stop_by` is called, handed to a stop.
+
+    A handler runs in the main thread between any two bytecodes. Raised while frames flow, it can land
+    between a frame reaching the video and being counted, so the video fails its frame check on close
+    (and is deleted) or the report miscounts it. So the running pipeline is only asked to stop, and
+    from a helper thread: the main thread may hold a lock that `stop()` takes at that very moment.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._stop: Callable[[], None] | None = None
+        self._wake = threading.Event()
+        self._done = False
+
+    def stop_by(self, stop: Callable[[], None]) -> None:
+        """From now on a signal calls `stop()` and the run ends between two frames (check `signum` after)."""
+        self._stop = stop
+        threading.Thread(target=self._relay, name="endofuse-signal-stop", daemon=True).start()
+
+    def _relay(self) -> None:
+        self._wake.wait()
+        if not self._done:
+            self._stop()
+
+    def _handle(self, signum, frame) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)  # a second signal is ignored while finalising
+        self.signum = signum
+        if self._stop is None:
+            raise Stopped(signum)
+        self._wake.set()
+
+    def _close(self) -> None:
+        self._done = True
+        self._wake.set()
+
+
 @contextlib.contextmanager
 def stop_on_signals():
-    """SIGINT and SIGTERM raise `Stopped` once in the main thread; a second signal is ignored while finalising."""
-    def handler(signum, frame):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)
-        raise Stopped(signum)
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    """SIGINT and SIGTERM raise `Stopped` once in the main thread (see `StopSignals.stop_by`)."""
+    signals = StopSignals()
+    previous = {sig: signal.signal(sig, signals._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield signals
     finally:
+        signals._close()
         for sig, old in previous.items():
             signal.signal(sig, old)
 
@@ -168,7 +205,7 @@ def main(args: argparse.Namespace) -> int:
         return run_holoscan(args)
     report_path = Path(args.report) if args.report else None
     style = OverlayStyle(alpha=args.alpha, hud=not args.no_hud)  # checks alpha before any work
-    with stop_on_signals():
+    with stop_on_signals() as signals:
         try:
             wli, nbi = open_source_pair(args.wli, args.nbi, args.fps, args.frames, args.camera_timeout)
         except Stopped as stop:
@@ -190,6 +227,7 @@ def main(args: argparse.Namespace) -> int:
             if args.display:
                 pipeline.sinks.append(WindowSink("endofuse", pipeline.stop))
             engine.warmup()
+            signals.stop_by(pipeline.stop)  # last: until here a signal raises Stopped, no frame is in flight
         except BaseException as exc:
             for source in (wli, nbi):
                 if source is not None:
@@ -198,23 +236,24 @@ def main(args: argparse.Namespace) -> int:
                 return _stopped_code(exc)
             raise
         try:
-            pipeline.run()
-        except Stopped as stop:
-            pipeline.close()  # finalises the video before the report is written
-            report = pipeline.report() | {"interrupted": True, "signal": signal.Signals(stop.signum).name}
-            write_report(report, report_path)
-            print(summary_line(report, _written(sinks, args.out), report_path), file=sys.stderr)
-            return _stopped_code(stop)
+            pipeline.run()  # a signal ends it between two frames; the video is finalised on the way out
         except EndofuseError as exc:
             # a source failed mid-stream: the frames so far are kept (as .partial) and the report says where
             report = pipeline.report() | {"complete": False, "error": str(exc),
                                           "stopped_after_frames": pipeline.frames_out}
+            if signals.signum is not None:
+                report |= {"interrupted": True, "signal": signal.Signals(signals.signum).name}
             video = _written(sinks, args.out)
             if video:
                 report["partial_video"] = str(video)
             if report_path is not None:
                 write_report(report, report_path)
             raise
+        if signals.signum is not None:
+            report = pipeline.report() | {"interrupted": True, "signal": signal.Signals(signals.signum).name}
+            write_report(report, report_path)
+            print(summary_line(report, _written(sinks, args.out), report_path), file=sys.stderr)
+            return _stopped_code(Stopped(signals.signum))
     report = pipeline.report()
     write_report(report, report_path)
     print(summary_line(report, args.out, report_path))

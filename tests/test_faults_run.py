@@ -211,6 +211,30 @@ def test_sigterm_and_sigint_finalise_the_video_and_a_true_report(sig, code, tmp_
     assert not partial.exists()
 
 
+SIGNAL_WHILE_WRITING = STAND_IN_RUN.replace("sys.exit(", """import os, signal
+from endofuse.realtime.sinks import VideoFileSink
+stock = VideoFileSink.write
+def write_then_signal(self, result):  # the signal lands inside the output stage, right after a frame is written
+    stock(self, result)
+    if self.frames == 5:
+        os.kill(os.getpid(), signal.SIGTERM)
+VideoFileSink.write = write_then_signal
+sys.exit(""")
+
+
+def test_a_signal_inside_the_output_stage_still_gives_a_video_matching_the_report(tmp_path):
+    out, report = tmp_path / "o.mp4", tmp_path / "r.json"
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [tests_dir, os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", SIGNAL_WHILE_WRITING, "run", "--wli", "synthetic", "--nbi",
+                           "synthetic", "--frames", "100000", "--out", str(out), "--report", str(report)],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 143, proc.stderr
+    data = json.loads(report.read_text())
+    assert data["interrupted"] is True and frames_in(out)[0] == data["frames"] >= 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.mp4", "r.json"]
+
+
 # -- 4. plausible but wrong inputs ---------------------------------------------------------------------------
 @pytest.mark.parametrize("fps", ["inf", "0", "-5", "nan"])
 def test_non_finite_or_non_positive_fps_is_one_line(fps, stand_in_engine, tmp_path, capsys):
