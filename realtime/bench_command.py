@@ -28,7 +28,8 @@ from endofuse.outputs import check_output_file, refuse_overlap
 from endofuse.realtime.run_command import add_source_arguments, quiet_opencv, write_report
 from endofuse.realtime.tracing import now, percentiles
 
-MODE_KEYS = ("fps", "latency_ms", "stages_ms", "dropped", "stale_pairs", "nbi_missing", "paired", "frames")
+MODE_KEYS = ("fps", "latency_ms", "stages_ms", "dropped", "nbi_dropped", "stale_pairs", "nbi_missing", "paired",
+             "frames")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,12 +43,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ring", type=int, default=60, help="distinct frames held in memory and replayed")
     parser.add_argument("--runtime", default="native", choices=("native", "holoscan", "both"),
                         help="measure the native pipeline, the Holoscan graph (the [holoscan] extra), or both")
-    parser.add_argument("--schedulers", default="greedy,event,multi_thread",
-                        help="Holoscan schedulers to measure, comma-separated (default: all three)")
+    parser.add_argument("--schedulers", default="all",
+                        help="Holoscan schedulers to measure, comma-separated greedy,event,multi_thread "
+                             "(default: all); the output names the winner per mode and why")
     parser.add_argument("--workers", type=int, default=2, help="worker threads of the event/multi_thread schedulers")
     parser.add_argument("--rounds", type=int, default=0,
                         help="with --runtime both: also N interleaved rounds of every configuration, summarised "
                              "as medians of in-round ratios (robust to a drifting machine load)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="inference threads of a CPU engine (OpenVINO, ONNX Runtime); default: OpenVINO is "
+                             "measured with all physical cores and with one fewer and keeps the faster for the "
+                             "pipeline (see docs/pipeline.md), ONNX Runtime uses all physical cores")
     parser.add_argument("--json", default=None, metavar="OUT", help="write the results as JSON")
     parser.add_argument("--plot", default=None, metavar="PNG", help="draw the latency CDF and per-stage bars")
 
@@ -108,25 +114,39 @@ def bench_pipeline(engine, wli, nbi, frames: int, warmup: int, live: bool, fps: 
 
 
 def run_bench(args: argparse.Namespace) -> tuple[dict, dict]:
+    from endofuse.realtime.engine_threads import fit_engine_threads
     from endofuse.realtime.engines import open_engine
 
     if args.frames < 10:
         raise EndofuseError(f"--frames must be >= 10, got {args.frames}")
+    threads = getattr(args, "threads", None)
+    if threads is not None and threads < 1:
+        raise EndofuseError(f"--threads must be >= 1, got {threads}")
     wli, nbi, described = load_ring(args.source, max(1, min(args.ring, args.frames)))
-    engine = open_engine(args.checkpoint, backend=args.engine, device=args.device, model_name=args.model)
+    engine = open_engine(args.checkpoint, backend=args.engine, device=args.device, model_name=args.model,
+                         threads=threads)
     engine.warmup()
-    engine_only, engine_lat = bench_engine(engine, wli, nbi, args.frames, args.warmup)
+    fitted = (fit_engine_threads(engine) if threads is None
+              else {"threads": getattr(engine, "threads", threads), "chosen_by": "--threads"})
     runtime = getattr(args, "runtime", "native")
+    side, first = None, {}  # with rounds, the first round's measurements are the single-pass results too
+    if runtime == "both" and getattr(args, "rounds", 0) > 0:
+        from endofuse.realtime.holoscan.bench import side_by_side
+
+        side, first = side_by_side(args, engine, wli, nbi, args.rounds)
+    engine_only, engine_lat = first.get("engine only") or bench_engine(engine, wli, nbi, args.frames, args.warmup)
     modes, latencies = {}, {"engine only": engine_lat}
     if runtime in ("native", "both"):
         for name, live in (("max", False), ("paced", True)):
-            modes[name], latencies[name] = bench_pipeline(engine, wli, nbi, args.frames, args.warmup, live=live,
-                                                          fps=args.paced_fps)
-    holoscan = bench_holoscan_modes(args, engine, wli, nbi, engine_only, latencies) if runtime != "native" else None
+            modes[name], latencies[name] = first.get(f"native {name}") or bench_pipeline(
+                engine, wli, nbi, args.frames, args.warmup, live=live, fps=args.paced_fps)
+    holoscan = (bench_holoscan_modes(args, engine, wli, nbi, engine_only, latencies, first)
+                if runtime != "native" else None)
     result = {
         "model": engine.model_label,
         "engine": engine.name,
         "input_size": list(engine.input_size),
+        "engine_threads": fitted,
         "frames": args.frames,
         "source": described,
         "engine_only": engine_only,
@@ -135,25 +155,30 @@ def run_bench(args: argparse.Namespace) -> tuple[dict, dict]:
         "machine": describe_machine(),
     }
     if holoscan is not None:
+        from endofuse.realtime.holoscan.bench import scheduler_verdict
+
         result["runtime"] = runtime
         result["holoscan"] = holoscan
-    if runtime == "both" and getattr(args, "rounds", 0) > 0:
-        from endofuse.realtime.holoscan.bench import side_by_side
-
-        result["side_by_side"] = side_by_side(args, engine, wli, nbi, args.rounds)
+        result["scheduler_verdict"] = scheduler_verdict(holoscan, side)
+    if side is not None:
+        result["side_by_side"] = side
     return result, latencies
 
 
-def bench_holoscan_modes(args, engine, wli, nbi, engine_only: dict, latencies: dict) -> dict:
-    """Each Holoscan scheduler in both modes: {scheduler: {"modes": {...}, "efficiency": ...}}."""
-    from endofuse.realtime.holoscan.bench import bench_holoscan
+def bench_holoscan_modes(args, engine, wli, nbi, engine_only: dict, latencies: dict, first: dict) -> dict:
+    """Each Holoscan scheduler in both modes: {scheduler: {"modes": {...}, "efficiency": ...}}.
+
+    `first`: measurements already taken (the first interleaved round), reused as they are.
+    """
+    from endofuse.realtime.holoscan.bench import bench_holoscan, scheduler_list, workers_for
 
     out = {}
-    for scheduler in [s.strip() for s in args.schedulers.split(",") if s.strip()]:
-        workers = 1 if scheduler == "greedy" else args.workers
+    for scheduler in scheduler_list(args.schedulers):
+        workers = workers_for(scheduler, args.workers)
         modes = {}
         for name, live in (("max", False), ("paced", True)):
-            modes[name], latencies[f"holoscan {scheduler} {name}"] = bench_holoscan(
+            key = f"holoscan {scheduler} {name}"
+            modes[name], latencies[key] = first.get(key) or bench_holoscan(
                 engine, wli, nbi, args.frames, args.warmup, live, args.paced_fps, scheduler, workers)
         out[scheduler] = {"workers": workers, "modes": modes, "efficiency": modes["max"]["fps"] / engine_only["fps"]}
     return out
@@ -180,6 +205,15 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def threads_note(fitted: dict | None) -> str:
+    """' | engine threads: 1 (fit: 6.1 ms at 2, 5.8 ms at 1)' or '' when the engine has no thread count."""
+    if not fitted or not fitted.get("threads"):
+        return ""
+    note = f" | engine threads: {fitted['threads']} ({fitted['chosen_by']}"
+    measured = ", ".join(f"{ms:.1f} ms at {n}" for n, ms in (fitted.get("pair_ms") or {}).items())
+    return note + (f": {measured})" if measured else ")")
+
+
 def format_table(result: dict) -> str:
     """A Markdown table of the run, as pasted into the README."""
     rows = [("engine only", result["engine_only"], None)] + [(name, m, m) for name, m in result["modes"].items()]
@@ -187,7 +221,8 @@ def format_table(result: dict) -> str:
         rows += [(f"holoscan {scheduler} {name}", m, m) for name, m in data["modes"].items()]
     lines = [
         f"model: {result['model']} | engine: {result['engine']} | input {result['input_size'][0]}x"
-        f"{result['input_size'][1]} | {result['frames']} frames | source: {result['source']}",
+        f"{result['input_size'][1]} | {result['frames']} frames | source: {result['source']}"
+        + threads_note(result.get("engine_threads")),
         machine_line(result.get("machine")),
         "",
         "| mode | pairs/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | dropped | stale | WLI-only |",
@@ -203,6 +238,9 @@ def format_table(result: dict) -> str:
         lines.append(f"efficiency (max / engine only): {result['efficiency']:.3f}")
     for scheduler, data in (result.get("holoscan") or {}).items():
         lines.append(f"holoscan {scheduler} efficiency (max / engine only): {data['efficiency']:.3f}")
+    verdict = result.get("scheduler_verdict")
+    for mode in ("max", "paced") if verdict else ():
+        lines.append(f"holoscan scheduler, {mode}: {verdict[mode]['why']}")
     if "side_by_side" in result:
         rounds = result["side_by_side"]["rounds"]
         lines += ["", f"medians over {len(rounds)} interleaved rounds (load {min(r['load_1min'] for r in rounds):.1f}-"

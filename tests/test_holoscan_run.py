@@ -164,11 +164,37 @@ def test_example_config_and_holohub_metadata_are_valid(repo_root):
 def test_bench_both_runtimes_write_the_side_by_side_json(tmp_path):
     out = tmp_path / "b.json"
     assert main(["bench", "--runtime", "both", "--frames", "12", "--warmup", "2", "--ring", "4",
-                 "--schedulers", "greedy,event", "--json", str(out)]) == 0
+                 "--schedulers", "greedy,event", "--rounds", "1", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert set(result["modes"]) == {"max", "paced"} and set(result["holoscan"]) == {"greedy", "event"}
     for data in result["holoscan"].values():
         assert data["modes"]["max"]["frames"] == 12 + 2 and data["modes"]["max"]["dropped"] == 0
+    first = result["side_by_side"]["rounds"][0]  # the single-pass results are the first round's
+    assert first["holoscan greedy max"]["fps"] == result["holoscan"]["greedy"]["modes"]["max"]["fps"]
+    assert result["scheduler_verdict"]["max"]["winner"] in ("greedy", "event")
+
+
+def mode(fps, dropped, p99, threads, handoffs):
+    return {"fps": fps, "dropped": dropped, "latency_ms": {"p99": p99}, "threads_used": threads,
+            "handoffs_per_frame": handoffs}
+
+
+def test_scheduler_verdict_ranks_on_throughput_then_drops_and_says_why():
+    from endofuse.realtime.holoscan.bench import scheduler_list, scheduler_verdict
+
+    holoscan = {"greedy": {"modes": {"max": mode(40.0, 0, 30.0, 1, 0.0), "paced": mode(28.0, 6, 40.0, 1, 0.0)}},
+                "event": {"modes": {"max": mode(35.0, 0, 35.0, 2, 1.5), "paced": mode(30.0, 0, 50.0, 2, 1.5)}}}
+    verdict = scheduler_verdict(holoscan)
+    assert verdict["max"]["ranking"] == ["greedy", "event"]  # max: the higher pairs/s
+    assert verdict["paced"]["ranking"] == ["event", "greedy"]  # paced: fewer dropped beats a lower p99
+    assert "fewer threads (1 vs 2)" in verdict["max"]["why"] and "more threads" in verdict["paced"]["why"]
+    # with rounds: the medians decide, and overlapping fps ranges are not a win
+    side = {"summary": {"holoscan greedy max": {"fps_median": 38.0, "fps_range": [30.0, 45.0], "dropped_median": 0},
+                        "holoscan event max": {"fps_median": 36.0, "fps_range": [33.0, 41.0], "dropped_median": 0}}}
+    assert scheduler_verdict(holoscan, side)["max"]["why"].startswith("not separable")
+    assert scheduler_list("all") == ["greedy", "event", "multi_thread"]
+    with pytest.raises(Exception, match="unknown scheduler"):
+        scheduler_list("greedy,multithread")
 
 
 @pytest.mark.parametrize("scheduler", ["greedy", "event", "multi_thread"])
