@@ -56,6 +56,21 @@ def missing_nbi_path_for(path: str | os.PathLike) -> Path:
     return path.with_name(f"{path.stem}.{MISSING_NBI}{path.suffix}")
 
 
+def check_metadata(meta: dict[str, str], path: Path, variant: str) -> dict[str, str]:
+    """The metadata `export_onnx` wrote, as an engine reads it back: refuses other tools' files, other format
+    versions and the wrong graph variant."""
+    version = meta.get("endofuse_engine_format")
+    if version is None:
+        raise EndofuseError(f"model file {path} was not written by `endofuse export` (no endofuse metadata); "
+                            f"re-export it from the checkpoint")
+    if version != ENGINE_FORMAT:
+        raise EndofuseError(f"model file {path} has engine format {version} (endofuse {meta.get('endofuse_version')}), "
+                            f"this endofuse reads format {ENGINE_FORMAT}; re-export it with this version")
+    if meta.get("variant") != variant:
+        raise EndofuseError(f"model file {path} is the {meta.get('variant')!r} variant, expected {variant!r}")
+    return meta
+
+
 def export_onnx(model: nn.Module, out_path: str | os.PathLike, *, model_label: str, source_sha256: str = "",
                 dynamic_batch: bool = False, missing_nbi: bool = True, tolerance: float = PARITY_TOLERANCE_FP32,
                 log=print) -> ExportResult:

@@ -22,9 +22,9 @@ import numpy as np
 from endofuse.errors import EndofuseError
 from endofuse.realtime.engines.base import Engine
 from endofuse.realtime.engines.cache import cache_dir
-from endofuse.realtime.engines.onnx_export import FUSED, MISSING_NBI, missing_nbi_path_for
+from endofuse.realtime.engines.onnx_export import FUSED, MISSING_NBI, check_metadata, missing_nbi_path_for
 from endofuse.realtime.engines.openvino_env import import_openvino
-from endofuse.realtime.engines.openvino_export import PRECISIONS, check_metadata, read_model
+from endofuse.realtime.engines.openvino_export import PRECISIONS, read_model
 
 MATCHING_KEYS = ("source_sha256", "img_size", "num_classes", "model_name", "precision")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from endofuse.errors import EndofuseError, MissingFileError
-from endofuse.realtime.engines.onnx_export import ENGINE_FORMAT, FUSED, MISSING_NBI, missing_nbi_path_for
+from endofuse.realtime.engines.onnx_export import FUSED, MISSING_NBI, check_metadata, missing_nbi_path_for
 from endofuse.realtime.engines.openvino_env import import_nncf, import_openvino, quiet_nncf
 
 IR_SUFFIXES = (".xml",)
@@ -42,20 +42,6 @@ def ir_metadata(model, path: Path) -> dict[str, str]:
     if not model.has_rt_info([RT_INFO_KEY]):
         return {}
     return {key: value.astype(str) for key, value in model.get_rt_info([RT_INFO_KEY]).astype(dict).items()}
-
-
-def check_metadata(meta: dict[str, str], path: Path, variant: str) -> dict[str, str]:
-    """Refuses files from other tools, other format versions, or the wrong graph variant."""
-    version = meta.get("endofuse_engine_format")
-    if version is None:
-        raise EndofuseError(f"model file {path} was not written by `endofuse export` (no endofuse metadata); "
-                            f"re-export it from the checkpoint")
-    if version != ENGINE_FORMAT:
-        raise EndofuseError(f"model file {path} has engine format {version} (endofuse {meta.get('endofuse_version')}), "
-                            f"this endofuse reads format {ENGINE_FORMAT}; re-export it with this version")
-    if meta.get("variant") != variant:
-        raise EndofuseError(f"model file {path} is the {meta.get('variant')!r} variant, expected {variant!r}")
-    return meta
 
 
 def read_model(core, path: Path):

@@ -16,7 +16,7 @@ import onnxruntime as ort
 
 from endofuse.errors import EndofuseError, MissingFileError
 from endofuse.realtime.engines.base import Engine
-from endofuse.realtime.engines.onnx_export import ENGINE_FORMAT, FUSED, MISSING_NBI, missing_nbi_path_for
+from endofuse.realtime.engines.onnx_export import FUSED, MISSING_NBI, check_metadata, missing_nbi_path_for
 
 CUDA_EP, CPU_EP = "CUDAExecutionProvider", "CPUExecutionProvider"
 
@@ -83,16 +83,12 @@ def create_session(path: str | os.PathLike, device: str | None = None, threads: 
                             f"{str(exc).splitlines()[0]}") from exc
 
 
-def endofuse_metadata(session: ort.InferenceSession, path: Path) -> dict[str, str]:
-    """The metadata `endofuse export` wrote; refuses files from other tools or format versions."""
-    meta = dict(session.get_modelmeta().custom_metadata_map)
-    version = meta.get("endofuse_engine_format")
-    if version is None:
-        raise EndofuseError(f"model file {path} was not written by `endofuse export` (no endofuse metadata); "
-                            f"re-export it from the checkpoint")
-    if version != ENGINE_FORMAT:
-        raise EndofuseError(f"model file {path} has engine format {version} (endofuse {meta.get('endofuse_version')}), "
-                            f"this endofuse reads format {ENGINE_FORMAT}; re-export it with this version")
+def endofuse_metadata(session: ort.InferenceSession, path: Path, variant: str, names: list[str]) -> dict[str, str]:
+    """The metadata `endofuse export` wrote, checked, and the session's inputs checked against `names`."""
+    meta = check_metadata(dict(session.get_modelmeta().custom_metadata_map), path, variant)
+    got = [i.name for i in session.get_inputs()]
+    if got != names:
+        raise EndofuseError(f"model file {path} has inputs {got}, expected {names}")
     return meta
 
 
@@ -105,8 +101,7 @@ class OnnxRuntimeEngine(Engine):
                  spinning: bool = False) -> None:
         self.path = Path(path)
         self.session = create_session(self.path, device, threads, spinning)
-        meta = endofuse_metadata(self.session, self.path)
-        _check_variant(meta, FUSED, self.path, ["wli", "nbi"], self.session)
+        meta = endofuse_metadata(self.session, self.path, FUSED, ["wli", "nbi"])
         shape = self.session.get_inputs()[0].shape
         fixed_batch = shape[0] if isinstance(shape[0], int) else None
         on_cuda = self.session.get_providers()[0] == CUDA_EP
@@ -120,8 +115,7 @@ class OnnxRuntimeEngine(Engine):
         if self.missing_nbi_path.is_file():
             # Loaded now, not on the first NBI dropout, so that frame is not the slow one.
             self.missing_nbi_session = create_session(self.missing_nbi_path, device, threads, spinning)
-            other = endofuse_metadata(self.missing_nbi_session, self.missing_nbi_path)
-            _check_variant(other, MISSING_NBI, self.missing_nbi_path, ["wli"], self.missing_nbi_session)
+            other = endofuse_metadata(self.missing_nbi_session, self.missing_nbi_path, MISSING_NBI, ["wli"])
             for key in ("source_sha256", "img_size", "num_classes", "precision"):
                 if other.get(key) != meta.get(key):
                     raise EndofuseError(f"{self.missing_nbi_path} does not match {self.path} ({key}: "
@@ -140,10 +134,3 @@ class OnnxRuntimeEngine(Engine):
         return self.missing_nbi_session.run(None, {"wli": wli})[0]
 
 
-def _check_variant(meta: dict[str, str], variant: str, path: Path, names: list[str],
-                   session: ort.InferenceSession) -> None:
-    if meta.get("variant") != variant:
-        raise EndofuseError(f"model file {path} is the {meta.get('variant')!r} variant, expected {variant!r}")
-    got = [i.name for i in session.get_inputs()]
-    if got != names:
-        raise EndofuseError(f"model file {path} has inputs {got}, expected {names}")
