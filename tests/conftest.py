@@ -11,6 +11,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 import importlib.util  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
@@ -187,3 +188,52 @@ def exported(tmp_path_factory) -> Exported:
         patch.setenv("ENDOFUSE_CACHE", str(folder / "cache"))
         engine = open_engine(checkpoint, backend="onnxruntime", dynamic_batch=True)
     return Exported(model, checkpoint, engine.path, folder / "cache")
+
+
+# ---- the training tests' setup ----
+TINY_TRAIN = ["--model", "tiny", "--img-size", "32", "--no-progress"]
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test (modules opt in with `pytestmark = pytest.mark.usefixtures(...)`).
+
+    Tiny models gain nothing from a second thread, and on a busy machine OpenMP spin-waits make two
+    threads many times slower than one; a child process set to one thread then also repeats the float
+    reductions exactly.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def synth_dataset(folder: Path, seed: int, size: str = "48x56", pairs: int = 8, test_pairs: int = 2) -> Path:
+    """A small synthetic dataset written by `endofuse synth` into `folder`."""
+    from endofuse import cli
+
+    assert cli.main(["synth", str(folder), "--pairs", str(pairs), "--test-pairs", str(test_pairs), "--size", size,
+                     "--seed", str(seed)]) == 0
+    return folder
+
+
+def train_cmd(data: Path, run: Path, *extra: str) -> list[str]:
+    """`endofuse train` arguments for a tiny model at 32x32 on `data`, writing `run`."""
+    return ["train", "--data", str(data), "--out", str(run), *TINY_TRAIN, *extra]
+
+
+def read_log(run: Path) -> list[dict]:
+    """The rows of a run's log.csv."""
+    import csv
+
+    with open(run / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def spawn_endofuse(args: list[str]) -> subprocess.Popen:
+    """`python -m endofuse ARGS` as a child on one thread, stdout and stderr together (text)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "endofuse", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)

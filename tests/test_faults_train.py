@@ -1,5 +1,4 @@
 """`endofuse train`: exact resume after SIGINT/SIGTERM mid-epoch, --resume refusals, run-folder checks."""
-import csv
 import os
 import shutil
 import signal
@@ -11,6 +10,8 @@ import torch
 
 from endofuse import cli
 from endofuse.model import read_checkpoint
+
+from conftest import TINY_TRAIN, read_log, synth_dataset
 
 SIGNAL_AFTER_STEP_TWO = """
 import os, sys, torch
@@ -29,22 +30,13 @@ def signal_after_step_two(self, aux):  # a real signal, delivered mid-epoch (4 s
 MethodTerms.observe = signal_after_step_two
 sys.exit(cli.main(sys.argv[2:]))
 """
-TINY = ["--model", "tiny", "--img-size", "32", "--no-progress", "--batch-size", "2", "--recipe", "paper"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+TINY = [*TINY_TRAIN, "--batch-size", "2", "--recipe", "paper"]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("faults_train")
-    assert cli.main(["synth", str(out), "--pairs", "8", "--test-pairs", "2", "--size", "40x48", "--seed", "3"]) == 0
-    return out
+    return synth_dataset(tmp_path_factory.mktemp("faults_train"), seed=3, size="40x48")
 
 
 def train(data, run, *extra):
@@ -52,8 +44,7 @@ def train(data, run, *extra):
 
 
 def log_rows(run):
-    with open(run / "log.csv", newline="") as f:
-        return [{k: v for k, v in row.items() if k not in ("seconds", "pairs_per_s")} for row in csv.DictReader(f)]
+    return [{k: v for k, v in row.items() if k not in ("seconds", "pairs_per_s")} for row in read_log(run)]
 
 
 def one_line(capsys, rc):

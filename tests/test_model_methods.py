@@ -10,12 +10,7 @@ from endofuse.model.cluster_negatives import cluster_dacl
 SMALL = dict(img_size=32, dropout=0.0)  # a 2x2 token grid keeps each test a fraction of a second
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def pair(model, batch=3, seed=0):

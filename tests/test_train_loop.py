@@ -1,5 +1,4 @@
 """`endofuse train`: recipes, run files, resume after a real kill, signals, NaN stop, torchrun."""
-import csv
 import json
 import os
 import signal
@@ -15,33 +14,14 @@ from endofuse import cli
 from endofuse.errors import EndofuseError
 from endofuse.model import load_checkpoint, read_checkpoint
 
-TINY = ["--model", "tiny", "--img-size", "32", "--no-progress"]
+from conftest import read_log, spawn_endofuse, synth_dataset, train_cmd
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models gain nothing from a second thread, and on a busy machine OpenMP
-    # spin-waits make two threads many times slower than one.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("train_data")
-    assert cli.main(["synth", str(out), "--pairs", "8", "--test-pairs", "2", "--size", "48x56", "--seed", "1"]) == 0
-    return out
-
-
-def read_log(run: Path) -> list[dict]:
-    with open(run / "log.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def train_cmd(data: Path, run: Path, *extra: str) -> list[str]:
-    return ["train", "--data", str(data), "--out", str(run), *TINY, *extra]
+    return synth_dataset(tmp_path_factory.mktemp("train_data"), seed=1)
 
 
 def same_weights(a: Path, b: Path) -> float:
@@ -128,12 +108,6 @@ def test_total_loss_matches_the_formula():
     assert float(total_loss(seg, aux, ablate=("da", "fd"), **at)) == pytest.approx(1.0)
 
 
-def _spawn(args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "endofuse", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
-
-
 def _wait_for_epoch(run: Path, proc: subprocess.Popen, epoch: int, timeout: float = 120) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -148,16 +122,16 @@ def _wait_for_epoch(run: Path, proc: subprocess.Popen, epoch: int, timeout: floa
 def test_resume_after_sigkill_continues_with_the_right_epoch_and_same_result(data, tmp_path):
     args = ["--epochs", "3", "--recipe", "paper", "--batch-size", "4"]
     reference = tmp_path / "reference"
-    ref = _spawn(train_cmd(data, reference, *args))
+    ref = spawn_endofuse(train_cmd(data, reference, *args))
     killed = tmp_path / "killed"
-    proc = _spawn(train_cmd(data, killed, *args))
+    proc = spawn_endofuse(train_cmd(data, killed, *args))
     _wait_for_epoch(killed, proc, 1)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     done = read_checkpoint(killed / "last.pt")["extra"]["epoch"]
     assert 1 <= done < 3
-    resumed = _spawn(train_cmd(data, killed, *args, "--resume"))
+    resumed = spawn_endofuse(train_cmd(data, killed, *args, "--resume"))
     out, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, out
     assert f"resuming at epoch {done + 1}, batch 0" in out
@@ -174,7 +148,7 @@ def test_resume_after_sigkill_continues_with_the_right_epoch_and_same_result(dat
 def test_sigterm_saves_a_resumable_checkpoint_mid_epoch(data, tmp_path):
     run = tmp_path / "run"
     args = ["--epochs", "40", "--batch-size", "2"]
-    proc = _spawn(train_cmd(data, run, *args))
+    proc = spawn_endofuse(train_cmd(data, run, *args))
     _wait_for_epoch(run, proc, 1)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)

@@ -1,10 +1,6 @@
 """`endofuse train` with the related-work options: run files, one-line refusals, exact resume after SIGKILL."""
-import csv
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,33 +10,16 @@ import torch
 from endofuse import cli
 from endofuse.model import load_checkpoint, read_checkpoint
 
-TINY = ["--model", "tiny", "--img-size", "32", "--no-progress"]
+from conftest import read_log, spawn_endofuse, synth_dataset, train_cmd
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ALL = ["--fusion", "dmaf", "--negatives", "cluster", "--clusters", "4", "--mir", "--distill", "relation,prototype",
        "--dtm"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("methods_data")
-    assert cli.main(["synth", str(out), "--pairs", "8", "--test-pairs", "2", "--size", "48x56", "--seed", "2"]) == 0
-    return out
-
-
-def read_log(run: Path) -> list[dict]:
-    with open(run / "log.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def train_cmd(data: Path, run: Path, *extra: str) -> list[str]:
-    return ["train", "--data", str(data), "--out", str(run), *TINY, *extra]
+    return synth_dataset(tmp_path_factory.mktemp("methods_data"), seed=2)
 
 
 def test_every_option_trains_logs_its_terms_and_exports_nothing_extra(data, tmp_path):
@@ -84,18 +63,12 @@ def test_bad_combinations_are_one_line_errors(data, tmp_path, capsys, extra, mat
     assert not (tmp_path / "bad" / "last.pt").exists()
 
 
-def _spawn(args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "endofuse", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
-
-
 @pytest.mark.slow
 def test_resume_after_sigkill_with_cluster_negatives_reproduces_the_uninterrupted_run(data, tmp_path):
     args = ["--epochs", "3", "--recipe", "paper", "--batch-size", "4", *ALL]
     reference, killed = tmp_path / "reference", tmp_path / "killed"
-    ref = _spawn(train_cmd(data, reference, *args))
-    proc = _spawn(train_cmd(data, killed, *args))
+    ref = spawn_endofuse(train_cmd(data, reference, *args))
+    proc = spawn_endofuse(train_cmd(data, killed, *args))
     deadline = time.time() + 240
     while not ((killed / "log.csv").is_file() and len(read_log(killed)) >= 1):
         assert proc.poll() is None, proc.stdout.read()
@@ -105,7 +78,7 @@ def test_resume_after_sigkill_with_cluster_negatives_reproduces_the_uninterrupte
     proc.wait(timeout=30)
     done = read_checkpoint(killed / "last.pt")["extra"]["epoch"]
     assert 1 <= done < 3
-    resumed = _spawn(train_cmd(data, killed, *args, "--resume"))
+    resumed = spawn_endofuse(train_cmd(data, killed, *args, "--resume"))
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out
     assert f"resuming at epoch {done + 1}, batch 0" in out
