@@ -10,6 +10,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 # Two cores: keep torch from oversubscribing when pytest and a subprocess run at once.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
+import contextlib  # noqa: E402
 import importlib.util  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -190,6 +191,29 @@ def exported(tmp_path_factory) -> Exported:
     return Exported(model, checkpoint, engine.path, folder / "cache")
 
 
+@pytest.fixture
+def reuse_export(exported, monkeypatch) -> list[dict]:
+    """The CLI's export step copies the session's export (already parity-checked) instead of exporting again;
+    the list collects each call's keyword arguments."""
+    import shutil
+
+    from endofuse.realtime.engines import onnx_export
+    from endofuse.realtime.engines.onnx_export import missing_nbi_path_for
+
+    calls = []
+
+    def copy_export(model, out_path, **kwargs):
+        calls.append(kwargs)
+        out_path = Path(out_path)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(exported.onnx_path, out_path)
+        shutil.copyfile(missing_nbi_path_for(exported.onnx_path), missing_nbi_path_for(out_path))
+        return onnx_export.ExportResult(out_path, missing_nbi_path_for(out_path), {})
+
+    monkeypatch.setattr(onnx_export, "export_onnx", copy_export)
+    return calls
+
+
 # ---- the training tests' setup ----
 TINY_TRAIN = ["--model", "tiny", "--img-size", "32", "--no-progress"]
 
@@ -237,3 +261,73 @@ def spawn_endofuse(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "endofuse", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env)
+
+
+# ---- a real `endofuse demo` server (the browser tests) ----
+DEMO_START_TIMEOUT_S = 180
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def demo_server(args: list[str], log: Path):
+    """`python -m endofuse demo --port P ARGS` in a child process, output in `log`; yields its URL once it serves
+    (fails the test with the log's tail if it exits or does not serve in time), stopped afterwards."""
+    import httpx
+
+    port = free_port()
+    with open(log, "w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "endofuse", "demo", "--port", str(port), *args],
+                                   stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + DEMO_START_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"endofuse demo exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"endofuse demo did not serve {url} within {DEMO_START_TIMEOUT_S} s:\n"
+                            f"{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=15)
+
+
+# ---- a stand-in ONNX export (Triton repository tests: no model export needed) ----
+def stand_in_export(folder: Path, batch: int | str = "batch", size: int = 16) -> Path:
+    """Two small ONNX graphs with the export's signature: logits = first 2 channels of (wli + nbi) / of wli."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from endofuse.realtime.engines.onnx_export import missing_nbi_path_for
+
+    def save(path: Path, names: list[str]) -> None:
+        value = lambda n, c: helper.make_tensor_value_info(n, TensorProto.FLOAT, [batch, c, size, size])  # noqa: E731
+        nodes = [helper.make_node("Sum", names, ["total"]),
+                 helper.make_node("Slice", ["total", "starts", "ends", "axes"], ["logits"])]
+        consts = [helper.make_tensor(n, TensorProto.INT64, [1], [v])
+                  for n, v in (("starts", 0), ("ends", 2), ("axes", 1))]
+        graph = helper.make_graph(nodes, "stand_in", [value(n, 3) for n in names], [value("logits", 2)], consts)
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+
+    fused = folder / "m.onnx"
+    save(fused, ["wli", "nbi"])
+    save(missing_nbi_path_for(fused), ["wli"])
+    return fused

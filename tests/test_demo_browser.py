@@ -8,15 +8,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import cv2
-import httpx
 import pytest
+
+from conftest import demo_server
 
 CHROMIUM = Path(os.environ.get("ENDOFUSE_CHROMIUM", "/usr/bin/chromium"))
 # Without the background-networking flags Chromium tries to reach Google services,
@@ -28,7 +25,6 @@ CHROMIUM_ARGS = [
 ]
 # A real `endofuse demo` subprocess and a browser: the longest tests in the suite.
 pytestmark = pytest.mark.slow
-SERVER_START_TIMEOUT_S = 180
 UI_TIMEOUT_MS = 60_000
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
@@ -38,47 +34,13 @@ if not CHROMIUM.is_file():
 expect = playwright_api.expect
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until_serving(url: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"endofuse demo exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"endofuse demo did not serve {url} within {SERVER_START_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
-
-
 @pytest.fixture(scope="module")
 def demo_url(tmp_path_factory):
     """`endofuse demo --port P --engine torch` (defaults otherwise: 127.0.0.1, bundled weights)."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("demo-server") / "server.log"
-    with open(log, "w") as out:
-        # --engine torch: "auto" would pick ONNX Runtime and export the model first
-        # (~30 s on 2 busy cores, once per checkpoint; the engines tests cover that path).
-        process = subprocess.Popen([sys.executable, "-m", "endofuse", "demo", "--port", str(port), "--engine", "torch"],
-                                   stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_until_serving(url, process, log)
+    # --engine torch: "auto" would pick ONNX Runtime and export the model first
+    # (~30 s on 2 busy cores, once per checkpoint; the engines tests cover that path).
+    with demo_server(["--engine", "torch"], tmp_path_factory.mktemp("demo-server") / "server.log") as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
 
 
 @pytest.fixture(scope="module")

@@ -2,17 +2,17 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
-from test_demo_browser import UI_TIMEOUT_MS, browser, expect, free_port, wait_until_serving  # noqa: F401
+from test_demo_browser import UI_TIMEOUT_MS, browser, expect  # noqa: F401
 
 from endofuse.cli import main
 from endofuse.model.entrep import build_entrep
 from endofuse.model.entrep_weights import save_classifier
 from endofuse.train.classify_synth import CLASSES, write_classification_dataset
+
+from conftest import demo_server
 
 pytestmark = pytest.mark.slow
 
@@ -27,23 +27,9 @@ def served(tmp_path_factory):
                          text_heads=4, cls_layers=(1, 2), lora_rank=2)
     ckpt = save_classifier(root / "c.pt", model)
     assert main(["index", "--checkpoint", str(ckpt), "--data", str(root / "data"), "--out", str(root / "g")]) == 0
-    port = free_port()
-    log = root / "server.log"
-    with open(log, "w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "endofuse", "demo", "--port", str(port), "--engine", "torch",
-                                    "--classifier", str(ckpt), "--gallery", str(root / "g")],
-                                   stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_until_serving(url, process, log)
+    args = ["--engine", "torch", "--classifier", str(ckpt), "--gallery", str(root / "g")]
+    with demo_server(args, root / "server.log") as url:
         yield url, root
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
 
 
 def test_classify_an_upload_and_search_by_text(browser, served):  # noqa: F811 - the imported fixture

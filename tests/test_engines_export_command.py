@@ -1,38 +1,18 @@
 """`endofuse export` end to end (in-process CLI), INT8 quantisation, and calibration frames."""
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import numpy as np
 import onnx
 import pytest
 
 from endofuse import cli
-from endofuse.realtime.engines import onnx_export, open_engine
+from endofuse.realtime.engines import open_engine
 from endofuse.realtime.engines.calibration import dataset_pairs, preprocess_pair, synthetic_pairs
 from endofuse.realtime.engines.onnx_export import missing_nbi_path_for
 from endofuse.realtime.engines.tritonserver_repo import check_repository
 from endofuse.realtime.engines.tritonserver_schema import parse_model_config
 
 from conftest import SIZE, torch_logits
-
-
-@pytest.fixture
-def reuse_export(exported, monkeypatch):
-    """The CLI's export step copies the session's export (already parity-checked) instead of exporting again."""
-    calls = []
-
-    def copy_export(model, out_path, **kwargs):
-        calls.append(kwargs)
-        out_path = Path(out_path)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(exported.onnx_path, out_path)
-        shutil.copyfile(missing_nbi_path_for(exported.onnx_path), missing_nbi_path_for(out_path))
-        return onnx_export.ExportResult(out_path, missing_nbi_path_for(out_path), {})
-
-    monkeypatch.setattr(onnx_export, "export_onnx", copy_export)
-    return calls
 
 
 def test_onnx_export_command_passes_checkpoint_hash_and_flags(exported, reuse_export, tmp_path, capsys):

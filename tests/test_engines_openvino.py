@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -101,21 +100,6 @@ def test_auto_keeps_onnxruntime_int8_files_on_onnxruntime(monkeypatch, tmp_path)
     onnx.helper.set_model_props(proto, {"precision": "int8"})
     onnx.save(proto, str(tmp_path / "q.onnx"))
     assert resolve_backend("auto", tmp_path / "q.onnx") == "onnxruntime"
-
-
-@pytest.fixture
-def reuse_export(exported, monkeypatch):
-    """The CLI's ONNX step copies the session's export (already parity-checked) instead of exporting again."""
-    from endofuse.realtime.engines import onnx_export
-
-    def copy_export(model, out_path, **kwargs):
-        out_path = Path(out_path)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(exported.onnx_path, out_path)
-        shutil.copyfile(missing_nbi_path_for(exported.onnx_path), missing_nbi_path_for(out_path))
-        return onnx_export.ExportResult(out_path, missing_nbi_path_for(out_path), {})
-
-    monkeypatch.setattr(onnx_export, "export_onnx", copy_export)
 
 
 def test_export_cli_writes_ir_with_metadata_checked_on_open(exported, cache, reuse_export, tmp_path, capsys):

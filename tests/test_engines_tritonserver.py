@@ -4,40 +4,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
 
 from endofuse.errors import EndofuseError
-from endofuse.realtime.engines.onnx_export import missing_nbi_path_for
 from endofuse.realtime.engines.tritonserver_repo import TritonSettings, check_repository, write_triton_repository
 from endofuse.realtime.engines.tritonserver_schema import parse_model_config
 
+from conftest import stand_in_export
+
 SIZE = 16
-
-
-def stand_in_export(folder: Path, batch: int | str = "batch") -> Path:
-    """Two small ONNX graphs with the export's signature: logits = first 2 channels of (wli + nbi) / of wli."""
-    def save(path: Path, names: list[str]) -> None:
-        value = lambda n, c: helper.make_tensor_value_info(n, TensorProto.FLOAT, [batch, c, SIZE, SIZE])  # noqa: E731
-        nodes = [helper.make_node("Sum", names, ["total"]),
-                 helper.make_node("Slice", ["total", "starts", "ends", "axes"], ["logits"])]
-        consts = [helper.make_tensor(n, TensorProto.INT64, [1], [v])
-                  for n, v in (("starts", 0), ("ends", 2), ("axes", 1))]
-        graph = helper.make_graph(nodes, "stand_in", [value(n, 3) for n in names], [value("logits", 2)], consts)
-        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
-
-    fused = folder / "m.onnx"
-    save(fused, ["wli", "nbi"])
-    save(missing_nbi_path_for(fused), ["wli"])
-    return fused
 
 
 @pytest.fixture
 def repository(tmp_path):
     settings = TritonSettings(max_batch_size=8, max_queue_delay_us=500, preferred_batch_sizes=(4, 8))
-    configs = write_triton_repository(tmp_path / "repo", stand_in_export(tmp_path), settings=settings)
+    configs = write_triton_repository(tmp_path / "repo", stand_in_export(tmp_path, size=SIZE), settings=settings)
     return tmp_path / "repo", configs
 
 
@@ -75,7 +57,7 @@ def test_served_model_files_run_with_the_declared_shapes(repository):
 
 
 def test_fp16_asks_for_the_tensorrt_accelerator(tmp_path):
-    write_triton_repository(tmp_path / "repo", stand_in_export(tmp_path), settings=TritonSettings(fp16=True))
+    write_triton_repository(tmp_path / "repo", stand_in_export(tmp_path, size=SIZE), settings=TritonSettings(fp16=True))
     config = parse_model_config((tmp_path / "repo" / "endofuse" / "config.pbtxt").read_text())
     (accelerator,) = config.optimization.execution_accelerators.gpu_execution_accelerator
     assert accelerator.name == "tensorrt" and dict(accelerator.parameters) == {"precision_mode": "FP16"}
@@ -107,7 +89,7 @@ def test_a_wrong_config_is_caught(repository, old, new, match):
 
 def test_fixed_batch_export_is_refused_for_dynamic_batching(tmp_path):
     with pytest.raises(EndofuseError, match="fixed batch size; .* --dynamic-batch"):
-        write_triton_repository(tmp_path / "repo", stand_in_export(tmp_path, batch=1))
+        write_triton_repository(tmp_path / "repo", stand_in_export(tmp_path, batch=1, size=SIZE))
 
 
 def test_empty_folder_is_not_a_repository(tmp_path):

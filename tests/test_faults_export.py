@@ -1,29 +1,14 @@
 """`endofuse export` never replaces its checkpoint; Triton repositories pin the version they serve."""
 import shutil
 
-import onnx
 import pytest
-from onnx import TensorProto, helper
 
 from endofuse import cli
 from endofuse.model import demo_checkpoint_path
-from endofuse.realtime.engines.onnx_export import missing_nbi_path_for
 from endofuse.realtime.engines.tritonserver_repo import check_repository, write_triton_repository
 from endofuse.realtime.engines.tritonserver_schema import parse_model_config
 
-
-def stand_in_export(folder):
-    """Two tiny dynamic-batch graphs with the export's tensor names (logits = wli [+ nbi], 2 channels)."""
-    def save(path, names):
-        value = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 2, 8, 8])  # noqa: E731
-        graph = helper.make_graph([helper.make_node("Sum", names, ["logits"])], "stand_in",
-                                  [value(n) for n in names], [value("logits")])
-        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
-
-    fused = folder / "m.onnx"
-    save(fused, ["wli", "nbi"])
-    save(missing_nbi_path_for(fused), ["wli"])
-    return fused
+from conftest import stand_in_export
 
 
 @pytest.fixture
