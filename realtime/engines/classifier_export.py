@@ -127,13 +127,17 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 
 class OnnxTower:
-    """An exported tower on ONNX Runtime (CPU); `run(x)` -> list of output arrays."""
+    """An exported tower on ONNX Runtime (CPU); `run(x)` -> list of output arrays.
 
-    def __init__(self, path: str | os.PathLike):
+    `threads`: intra-op threads (None: the physical cores). The live classifier
+    uses 1 (see `realtime.classifier`).
+    """
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
         from endofuse.realtime.engines.ort_engine import create_session
 
         self.meta = read_metadata(path)
-        self.session = create_session(Path(path), device="cpu")
+        self.session = create_session(Path(path), device="cpu", threads=threads)
         self.input = self.session.get_inputs()[0].name
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
@@ -141,18 +145,46 @@ class OnnxTower:
 
 
 class OpenVinoTower:
-    """An IR tower on OpenVINO's CPU plugin (f32 inference precision, so it matches the ONNX file)."""
+    """A tower (IR `.xml` or the exported `.onnx`) on OpenVINO's CPU plugin, latency hint.
 
-    def __init__(self, xml: str | os.PathLike):
+    f32 inference precision, so it matches the ONNX file; `threads`: inference
+    threads (None: OpenVINO's choice, the physical cores).
+    """
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
         from endofuse.realtime.engines.openvino_env import import_openvino
 
         ov = import_openvino()
         core = ov.Core()
-        self.compiled = core.compile_model(core.read_model(str(xml)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        if threads is not None:
+            config["INFERENCE_NUM_THREADS"] = str(threads)
+        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
         result = self.compiled(x)
         return [result[out] for out in self.compiled.outputs]
+
+
+def cached_image_tower(checkpoint: str | os.PathLike, log=None) -> Path:
+    """The checkpoint's image tower as ONNX, exported (with its parity check) once into the engine cache.
+
+    Keyed by the checkpoint's sha256 and the versions that shape the export, like
+    the segmentation engines' cache.
+    """
+    from endofuse import __version__
+    from endofuse.model.entrep_weights import load_classifier
+    from endofuse.realtime.engines.cache import cache_entry, file_sha256
+    from endofuse.realtime.engines.onnx_export import ONNX_OPSET
+
+    folder = cache_entry("classifier-onnx", file_sha256(checkpoint)[:32], f"endofuse{__version__}",
+                         f"torch{torch.__version__}", f"opset{ONNX_OPSET}")
+    path = folder / "image.onnx"
+    if not path.is_file():
+        if log is not None:
+            log(f"exporting the classifier's image tower to {path} (once per checkpoint)")
+        export_classifier_onnx(load_classifier(checkpoint), path, text=False, log=lambda *_: None)
+    return path
 
 
 def is_classifier_checkpoint(path: str | os.PathLike) -> bool:
