@@ -263,6 +263,17 @@ def spawn_endofuse(args: list[str]) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True, env=env)
 
 
+def wait_for_epoch(run: Path, proc: subprocess.Popen, epoch: int, timeout: float = 120) -> None:
+    """Until the training child `proc` has logged `epoch` epochs in `run` (fails if it exits or takes longer)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.stdout.read()
+        if (run / "log.csv").is_file() and len(read_log(run)) >= epoch:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no epoch {epoch} within {timeout} s")
+
+
 # ---- a real `endofuse demo` server (the browser tests) ----
 DEMO_START_TIMEOUT_S = 180
 

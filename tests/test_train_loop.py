@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from endofuse import cli
 from endofuse.errors import EndofuseError
 from endofuse.model import load_checkpoint, read_checkpoint
 
-from conftest import read_log, spawn_endofuse, synth_dataset, train_cmd
+from conftest import read_log, spawn_endofuse, synth_dataset, train_cmd, wait_for_epoch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -108,16 +107,6 @@ def test_total_loss_matches_the_formula():
     assert float(total_loss(seg, aux, ablate=("da", "fd"), **at)) == pytest.approx(1.0)
 
 
-def _wait_for_epoch(run: Path, proc: subprocess.Popen, epoch: int, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert proc.poll() is None, proc.stdout.read()
-        if (run / "log.csv").is_file() and len(read_log(run)) >= epoch:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"no epoch {epoch} within {timeout} s")
-
-
 @pytest.mark.slow  # real training subprocesses
 def test_resume_after_sigkill_continues_with_the_right_epoch_and_same_result(data, tmp_path):
     args = ["--epochs", "3", "--recipe", "paper", "--batch-size", "4"]
@@ -125,7 +114,7 @@ def test_resume_after_sigkill_continues_with_the_right_epoch_and_same_result(dat
     ref = spawn_endofuse(train_cmd(data, reference, *args))
     killed = tmp_path / "killed"
     proc = spawn_endofuse(train_cmd(data, killed, *args))
-    _wait_for_epoch(killed, proc, 1)
+    wait_for_epoch(killed, proc, 1)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
@@ -149,7 +138,7 @@ def test_sigterm_saves_a_resumable_checkpoint_mid_epoch(data, tmp_path):
     run = tmp_path / "run"
     args = ["--epochs", "40", "--batch-size", "2"]
     proc = spawn_endofuse(train_cmd(data, run, *args))
-    _wait_for_epoch(run, proc, 1)
+    wait_for_epoch(run, proc, 1)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 143, out

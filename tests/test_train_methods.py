@@ -1,7 +1,6 @@
 """`endofuse train` with the related-work options: run files, one-line refusals, exact resume after SIGKILL."""
 import json
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,7 @@ import torch
 from endofuse import cli
 from endofuse.model import load_checkpoint, read_checkpoint
 
-from conftest import read_log, spawn_endofuse, synth_dataset, train_cmd
+from conftest import read_log, spawn_endofuse, synth_dataset, train_cmd, wait_for_epoch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ALL = ["--fusion", "dmaf", "--negatives", "cluster", "--clusters", "4", "--mir", "--distill", "relation,prototype",
@@ -69,11 +68,7 @@ def test_resume_after_sigkill_with_cluster_negatives_reproduces_the_uninterrupte
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     ref = spawn_endofuse(train_cmd(data, reference, *args))
     proc = spawn_endofuse(train_cmd(data, killed, *args))
-    deadline = time.time() + 240
-    while not ((killed / "log.csv").is_file() and len(read_log(killed)) >= 1):
-        assert proc.poll() is None, proc.stdout.read()
-        assert time.time() < deadline, "no epoch 1 in time"
-        time.sleep(0.05)
+    wait_for_epoch(killed, proc, 1, timeout=240)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     done = read_checkpoint(killed / "last.pt")["extra"]["epoch"]
