@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from endofuse.errors import InvalidOptionError
@@ -60,6 +61,10 @@ class PipelineConfig:
     live_nbi_wait_frames: float = 0.25  # live: longest wait for a late NBI frame, in WLI frame periods
     lossless_buffer: int = 1  # deeper queues add latency in max mode without adding throughput
     stop_timeout_s: float = 5.0
+    # OpenCV's own thread pool (process-wide) while the pipeline runs: its stages already run on their
+    # own threads beside the engine's, and splitting a 1-ms resize over more threads costs CPU the
+    # engine needs (measured in benchmarks/pipeline_stages.py). None leaves OpenCV's setting alone.
+    opencv_threads: int | None = 1
 
 
 class Pipeline:
@@ -120,6 +125,8 @@ class Pipeline:
         if self._started:
             raise RuntimeError("a Pipeline runs once; build a new one to run again")
         self._started = True
+        if self.config.opencv_threads is not None:
+            cv2.setNumThreads(self.config.opencv_threads)
         epoch = now()
         for source in (self.wli, self.nbi):
             if source is not None:

@@ -206,6 +206,22 @@ def test_a_cached_blob_never_serves_another_precision(exported, cache):
         np.testing.assert_array_equal(got, expected[precision])
 
 
+def test_set_threads_recompiles_both_graphs_with_the_same_results(exported, cache):
+    from endofuse.realtime.engines.openvino_engine import OpenVinoEngine
+
+    wli, nbi = random_pair(seed=6)
+    engine = OpenVinoEngine(exported.onnx_path, precision="f32", threads=2)
+    # Reference: an engine compiled with one thread from the start.
+    reference = OpenVinoEngine(exported.onnx_path, precision="f32", threads=1, cache=False)
+    assert engine.threads == 2 and engine.supports_missing_nbi
+    engine.set_threads(1)
+    assert engine.threads == 1 and int(engine.compiled.get_property("INFERENCE_NUM_THREADS")) == 1
+    np.testing.assert_allclose(engine.infer(wli, nbi), reference.infer(wli, nbi), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(engine.infer(wli, None), reference.infer(wli, None), rtol=0, atol=1e-5)
+    with pytest.raises(EndofuseError, match="threads must be >= 1"):
+        engine.set_threads(0)
+
+
 def test_pipeline_runs_end_to_end_on_openvino(exported, cache, tmp_path, capsys):
     """`endofuse run --engine openvino`: every frame segmented and the report names the precision."""
     out, report_path = tmp_path / "overlay.avi", tmp_path / "report.json"

@@ -186,6 +186,20 @@ def test_bench_writes_the_issue_json_keys_and_a_plot(stand_in_engine, tmp_path, 
     assert "| max |" in printed and f"machine: {result['machine']['cpu']}" in printed
 
 
+def test_bench_threads_reach_the_engine_and_the_record(monkeypatch, tmp_path):
+    import endofuse.realtime.engines as engines
+
+    asked = []
+    monkeypatch.setattr(engines, "open_engine", lambda *a, threads=None, **k: asked.append(threads)
+                        or ColourThresholdEngine((32, 40), threshold=0.7))
+    out = tmp_path / "bench.json"
+    assert cli.main(["bench", "--threads", "3", "--frames", "10", "--warmup", "1", "--ring", "2",
+                     "--paced-fps", "200", "--json", str(out)]) == 0
+    assert asked == [3]
+    assert json.loads(out.read_text())["engine_threads"] == {"threads": 3, "chosen_by": "--threads"}
+    assert cli.main(["bench", "--threads", "0"]) != 0 and asked == [3]  # refused before anything opens
+
+
 @pytest.mark.slow
 def test_the_readme_command_with_the_bundled_weights(tmp_path):
     """`endofuse run --wli synthetic --nbi synthetic --frames N --out --report`, as in the README, real engine."""

@@ -7,7 +7,9 @@ this CPU (bf16 where the CPU has bf16 units, f32 elsewhere); the engine reads
 back what the compiled model chose, and its name says it (`openvino-bf16`).
 
 Settings for one live stream: PERFORMANCE_HINT=LATENCY (one stream, no
-batching across requests), INFERENCE_NUM_THREADS = physical cores, and
+batching across requests), INFERENCE_NUM_THREADS = physical cores unless told
+(`set_threads` changes it on an open engine; `realtime.engine_threads` picks
+the count beside the live pipeline), and
 OpenVINO's compiled-model cache (CACHE_DIR under the endofuse cache), so a
 second start skips graph compilation.
 """
@@ -107,6 +109,7 @@ class OpenVinoEngine(Engine):
         if precision == "auto" and stored in ("f32", "bf16"):
             precision = stored  # an IR exported with --precision bf16 runs bf16 by default
         self.requested_precision = "int8" if stored == "int8" else precision
+        self._cache = cache
         config = compile_config(self.requested_precision, threads, cache)
         self.compiled = self._compile(model, config, self.path)
         shape = self.compiled.inputs[0].get_partial_shape()
@@ -136,6 +139,22 @@ class OpenVinoEngine(Engine):
             self.missing_nbi_request = compiled.create_infer_request()
         # One infer request per graph: a request is not re-entrant (the demo may call from two threads).
         self._lock = threading.Lock()
+
+    def set_threads(self, threads: int) -> None:
+        """Compile both graphs again for `threads` inference threads, e.g. to leave a core to the live
+        pipeline's own stages (the files are read again rather than kept: a model's weights stay out of memory)."""
+        if threads < 1:
+            raise EndofuseError(f"OpenVINO threads must be >= 1, got {threads}")
+        config = compile_config(self.requested_precision, threads, self._cache)
+        compiled = self._compile(read_model(self.core, self.path)[0], config, self.path)
+        other = None
+        if self.missing_nbi_request is not None:
+            other = self._compile(read_model(self.core, self.missing_nbi_path)[0], config, self.missing_nbi_path)
+        with self._lock:
+            self.compiled, self.request = compiled, compiled.create_infer_request()
+            if other is not None:
+                self.missing_nbi_request = other.create_infer_request()
+            self.threads = int(compiled.get_property("INFERENCE_NUM_THREADS"))
 
     @property
     def supports_missing_nbi(self) -> bool:
