@@ -189,10 +189,9 @@ def check_run_outputs(args: argparse.Namespace) -> None:
 
 def main(args: argparse.Namespace) -> int:
     quiet_opencv()
-    from endofuse.realtime.engines import open_engine
     from endofuse.realtime.overlay import OverlayStyle
     from endofuse.realtime.pipeline import build_pipeline
-    from endofuse.realtime.sinks import ImageFolderSink, VideoFileSink, WindowSink
+    from endofuse.realtime.sinks import WindowSink
     from endofuse.realtime.source_specs import open_source_pair
 
     if args.frames is not None and args.frames < 1:
@@ -203,25 +202,14 @@ def main(args: argparse.Namespace) -> int:
         from endofuse.realtime.holoscan.run import run_holoscan
 
         return run_holoscan(args)
-    report_path = Path(args.report) if args.report else None
     style = OverlayStyle(alpha=args.alpha, hud=not args.no_hud)  # checks alpha before any work
     with stop_on_signals() as signals:
         try:
             wli, nbi = open_source_pair(args.wli, args.nbi, args.fps, args.frames, args.camera_timeout)
         except Stopped as stop:
             return _stopped_code(stop)
-        sinks = []
         try:
-            engine = open_engine(args.checkpoint, backend=args.engine, device=args.device, model_name=args.model)
-            if args.out:
-                sinks.append(VideoFileSink(args.out, wli.fps))
-            if args.frames_dir:
-                sinks.append(ImageFolderSink(args.frames_dir, force=args.force))
-            classifier = None
-            if args.classifier:
-                from endofuse.realtime.classifier import FrameClassifier
-
-                classifier = FrameClassifier.open(args.classifier)
+            engine, sinks, classifier = open_run_parts(args, wli)
             pipeline = build_pipeline(wli, nbi, engine, args.live, style=style, frames=args.frames,
                                       warmup_frames=args.warmup, sinks=sinks, classifier=classifier)
             if args.display:
@@ -229,32 +217,69 @@ def main(args: argparse.Namespace) -> int:
             engine.warmup()
             signals.stop_by(pipeline.stop)  # last: until here a signal raises Stopped, no frame is in flight
         except BaseException as exc:
-            for source in (wli, nbi):
-                if source is not None:
-                    source.close()
-            if isinstance(exc, Stopped):
-                return _stopped_code(exc)
-            raise
+            return abandon_setup(exc, wli, nbi)
         try:
             pipeline.run()  # a signal ends it between two frames; the video is finalised on the way out
         except EndofuseError as exc:
-            # a source failed mid-stream: the frames so far are kept (as .partial) and the report says where
-            report = pipeline.report() | {"complete": False, "error": str(exc),
-                                          "stopped_after_frames": pipeline.frames_out}
-            if signals.signum is not None:
-                report |= {"interrupted": True, "signal": signal.Signals(signals.signum).name}
-            video = _written(sinks, args.out)
-            if video:
-                report["partial_video"] = str(video)
-            if report_path is not None:
-                write_report(report, report_path)
+            report_failure(pipeline.report(), exc, pipeline.frames_out, sinks, args, signals.signum)
             raise
         if signals.signum is not None:
-            report = pipeline.report() | {"interrupted": True, "signal": signal.Signals(signals.signum).name}
-            write_report(report, report_path)
-            print(summary_line(report, _written(sinks, args.out), report_path), file=sys.stderr)
-            return _stopped_code(Stopped(signals.signum))
-    report = pipeline.report()
+            return finish_interrupted(pipeline.report(), signals.signum, sinks, args)
+    return finish_run(pipeline.report(), args)
+
+
+def open_run_parts(args: argparse.Namespace, wli) -> tuple:
+    """(engine, file sinks, classifier or None) of a run, opened the same way by both runtimes."""
+    from endofuse.realtime.engines import open_engine
+    from endofuse.realtime.sinks import ImageFolderSink, VideoFileSink
+
+    engine = open_engine(args.checkpoint, backend=args.engine, device=args.device, model_name=args.model)
+    sinks = []
+    if args.out:
+        sinks.append(VideoFileSink(args.out, wli.fps))
+    if args.frames_dir:
+        sinks.append(ImageFolderSink(args.frames_dir, force=getattr(args, "force", False)))
+    classifier = None
+    if getattr(args, "classifier", None):
+        from endofuse.realtime.classifier import FrameClassifier
+
+        classifier = FrameClassifier.open(args.classifier)
+    return engine, sinks, classifier
+
+
+def abandon_setup(exc: BaseException, *sources) -> int:
+    """Setup failed or a signal came before any frame: close the opened sources; the exit code, or re-raise."""
+    for source in sources:
+        if source is not None:
+            source.close()
+    if isinstance(exc, Stopped):
+        return _stopped_code(exc)
+    raise exc
+
+
+def report_failure(report: dict, exc: Exception, frames: int, sinks: list, args: argparse.Namespace,
+                   signum: int | None = None) -> None:
+    """A source failed mid-stream: the frames so far are kept (as .partial) and the report says where."""
+    report = report | {"complete": False, "error": str(exc), "stopped_after_frames": frames}
+    if signum is not None:
+        report |= {"interrupted": True, "signal": signal.Signals(signum).name}
+    video = _written(sinks, args.out)
+    if video:
+        report["partial_video"] = str(video)
+    write_report(report, Path(args.report) if args.report else None)
+
+
+def finish_interrupted(report: dict, signum: int, sinks: list, args: argparse.Namespace) -> int:
+    """Stopped by SIGINT/SIGTERM: the report marked interrupted, the summary on stderr, 128 + signal."""
+    report_path = Path(args.report) if args.report else None
+    report = report | {"interrupted": True, "signal": signal.Signals(signum).name}
+    write_report(report, report_path)
+    print(summary_line(report, _written(sinks, args.out), report_path), file=sys.stderr)
+    return _stopped_code(Stopped(signum))
+
+
+def finish_run(report: dict, args: argparse.Namespace) -> int:
+    report_path = Path(args.report) if args.report else None
     write_report(report, report_path)
     print(summary_line(report, args.out, report_path))
     return 0

@@ -19,7 +19,7 @@ from endofuse.realtime.holoscan._runtime import import_holoscan  # noqa: E402
 
 import_holoscan()
 
-from holoscan.core import ConditionType, Tensor  # noqa: E402
+from holoscan.core import ConditionType, IOSpec, Tensor  # noqa: E402
 from test_holoscan_operators import CollectOp, ScriptOp, run_graph  # noqa: E402
 
 from endofuse.realtime import segment_pair  # noqa: E402
@@ -102,15 +102,23 @@ def test_frames_that_arrive_on_the_device_stay_tensors_to_the_overlay_port(monke
         np.testing.assert_array_equal(host.overlay, reference.overlay)
 
 
-class FreeScriptOp(ScriptOp):
-    """A source that sends whether or not the receiver has room, like a live NBI camera."""
+class BurstOp(ScriptOp):
+    """A source that sends a burst of frames in one tick whether or not the receiver has room."""
 
     def setup(self, spec):
-        spec.output("out").condition(ConditionType.NONE)
+        spec.output("out").connector(IOSpec.ConnectorType.DOUBLE_BUFFER, capacity=8).condition(ConditionType.NONE)
+
+    def compute(self, op_input, op_output, context):
+        if self.sent >= len(self.items):
+            return self.stop_execution()
+        if self.before(self.sent):
+            for item in self.items[self.sent:self.sent + self.burst]:
+                op_output.emit(item, "out")
+            self.sent += self.burst
 
 
 def test_nbi_frames_replaced_at_the_sync_port_are_counted():
-    n, per_wli = 4, 3  # three NBI frames reach the one-slot port before each WLI frame: two are replaced
+    n, per_wli = 4, 3  # three NBI frames reach the one-slot port at once before each WLI frame: two are replaced
     image = np.zeros((8, 8, 3), np.uint8)
     nbi = []
     for k in range(n * per_wli):
@@ -121,7 +129,8 @@ def test_nbi_frames_replaced_at_the_sync_port_are_counted():
 
     def build(app):
         sink = CollectOp(app, port="pair", name="sink")
-        nbi_op = FreeScriptOp(app, items=nbi, before=lambda i: len(sink.got) >= i // per_wli, name="nbi")
+        nbi_op = BurstOp(app, items=nbi, before=lambda i: len(sink.got) >= i // per_wli, name="nbi")
+        nbi_op.burst = per_wli
         wli_op = ScriptOp(app, items=wli, before=lambda i: nbi_op.sent >= per_wli * (i + 1), name="wli")
         sync = EndofuseSyncOp(app, wli_fps=30.0, name="sync")
         app.add_flow(wli_op, sync, {("out", "wli")})

@@ -43,8 +43,8 @@ def _keywords(cls, *internal: str) -> set[str]:
 
 
 SECTION_KEYS = {
-    "wli_source": _keywords(EndofuseSourceOp, "role", "wait_for", "stop_with"),
-    "nbi_source": _keywords(EndofuseSourceOp, "role", "wait_for", "stop_with"),
+    "wli_source": _keywords(EndofuseSourceOp, "role", "gate", "stop_with", "epoch_from"),
+    "nbi_source": _keywords(EndofuseSourceOp, "role", "gate", "stop_with", "epoch_from"),
     "sync": _keywords(EndofuseSyncOp),
     "inference": _keywords(EndofuseInferenceOp),
     "overlay": _keywords(EndofuseOverlayOp, "backpressure"),
@@ -89,11 +89,12 @@ class EndofuseApp(Application):
             nbi_cfg.setdefault("fps", fps)
             nbi_cfg["live"] = live or bool(nbi_cfg.get("live", False))
             self.nbi_op = EndofuseSourceOp(self, role="nbi", name="nbi_source", stop_with=self.wli_op, **nbi_cfg)
-            if not live:
-                self.wli_op.wait_for = self.nbi_op  # lossless: pairing independent of scheduling
+            self.wli_op.epoch_from = self.nbi_op
         sync_cfg = dict(s.get("sync", {}))
         sync_cfg.setdefault("wli_fps", self.wli_op.source.fps)
         self.sync_op = EndofuseSyncOp(self, name="sync", **sync_cfg)
+        if self.nbi_op is not None and not live:
+            self._gate_lossless(self.wli_op, self.nbi_op, self.sync_op)
         infer_cfg = dict(s.get("inference", {}))
         if self._engine is not None:
             infer_cfg["engine"] = self._engine
@@ -111,6 +112,25 @@ class EndofuseApp(Application):
         self.add_flow(self.sync_op, self.inference_op, {("pair", "pair")})
         self.add_flow(self.inference_op, self.overlay_op, {("segmented", "segmented")})
         self.add_flow(self.overlay_op, self.recorder_op, {("result", "result")})
+
+    @staticmethod
+    def _gate_lossless(wli: EndofuseSourceOp, nbi: EndofuseSourceOp, sync: EndofuseSyncOp) -> None:
+        """Recordings run lossless and pair as natively, whatever the scheduler.
+
+        A WLI frame leaves its source only once the synchroniser holds the NBI frame
+        at or after its time (or NBI has ended): checking what the synchroniser
+        holds, not what the NBI source sent, matters on a multi-threaded scheduler,
+        where the WLI frame could otherwise reach the sync op first. NBI runs at
+        most one frame ahead, so the synchroniser's buffer stays small.
+        """
+        period = 1.0 / wli.source.fps
+        wli.gate = lambda t: nbi.finished or sync.sync.ready_for(t)
+
+        def nbi_gate(t: float) -> bool:
+            reached = wli.epoch if wli.last_sync_time is None else wli.last_sync_time
+            return wli.finished or (reached is not None and reached >= t - 1.5 * period)  # 1.5: float-safe
+
+        nbi.gate = nbi_gate
 
     def holoscan_report(self) -> dict:
         """The Holoscan part of the report: scheduler and data-flow-tracking latency per path."""

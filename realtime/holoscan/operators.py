@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+from collections.abc import Callable
 
 import torch
 
@@ -43,6 +44,8 @@ from endofuse.realtime.source_specs import open_source  # noqa: E402
 from endofuse.realtime.sources import Source, SourceLost  # noqa: E402
 from endofuse.realtime.sync import Synchroniser, SyncPolicy  # noqa: E402
 from endofuse.realtime.tracing import FrameTrace, now  # noqa: E402
+
+_EPOCH_LOCK = threading.Lock()
 
 
 class EndofuseOperator(Operator):
@@ -73,16 +76,19 @@ class EndofuseSourceOp(EndofuseOperator):
     `frames` stops after that many frames read. `live=True` plays a recording like a
     camera: a frame is due every 1/fps, and frames that fell due while the graph
     was busy are skipped and counted in `dropped` (a camera does not wait).
-    `wait_for` (another source op, lossless runs of recordings): emit a frame only
-    once that source has reached its time or ended, so pairing does not depend
-    on scheduling. `stop_with`: end when that source op has ended (an endless
-    NBI source next to a finite WLI one). The source ends the operator; with
-    the WLI source ended, the graph drains and stops.
+    `gate` (lossless runs of recordings): a function of a frame's sync time; the
+    frame is emitted only once it returns True, so pairing does not depend on
+    scheduling (`EndofuseApp` gates each source on the other's progress).
+    `stop_with`: end when that source op has ended (an endless NBI source next
+    to a finite WLI one); `epoch_from`: share that source op's timeline origin.
+    The source ends the operator; with the WLI source ended, the graph drains
+    and stops.
     """
 
     def __init__(self, fragment, *args, source: Source | str | None = None, role: str = "wli", fps: float = 30.0,
-                 frames: int | None = None, live: bool = False, wait_for: EndofuseSourceOp | None = None,
-                 stop_with: EndofuseSourceOp | None = None, **kwargs) -> None:
+                 frames: int | None = None, live: bool = False, gate: Callable[[float], bool] | None = None,
+                 stop_with: EndofuseSourceOp | None = None, epoch_from: EndofuseSourceOp | None = None,
+                 **kwargs) -> None:
         if source is None and args and isinstance(args[0], (Source, str, os.PathLike)):
             source, args = args[0], args[1:]  # EndofuseSourceOp(fragment, "wli.mp4", role="wli")
         if source is None:
@@ -93,7 +99,7 @@ class EndofuseSourceOp(EndofuseOperator):
         self.source = source if isinstance(source, Source) else open_source(str(source), self.role.upper(), fps,
                                                                             frames)
         self.max_frames, self.live = frames, live or self.source.live
-        self.wait_for, self.stop_with = wait_for, stop_with
+        self.gate, self.stop_with, self.epoch_from = gate, stop_with, epoch_from
         self.epoch: float | None = None
         self.emitted = self.dropped = 0
         self.last_sync_time: float | None = None
@@ -109,8 +115,9 @@ class EndofuseSourceOp(EndofuseOperator):
             port.condition(ConditionType.NONE)  # a live NBI stream never waits for WLI: the sync port drops oldest
 
     def start(self) -> None:
-        peer = self.wait_for or self.stop_with
-        self.epoch = peer.epoch if peer is not None and peer.epoch is not None else now()
+        with _EPOCH_LOCK:  # two sources starting at once on two workers get one timeline
+            peer = self.epoch_from or self.stop_with
+            self.epoch = peer.epoch if peer is not None and peer.epoch is not None else now()
         # Pacing happens here (skip what fell due) rather than by sleeping, which would stall the scheduler.
         self.source.start(self.epoch, paced=False)
 
@@ -131,10 +138,8 @@ class EndofuseSourceOp(EndofuseOperator):
                 return  # not due yet
             while self.emitted + self.dropped < due and self.source.next_frame() is not None:
                 self.dropped += 1
-        elif self.wait_for is not None and not self.wait_for.finished:
-            t = self.epoch + (self.emitted + self.dropped) / self.source.fps
-            if self.wait_for.last_sync_time is None or self.wait_for.last_sync_time < t:
-                return  # lossless: the other stream has not reached this frame's time yet
+        elif self.gate is not None and not self.gate(self.epoch + (self.emitted + self.dropped) / self.source.fps):
+            return  # lossless: the other stream has not reached this frame's time yet
         try:
             frame = self.source.next_frame()
         except SourceLost as exc:
@@ -182,7 +187,10 @@ class EndofuseSyncOp(EndofuseOperator):
         spec.input("wli")
         # One slot, newest wins: a multi-slot port logs an error on every empty read, and the
         # synchroniser pairs with the newest NBI frame anyway when both streams share a rate.
-        spec.input("nbi", policy=IOSpec.QueuePolicy.POP).condition(ConditionType.NONE)
+        spec.input("nbi", policy=IOSpec.QueuePolicy.POP)
+        # Ticks on either input (WLI still drives: NBI alone never makes a pair): an NBI frame is taken into the
+        # synchroniser when it arrives, so a lossless WLI source can wait until the NBI frame it pairs with is in.
+        spec.or_combine_port_conditions(["wli", "nbi"])
         spec.output("pair")
 
     def _compute(self, op_input, op_output) -> None:
@@ -190,7 +198,10 @@ class EndofuseSyncOp(EndofuseOperator):
         nbi = op_input.receive("nbi")  # NBI first: arrival stamps then precede the WLI frame's
         for value in (nbi if isinstance(nbi, (tuple, list)) else () if nbi is None else (nbi,)):
             self.sync.add_nbi(self._nbi(value)[0])
-        frame, order = self._wli(op_input.receive("wli"))
+        value = op_input.receive("wli")
+        if value is None:
+            return  # an NBI frame alone
+        frame, order = self._wli(value)
         trace = FrameTrace(frame.capture_time, {"capture": frame.read_ms})
         pairing = self.sync.pair(frame)
         if pairing is None:

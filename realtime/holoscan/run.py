@@ -8,9 +8,6 @@ as a Holoscan graph (`EndofuseApp`). The report adds `runtime: "holoscan"` and
 from __future__ import annotations
 
 import argparse
-import signal
-import sys
-from pathlib import Path
 
 from endofuse.errors import EndofuseError
 
@@ -27,30 +24,33 @@ def default_scheduler(wli, nbi) -> dict:
 
 
 def run_holoscan(args: argparse.Namespace) -> int:
-    from endofuse.realtime.engines import open_engine
+    """`endofuse run` on the Holoscan graph; the setup, stop and report steps are the native runtime's."""
     from endofuse.realtime.holoscan._runtime import quiet_holoscan_logs
     from endofuse.realtime.holoscan.app import EndofuseApp, run_app
-    from endofuse.realtime.run_command import Stopped, _stopped_code, stop_on_signals, summary_line, write_report
-    from endofuse.realtime.sinks import ImageFolderSink, VideoFileSink
+    from endofuse.realtime.overlay import OverlayStyle
+    from endofuse.realtime.run_command import (
+        Stopped,
+        abandon_setup,
+        finish_interrupted,
+        finish_run,
+        open_run_parts,
+        report_failure,
+        stop_on_signals,
+    )
     from endofuse.realtime.source_specs import open_source_pair
 
     if args.display:
         raise EndofuseError("--display is not available with --runtime holoscan; "
                             "add a HolovizOp after EndofuseOverlayOp in your own graph (see docs/holoscan.md)")
-    report_path = Path(args.report) if args.report else None
+    OverlayStyle(alpha=args.alpha)  # checks alpha before any work, as natively
     quiet_holoscan_logs()
     with stop_on_signals():
-        wli, nbi = open_source_pair(args.wli, args.nbi, args.fps, args.frames, args.camera_timeout)
         try:
-            engine = open_engine(args.checkpoint, backend=args.engine, device=args.device, model_name=args.model)
-            sinks = [VideoFileSink(args.out, wli.fps)] if args.out else []
-            if args.frames_dir:
-                sinks.append(ImageFolderSink(args.frames_dir, force=getattr(args, "force", False)))
-            classifier = None
-            if getattr(args, "classifier", None):
-                from endofuse.realtime.classifier import FrameClassifier
-
-                classifier = FrameClassifier.open(args.classifier)
+            wli, nbi = open_source_pair(args.wli, args.nbi, args.fps, args.frames, args.camera_timeout)
+        except Stopped as stop:
+            return abandon_setup(stop)
+        try:
+            engine, sinks, classifier = open_run_parts(args, wli)
             sections = {
                 "wli_source": {"source": wli, "frames": args.frames, "live": args.live},
                 "nbi_source": {"source": nbi},
@@ -61,28 +61,14 @@ def run_holoscan(args: argparse.Namespace) -> int:
             }
             app = EndofuseApp(sections, engine=engine, sinks=sinks)
         except BaseException as exc:
-            for source in (wli, nbi):
-                if source is not None:
-                    source.close()
-            if isinstance(exc, Stopped):
-                return _stopped_code(exc)
-            raise
+            return abandon_setup(exc, wli, nbi)
         try:
+            # a signal raises Stopped in this (main) thread while it waits for the graph, never inside an
+            # operator; run_app then stops the graph and finalises the video before re-raising it
             report = run_app(app, handle_signals=False)
         except Stopped as stop:
-            report = app.recorder_op.report() | {"signal": signal.Signals(stop.signum).name}
-            write_report(report, report_path)
-            print(summary_line(report, args.out, report_path), file=sys.stderr)
-            return _stopped_code(stop)
+            return finish_interrupted(app.recorder_op.report(), stop.signum, sinks, args)
         except EndofuseError as exc:
-            # a source failed mid-stream: as natively, the frames so far are kept (.partial) and reported
-            report = app.recorder_op.report() | {"complete": False, "error": str(exc),
-                                                 "stopped_after_frames": app.recorder_op.frames}
-            video = next((str(s.written_path) for s in sinks if getattr(s, "written_path", None)), None)
-            if video:
-                report["partial_video"] = video
-            write_report(report, report_path)
+            report_failure(app.recorder_op.report(), exc, app.recorder_op.frames, sinks, args)
             raise
-    write_report(report, report_path)
-    print(summary_line(report, args.out, report_path))
-    return 0
+    return finish_run(report, args)
