@@ -270,7 +270,9 @@ def main(argv: list[str] | None = None) -> int:
             ["threads", "engine-only pairs/s", "max-mode pairs/s", "efficiency", "engine CPU ms/pair",
              "pipeline CPU ms/pair", "infer p50 ms in pipeline"], thread_rows,
             f"{args.pipeline_rounds} interleaved rounds of {args.frames} pairs; 1-min load {min(loads):.1f}-"
-            f"{max(loads):.1f} during them. CPU ms/pair: process CPU time per pair (all threads)."))
+            f"{max(loads):.1f} during them. CPU ms/pair: process CPU time per pair (all threads), the figure that "
+            "moves least with other load; with a 1-min load above the 2 cores, the pairs/s columns (and so the "
+            "efficiency) measure the other work as much as the engine."))
     rec = record("pipeline_stages", "Pipeline: CPU stages before/after, and engine threads", tables,
                  argv=sys.argv[1:] if argv is None else argv, details=details)
     report(rec, args.json)
