@@ -85,8 +85,11 @@ def product_bench_tables(rec: dict) -> list[dict]:
                          run["efficiency"]])
         columns = ["Holoscan scheduler", "workers", "max pairs/s", "max p50 ms", "max p99 ms", "paced pairs/s",
                    "paced p99 ms", "paced dropped", "efficiency"]
-        tables.append(table("the same frames and engine as a Holoscan graph", columns, rows,
-                            "efficiency = the graph's max-mode pairs/s / the engine alone (the table above)"))
+        note = "efficiency = the graph's max-mode pairs/s / the engine alone (the table above)"
+        verdict = rec.get("scheduler_verdict")  # `endofuse bench` names the winner per mode and why
+        if verdict:
+            note += "".join(f"\n\nScheduler, {mode} mode: {verdict[mode]['why']}." for mode in ("max", "paced"))
+        tables.append(table("the same frames and engine as a Holoscan graph", columns, rows, note))
     return tables
 
 

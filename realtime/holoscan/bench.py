@@ -149,6 +149,8 @@ def _why(mode: str, ranked: list[str], rows: dict, cores: int) -> str:
     spread = [r for r in (win, second) if "fps_range" in r]
     if mode == "max" and len(spread) == 2 and spread[0]["fps_range"][0] <= spread[1]["fps_range"][1]:
         return f"not separable: {ranked[0]} and {ranked[1]} overlap across rounds ({numbers})"
+    # the reason comes from the best-placed scheduler that used a different number of threads
+    second = next((rows[n] for n in ranked[1:] if rows[n]["threads_used"] != win["threads_used"]), second)
     if win["threads_used"] < second["threads_used"]:
         reason = (f"fewer threads ({win['threads_used']} vs {second['threads_used']}) and hand-offs "
                   f"({win['handoffs_per_frame']:.2f} vs {second['handoffs_per_frame']:.2f} per frame): each "
