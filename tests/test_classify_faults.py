@@ -251,3 +251,19 @@ def test_sigterm_is_exit_143_and_resume_reproduces_the_uninterrupted_run(data, t
     for a, b in zip(resumed["extra"]["history"], straight["extra"]["history"], strict=True):
         assert {k: v for k, v in a.items() if k not in ("seconds", "images_per_s")} == {
             k: v for k, v in b.items() if k not in ("seconds", "images_per_s")}
+
+
+# ---- synth --classes ----
+def test_synth_classes_checks_its_counts_before_writing_and_reports_a_full_disk(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "syn"
+    assert "--classes needs --pairs >= 3" in one_line(capsys, main(["synth", str(out), "--pairs", "2",
+                                                                    "--test-pairs", "1", "--classes"]))
+    written = [p.name for p in out.rglob("*") if p.name != ".endofuse-outputs.json"] if out.exists() else []
+    assert written == []  # nothing written, not even the segmentation pairs
+    calls = fail_nth_replace(monkeypatch, 20, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    rc = main(["synth", str(out), "--pairs", "3", "--test-pairs", "1", "--size", "40x40", "--classes"])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    err = err.splitlines()[-1]  # the last line, after the progress bar's
+    assert rc == 1 and err.startswith("endofuse synth: error: cannot write"), err
+    assert "no space left on device" in err and os.path.basename(calls[19]) in err

@@ -11,11 +11,11 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from endofuse.errors import EndofuseError
 from endofuse.model.synthetic import make_pair, octagon_mask
+from endofuse.outputs import atomic_file, write_image
 
 CLASSES = ("normal", "small_lesion", "large_lesion")
 DESCRIPTIONS = {"normal": "normal mucosa without a lesion", "small_lesion": "a small lesion",
@@ -61,12 +61,20 @@ def scene_images(label: str, seed: int, size: tuple[int, int]):
     raise EndofuseError(f"synthetic generator found no {label} scene in {MAX_TRIES} tries at size {size}")
 
 
-def write_classification_dataset(out: Path, train_scenes: int, test_scenes: int, size: tuple[int, int],
-                                 seed: int = 0) -> dict[str, int]:
-    """Write `cls_imgs/` and the two CSVs; returns rows per CSV (2 images per scene)."""
+def check_scene_counts(train_scenes: int, test_scenes: int) -> None:
+    """Enough scenes for every class in training and one test scene (checked before any file is written)."""
     if train_scenes < len(CLASSES) or test_scenes < 1:
         raise EndofuseError(f"--classes needs --pairs >= {len(CLASSES)} (one scene per class at least) "
                             f"and --test-pairs >= 1, got {train_scenes} and {test_scenes}")
+
+
+def write_classification_dataset(out: Path, train_scenes: int, test_scenes: int, size: tuple[int, int],
+                                 seed: int = 0) -> dict[str, int]:
+    """Write `cls_imgs/` and the two CSVs; returns rows per CSV (2 images per scene).
+
+    Every file is a checked atomic write: a full disk is one line naming the file.
+    """
+    check_scene_counts(train_scenes, test_scenes)
     out = Path(out)
     (out / "cls_imgs").mkdir(parents=True, exist_ok=True)
     counts = {}
@@ -77,10 +85,9 @@ def write_classification_dataset(out: Path, train_scenes: int, test_scenes: int,
             wli, nbi, _ = scene_images(label, SEED_BASE * (seed + 1) + i * 104729, size)
             for modality, image in (("WLI", wli), ("NBI", nbi)):
                 name = f"cls_imgs/s{seed}_{i:05d}_{modality.lower()}.png"
-                if not cv2.imwrite(str(out / name), image):
-                    raise EndofuseError(f"could not write {out / name}")
+                write_image(out / name, image, durable=False)
                 rows.append((name, label, caption(label, modality)))
-        with open(out / csv_name, "w", newline="", encoding="utf-8") as f:
+        with atomic_file(out / csv_name, "w", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(["image_path", "label", "caption"])
             writer.writerows(rows)

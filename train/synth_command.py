@@ -135,6 +135,10 @@ def _write(args: argparse.Namespace) -> int:
         if args.pairs < 1:
             raise InvalidOptionError(f"--pairs must be >= 1, got {args.pairs}")
         test_pairs = args.test_pairs if args.test_pairs is not None else max(1, args.pairs // 4)
+        if args.classes:  # before any file is written
+            from endofuse.train.classify_synth import check_scene_counts
+
+            check_scene_counts(args.pairs, test_pairs)
         write_dataset(args.out, args.pairs, test_pairs, args.size, args.seed, args.nbi_size,
                       shift=DomainShift() if args.shift else None)
         print(f"wrote {args.pairs} training + {test_pairs} test pairs to {args.out} (Training.csv, Test.csv)")
