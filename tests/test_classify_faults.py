@@ -267,3 +267,18 @@ def test_synth_classes_checks_its_counts_before_writing_and_reports_a_full_disk(
     err = err.splitlines()[-1]  # the last line, after the progress bar's
     assert rc == 1 and err.startswith("endofuse synth: error: cannot write"), err
     assert "no space left on device" in err and os.path.basename(calls[19]) in err
+
+
+def test_a_reader_racing_an_append_reads_the_new_generation(data, checkpoint, train_gallery, tmp_path, monkeypatch):
+    gallery = shutil.copytree(train_gallery, tmp_path / "g")
+    stock, state = np.load, {"appended": False}
+
+    def load_after_an_append(path, *args, **kwargs):  # the append commits between gallery.json and the data
+        if not state["appended"]:
+            state["appended"] = True
+            assert main(["index", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(gallery)]) == 0
+        return stock(path, *args, **kwargs)
+
+    monkeypatch.setattr(np, "load", load_after_an_append)
+    opened = Gallery.open(gallery)
+    assert len(opened.items) == 10 and opened.meta["generation"] == 2

@@ -61,6 +61,17 @@ def data_names(generation: int) -> dict[str, str]:
             "index": f"index-{generation}.faiss"}
 
 
+class _Replaced(Exception):
+    """gallery.json moved on to a new generation while its data files were being read."""
+
+
+def _meta_changed(meta_path: Path, meta: dict) -> bool:
+    try:
+        return json.loads(meta_path.read_text(encoding="utf-8")).get("generation") != meta.get("generation")
+    except (OSError, ValueError):
+        return False
+
+
 @contextlib.contextmanager
 def locked(folder: Path) -> Iterator[None]:
     """Exclusive lock on the gallery folder for one append (a second `index` into it is one line)."""
@@ -92,8 +103,18 @@ class Gallery:
 
     @classmethod
     def open(cls, folder: Path) -> Gallery:
-        """Read the generation `gallery.json` names; one line for anything missing or damaged."""
-        folder = Path(folder)
+        """Read the generation `gallery.json` names; one line for anything missing or damaged.
+
+        An append that commits while this reads deletes the generation being read:
+        then the new one is read instead.
+        """
+        try:
+            return cls._open(Path(folder))
+        except _Replaced:
+            return cls._open(Path(folder))
+
+    @classmethod
+    def _open(cls, folder: Path) -> Gallery:
         meta_path = folder / META
         if not meta_path.is_file():
             raise EndofuseError(f"{folder}: not a gallery (no {META}); build one with endofuse index")
@@ -112,6 +133,8 @@ class Gallery:
             items = json.loads(files["items"].read_text(encoding="utf-8"))
             index_bytes = np.fromfile(files["index"], dtype=np.uint8)
         except FileNotFoundError as exc:
+            if _meta_changed(meta_path, meta):
+                raise _Replaced from None
             raise EndofuseError(f"{folder}: {Path(exc.filename).name} named by {META} is missing "
                                 f"(deleted by hand?); rebuild the gallery") from None
         except (OSError, ValueError, UnicodeDecodeError) as exc:
