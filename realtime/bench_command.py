@@ -25,7 +25,7 @@ from endofuse.checks import check_fps
 from endofuse.errors import EndofuseError
 from endofuse.machine import describe_machine, machine_line, time_calls
 from endofuse.outputs import check_output_file, refuse_overlap
-from endofuse.realtime.run_command import add_source_arguments, quiet_opencv, write_report
+from endofuse.realtime.run_command import add_source_arguments, open_pipeline_engine, quiet_opencv, write_report
 from endofuse.realtime.tracing import now, percentiles
 
 MODE_KEYS = ("fps", "latency_ms", "stages_ms", "dropped", "nbi_dropped", "stale_pairs", "nbi_missing", "paired",
@@ -50,10 +50,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=0,
                         help="with --runtime both: also N interleaved rounds of every configuration, summarised "
                              "as medians of in-round ratios (robust to a drifting machine load)")
-    parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="inference threads of a CPU engine (OpenVINO, ONNX Runtime); default: OpenVINO is "
-                             "measured with all physical cores and with one fewer and keeps the faster for the "
-                             "pipeline (see docs/pipeline.md), ONNX Runtime uses all physical cores")
     parser.add_argument("--json", default=None, metavar="OUT", help="write the results as JSON")
     parser.add_argument("--plot", default=None, metavar="PNG", help="draw the latency CDF and per-stage bars")
 
@@ -114,20 +110,13 @@ def bench_pipeline(engine, wli, nbi, frames: int, warmup: int, live: bool, fps: 
 
 
 def run_bench(args: argparse.Namespace) -> tuple[dict, dict]:
-    from endofuse.realtime.engine_threads import fit_engine_threads
-    from endofuse.realtime.engines import open_engine
-
     if args.frames < 10:
         raise EndofuseError(f"--frames must be >= 10, got {args.frames}")
-    threads = getattr(args, "threads", None)
-    if threads is not None and threads < 1:
-        raise EndofuseError(f"--threads must be >= 1, got {threads}")
+    if getattr(args, "threads", None) is not None and args.threads < 1:
+        raise EndofuseError(f"--threads must be >= 1, got {args.threads}")
     wli, nbi, described = load_ring(args.source, max(1, min(args.ring, args.frames)))
-    engine = open_engine(args.checkpoint, backend=args.engine, device=args.device, model_name=args.model,
-                         threads=threads)
+    engine = open_pipeline_engine(args)
     engine.warmup()
-    fitted = (fit_engine_threads(engine) if threads is None
-              else {"threads": getattr(engine, "threads", threads), "chosen_by": "--threads"})
     runtime = getattr(args, "runtime", "native")
     side, first = None, {}  # with rounds, the first round's measurements are the single-pass results too
     if runtime == "both" and getattr(args, "rounds", 0) > 0:
@@ -146,7 +135,7 @@ def run_bench(args: argparse.Namespace) -> tuple[dict, dict]:
         "model": engine.model_label,
         "engine": engine.name,
         "input_size": list(engine.input_size),
-        "engine_threads": fitted,
+        "engine_threads": engine.thread_choice,
         "frames": args.frames,
         "source": described,
         "engine_only": engine_only,

@@ -241,6 +241,7 @@ class Pipeline:
             "model": getattr(self.engine, "model_label", ""),
             "engine": engine_label(self.engine),
             "input_size": list(self.engine.input_size),
+            "engine_threads": getattr(self.engine, "threads", None),  # a CPU engine's inference threads
             "wli": self.wli.name,
             "nbi": None if self.nbi is None else self.nbi.name,
             "live": self.config.live,

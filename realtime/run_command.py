@@ -58,6 +58,10 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
                         help="inference backend (default: auto = TensorRT > OpenVINO on x86 CPUs > ONNX Runtime > "
                              "torch)")
     parser.add_argument("--device", default=None, help="cpu or cuda[:i] (default: the engine's choice)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="inference threads of a CPU engine (OpenVINO, ONNX Runtime); default: OpenVINO is "
+                             "timed with all physical cores and with one fewer and keeps the faster for the "
+                             "pipeline (see docs/pipeline.md), ONNX Runtime uses all physical cores")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -228,12 +232,27 @@ def main(args: argparse.Namespace) -> int:
     return finish_run(pipeline.report(), args)
 
 
+def open_pipeline_engine(args: argparse.Namespace):
+    """The engine of `run`/`bench`, with `--threads`, or OpenVINO's threads fitted to the pipeline
+    (`engine.thread_choice` says which and why)."""
+    from endofuse.realtime.engine_threads import fit_engine_threads
+    from endofuse.realtime.engines import open_engine
+
+    threads = getattr(args, "threads", None)
+    if threads is not None and threads < 1:
+        raise EndofuseError(f"--threads must be >= 1, got {threads}")
+    engine = open_engine(args.checkpoint, backend=args.engine, device=args.device, model_name=args.model,
+                         threads=threads)
+    engine.thread_choice = (fit_engine_threads(engine) if threads is None
+                            else {"threads": getattr(engine, "threads", threads), "chosen_by": "--threads"})
+    return engine
+
+
 def open_run_parts(args: argparse.Namespace, wli) -> tuple:
     """(engine, file sinks, classifier or None) of a run, opened the same way by both runtimes."""
-    from endofuse.realtime.engines import open_engine
     from endofuse.realtime.sinks import ImageFolderSink, VideoFileSink
 
-    engine = open_engine(args.checkpoint, backend=args.engine, device=args.device, model_name=args.model)
+    engine = open_pipeline_engine(args)
     sinks = []
     if args.out:
         sinks.append(VideoFileSink(args.out, wli.fps))

@@ -186,7 +186,7 @@ def test_bench_writes_the_issue_json_keys_and_a_plot(stand_in_engine, tmp_path, 
     assert "| max |" in printed and f"machine: {result['machine']['cpu']}" in printed
 
 
-def test_bench_threads_reach_the_engine_and_the_record(monkeypatch, tmp_path):
+def test_threads_reach_the_engine_and_the_bench_record(monkeypatch, tmp_path):
     import endofuse.realtime.engines as engines
 
     asked = []
@@ -198,6 +198,7 @@ def test_bench_threads_reach_the_engine_and_the_record(monkeypatch, tmp_path):
     assert asked == [3]
     assert json.loads(out.read_text())["engine_threads"] == {"threads": 3, "chosen_by": "--threads"}
     assert cli.main(["bench", "--threads", "0"]) != 0 and asked == [3]  # refused before anything opens
+    assert cli.main(["run", "--wli", "synthetic", "--frames", "3", "--threads", "2"]) == 0 and asked == [3, 2]
 
 
 @pytest.mark.slow
