@@ -108,6 +108,7 @@ class EndofuseRecorderOp(EndofuseOperator):
             "model": getattr(engine, "model_label", ""),
             "engine": engine_label(engine) if engine is not None else "",
             "input_size": list(getattr(engine, "input_size", ())),
+            "engine_threads": getattr(engine, "threads", None),  # a CPU engine's inference threads
             "wli": getattr(getattr(self.wli_op, "source", None), "name", "WLI port"),
             "nbi": None if self.nbi_op is None else self.nbi_op.source.name,
             "live": self.live,
