@@ -305,3 +305,23 @@ def test_openvino_and_nncf_telemetry_never_records_or_sends(exported, tmp_path):
 def test_telemetry_loaded_before_endofuse_is_silenced(exported, tmp_path):
     """The user imported openvino_telemetry first: endofuse neutralises it in place."""
     _assert_telemetry_silent(exported, tmp_path, ["preimported"])
+
+
+SIGNAL_AFTER_TWO_ENGINES = textwrap.dedent("""
+    import os, signal, sys
+    from endofuse.realtime.engines.openvino_engine import OpenVinoEngine
+
+    first = OpenVinoEngine(sys.argv[1], cache=False)
+    second = OpenVinoEngine(sys.argv[1], cache=False)
+    del first, second  # freed in the order opened, as when the demo or a benchmark moves on to the next engine
+    signal.signal(signal.SIGTERM, lambda signum, frame: print("handled"))
+    os.kill(os.getpid(), signal.SIGTERM)
+    print("alive")
+""")
+
+
+def test_a_signal_after_engines_are_freed_still_reaches_its_handler(exported):
+    # A child process: what this guards against is the process dying of SIGSEGV at the signal.
+    proc = subprocess.run([sys.executable, "-c", SIGNAL_AFTER_TWO_ENGINES, str(exported.onnx_path)],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0 and proc.stdout.split() == ["handled", "alive"], (proc.returncode, proc.stderr)

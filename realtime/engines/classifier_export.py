@@ -152,10 +152,9 @@ class OpenVinoTower:
     """
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
-        from endofuse.realtime.engines.openvino_env import import_openvino
+        from endofuse.realtime.engines.openvino_env import openvino_core
 
-        ov = import_openvino()
-        core = ov.Core()
+        core = openvino_core()  # one per process: see openvino_core
         config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = str(threads)

@@ -25,7 +25,7 @@ from endofuse.errors import EndofuseError
 from endofuse.realtime.engines.base import Engine
 from endofuse.realtime.engines.cache import cache_dir
 from endofuse.realtime.engines.onnx_export import FUSED, MISSING_NBI, check_metadata, missing_nbi_path_for
-from endofuse.realtime.engines.openvino_env import import_openvino
+from endofuse.realtime.engines.openvino_env import openvino_core
 from endofuse.realtime.engines.openvino_export import PRECISIONS, read_model
 
 MATCHING_KEYS = ("source_sha256", "img_size", "num_classes", "model_name", "precision")
@@ -57,8 +57,7 @@ def compile_config(precision: str, threads: int | None, cache: bool = True) -> d
 
 def default_cpu_precision() -> str:
     """What OpenVINO's CPU plugin runs float graphs in when not told: "bf16" on CPUs with bf16 units, else "f32"."""
-    ov = import_openvino()
-    return _type_name(ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT"))
+    return _type_name(openvino_core().get_property("CPU", "INFERENCE_PRECISION_HINT"))
 
 
 def open_openvino_engine(model_file: Path, *, precision: str = "auto", threads: int | None = None,
@@ -70,7 +69,7 @@ def open_openvino_engine(model_file: Path, *, precision: str = "auto", threads: 
     model_file = Path(model_file)
     if precision == "int8":
         if model_file.suffix.lower() in IR_SUFFIXES:
-            meta = read_model(import_openvino().Core(), model_file)[1]
+            meta = read_model(openvino_core(), model_file)[1]
         else:
             meta = onnx_metadata(model_file)
         if meta.get("precision") != "int8":
@@ -93,8 +92,7 @@ class OpenVinoEngine(Engine):
         if device is not None and not str(device).startswith("cpu"):
             raise EndofuseError(f"the OpenVINO engine runs on the CPU; device {device!r} needs backend "
                                 f"'onnxruntime' (CUDA) or 'tensorrt'")
-        ov = import_openvino()
-        self.core = ov.Core()
+        self.core = openvino_core()
         self.path = Path(path)
         model, meta = read_model(self.core, self.path)
         check_metadata(meta, self.path, FUSED)

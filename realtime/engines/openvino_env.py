@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import threading
 
 from endofuse.errors import EndofuseError
 
@@ -56,6 +57,25 @@ def import_openvino():
         raise EndofuseError("the OpenVINO engine needs the openvino package (`pip install openvino nncf`, x86-64 or "
                             "64-bit ARM); or use --engine onnxruntime") from exc
     return openvino
+
+
+_core = None
+_core_lock = threading.Lock()
+
+
+def openvino_core():
+    """The process's one `openvino.Core`, made on first use and never freed.
+
+    OpenVINO's CPU plugin gives a thread that compiles a model an alternate signal stack of each Core's own
+    and, when that Core is freed, puts back the stack it found. Cores freed in another order than made leave
+    the thread on a freed stack: its next signal (Ctrl-C, SIGTERM) kills the process with SIGSEGV instead of
+    running the handler. One Core that lives as long as the process frees no stack.
+    """
+    global _core
+    with _core_lock:
+        if _core is None:
+            _core = import_openvino().Core()
+        return _core
 
 
 def import_nncf():

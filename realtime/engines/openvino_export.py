@@ -18,7 +18,7 @@ import numpy as np
 
 from endofuse.errors import EndofuseError, MissingFileError
 from endofuse.realtime.engines.onnx_export import FUSED, MISSING_NBI, check_metadata, missing_nbi_path_for
-from endofuse.realtime.engines.openvino_env import import_nncf, import_openvino, quiet_nncf
+from endofuse.realtime.engines.openvino_env import import_nncf, import_openvino, openvino_core, quiet_nncf
 
 IR_SUFFIXES = (".xml",)
 RT_INFO_KEY = "endofuse"
@@ -72,8 +72,7 @@ def onnx_to_ir(onnx_path: Path, out_xml: Path, precision: str = "f32",
         raise EndofuseError(f"unknown OpenVINO precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if precision == "int8" and not calibration:
         raise EndofuseError("INT8 calibration needs at least one frame pair")
-    ov = import_openvino()
-    core = ov.Core()
+    ov, core = import_openvino(), openvino_core()
     onnx_path, out_xml = Path(onnx_path), Path(out_xml)
     if out_xml.suffix.lower() not in IR_SUFFIXES:
         raise EndofuseError(f"--out {out_xml}: an OpenVINO IR is written as NAME.xml (+ NAME.bin)")
