@@ -233,9 +233,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def open_pipeline_engine(args: argparse.Namespace):
-    """The engine of `run`/`bench`, with `--threads`, or OpenVINO's threads fitted to the pipeline
-    (`engine.thread_choice` says which and why)."""
-    from endofuse.realtime.engine_threads import fit_engine_threads
+    """The engine of `run`/`bench`, with `--threads` when given (`engine.thread_choice` records which)."""
     from endofuse.realtime.engines import open_engine
 
     threads = getattr(args, "threads", None)
@@ -243,8 +241,8 @@ def open_pipeline_engine(args: argparse.Namespace):
         raise EndofuseError(f"--threads must be >= 1, got {threads}")
     engine = open_engine(args.checkpoint, backend=args.engine, device=args.device, model_name=args.model,
                          threads=threads)
-    engine.thread_choice = (fit_engine_threads(engine) if threads is None
-                            else {"threads": getattr(engine, "threads", threads), "chosen_by": "--threads"})
+    engine.thread_choice = {"threads": getattr(engine, "threads", threads),
+                            "chosen_by": "engine default" if threads is None else "--threads"}
     return engine
 
 

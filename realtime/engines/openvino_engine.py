@@ -8,8 +8,7 @@ back what the compiled model chose, and its name says it (`openvino-bf16`).
 
 Settings for one live stream: PERFORMANCE_HINT=LATENCY (one stream, no
 batching across requests), INFERENCE_NUM_THREADS = physical cores unless told
-(`set_threads` changes it on an open engine; `realtime.engine_threads` picks
-the count beside the live pipeline), and
+(`set_threads` changes it on an open engine), and
 OpenVINO's compiled-model cache (CACHE_DIR under the endofuse cache), so a
 second start skips graph compilation.
 """
