@@ -1,6 +1,6 @@
 """`endofuse bench`: engine-only speed, then the pipeline as fast as possible and paced.
 
-    endofuse bench --model tiny --engine onnxruntime --frames 600 --json bench.json --plot bench.png
+    endofuse bench --model tiny --engine openvino --frames 600 --json bench.json --plot bench.png
 
 1. engine_only: `engine.infer` on preprocessed pairs, nothing else.
 2. modes.max: the whole pipeline (capture, preprocess, sync, infer, postprocess,
@@ -34,7 +34,6 @@ MODE_KEYS = ("fps", "latency_ms", "stages_ms", "dropped", "nbi_dropped", "stale_
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_source_arguments(parser)
-    parser.set_defaults(engine="onnxruntime")
     parser.add_argument("--frames", type=int, default=600, help="frames per measurement (default 600)")
     parser.add_argument("--source", default="synthetic",
                         help="'synthetic[:SEED]' or a video FILE (used as both WLI and NBI) (default: synthetic)")

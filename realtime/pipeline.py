@@ -14,6 +14,7 @@ blocking ports and lose no frame.
 from __future__ import annotations
 
 import collections
+import sys
 from dataclasses import dataclass, field
 
 import cv2
@@ -65,6 +66,11 @@ class PipelineConfig:
     # own threads beside the engine's, and splitting a 1-ms resize over more threads costs CPU the
     # engine needs (measured in benchmarks/pipeline_stages.py). None leaves OpenCV's setting alone.
     opencv_threads: int | None = 1
+    # Python's GIL switch interval while the pipeline runs (process-wide; restored on close). Python's
+    # 5 ms default lets a capture thread in numpy code hold the GIL for up to 5 ms while the inference
+    # thread, back from a 7-ms engine call, waits to hand its result on; 0.5 ms measured +16 % pairs/s
+    # and a lower p99.9 with tiny on OpenVINO (docs/pipeline.md). None leaves it alone.
+    gil_switch_interval_s: float | None = 0.0005
 
 
 class Pipeline:
@@ -127,6 +133,9 @@ class Pipeline:
         self._started = True
         if self.config.opencv_threads is not None:
             cv2.setNumThreads(self.config.opencv_threads)
+        self._switch_interval = sys.getswitchinterval()
+        if self.config.gil_switch_interval_s is not None:
+            sys.setswitchinterval(self.config.gil_switch_interval_s)
         epoch = now()
         for source in (self.wli, self.nbi):
             if source is not None:
@@ -217,6 +226,8 @@ class Pipeline:
         for op in self.operators:
             if op.thread is not None:
                 op.thread.join(max(0.0, deadline - now()))
+        if getattr(self, "_switch_interval", None) is not None:
+            sys.setswitchinterval(self._switch_interval)
         for source in (self.wli, self.nbi):
             if source is not None:
                 source.close()

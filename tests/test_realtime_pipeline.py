@@ -179,3 +179,22 @@ def test_callback_sink_sees_every_result():
                         PipelineConfig(), [CallbackSink(lambda r: seen.append((r.index, r.mode, r.status)))])
     pipeline.run()
     assert seen == [(i, FUSED, "paired") for i in range(6)]
+
+
+def test_the_gil_switch_interval_is_shortened_while_running_and_restored_after():
+    import sys
+
+    before = sys.getswitchinterval()
+    frames = [np.full((30, 40, 3), i * 20, np.uint8) for i in range(4)]
+    seen = []
+    config = PipelineConfig(gil_switch_interval_s=0.0007)
+    pipeline = Pipeline(MemorySource(frames, "WLI"), MemorySource(frames, "NBI"), ColourThresholdEngine((8, 8)),
+                        config, [CallbackSink(lambda r: seen.append(sys.getswitchinterval()))])
+    pipeline.run()
+    assert len(seen) == 4 and all(abs(s - 0.0007) < 1e-9 for s in seen)
+    assert sys.getswitchinterval() == before
+    untouched = Pipeline(MemorySource(frames, "WLI"), None, ColourThresholdEngine((8, 8)),
+                         PipelineConfig(gil_switch_interval_s=None),
+                         [CallbackSink(lambda r: seen.append(sys.getswitchinterval()))])
+    untouched.run()
+    assert seen[4:] == [before] * 4

@@ -179,7 +179,7 @@ def test_bench_writes_the_issue_json_keys_and_a_plot(stand_in_engine, tmp_path, 
         assert mode["frames"] + mode["dropped"] == 22  # 20 measured + 2 warm-up, each shown or counted
     assert result["modes"]["max"]["dropped"] == 0
     assert result["efficiency"] == pytest.approx(result["modes"]["max"]["fps"] / result["engine_only"]["fps"])
-    assert result["input_size"] == [32, 40] and stand_in_engine[0][1] == "onnxruntime"
+    assert result["input_size"] == [32, 40] and stand_in_engine[0][1] == "auto"  # the same default as run
     assert cv2.imread(str(plot)).shape[0] > 200
     assert result["machine"]["cpus"] == os.cpu_count()  # numbers differ between CPUs: each run names its own
     printed = capsys.readouterr().out
