@@ -129,6 +129,9 @@ def test_a_bad_upload_shows_a_message_and_the_page_keeps_working(page, user_pair
 def test_live_tab_streams_a_webcam_through_the_model(page):
     page.get_by_role("tab", name="Live").click()
     page.locator("#live_wli").get_by_text("Click to Access Webcam").click()
+    # Record only once the (fake) camera delivers frames: a click before that starts no stream on a busy machine
+    page.wait_for_function("() => { const v = document.querySelector('#live_wli video');"
+                           " return v !== null && v.readyState >= 2 && v.videoWidth > 0; }", timeout=UI_TIMEOUT_MS)
     page.locator("#live_wli").get_by_role("button", name="capture photo").click()  # Gradio's "Record" button
     expect(page.locator("#live_latency_text textarea")).to_have_value(re.compile(r"^mode: WLI-ONLY"),
                                                                      timeout=UI_TIMEOUT_MS)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -174,7 +175,11 @@ class TrainStep(torch.nn.Module):
 def build_state(options: TrainOptions) -> TrainState:
     """Check the options, join the process group, build model, data and optimiser (resuming last.pt if asked)."""
     check_options(options)
-    output = check_run_folder(options.out, options.data, options.pretrained, options.resume, options.force)
+    # before the process group: every rank refuses the same bad --out in one line; only rank 0 judges
+    # foreign files (another rank could list rank 0's write probe as one)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    output = check_run_folder(options.out, options.data, options.pretrained, options.resume,
+                              options.force or not main_rank)
     recipe = RECIPES[options.recipe]
     dist_state = ddp.setup(options.device)
     try:
