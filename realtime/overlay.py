@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import torch
 
 from endofuse.errors import InvalidOptionError
 from endofuse.kernels.mask_overlay import DEFAULT_ALPHA, DEFAULT_COLOR
@@ -88,3 +89,11 @@ def draw_hud(image: np.ndarray, info: HudInfo) -> tuple[int, int, int, int]:
         cv2.putText(box, text, origin, FONT, 0.55 * scale, color, 1, cv2.LINE_AA)
     return x0, y0, x1, y1
 
+
+def draw_hud_tensor(image: torch.Tensor, info: HudInfo) -> None:
+    """`draw_hud` on a tensor in place: only the HUD box goes to the host and back."""
+    x0, y0, x1, y1 = hud_rectangle(tuple(image.shape), info.lines())
+    host = np.empty(tuple(image.shape), np.uint8)  # untouched outside the box (draw_hud writes only inside it)
+    host[y0:y1, x0:x1] = image[y0:y1, x0:x1].cpu().numpy()
+    draw_hud(host, info)
+    image[y0:y1, x0:x1] = torch.from_numpy(host[y0:y1, x0:x1]).to(image.device)

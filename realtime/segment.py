@@ -15,7 +15,7 @@ import torch
 
 from endofuse import kernels
 from endofuse.errors import InvalidInputError
-from endofuse.realtime.overlay import HudInfo, OverlayStyle, draw_hud
+from endofuse.realtime.overlay import HudInfo, OverlayStyle, draw_hud, draw_hud_tensor
 from endofuse.realtime.tracing import now
 
 FUSED = "FUSED"
@@ -48,16 +48,21 @@ def preprocess(frame_bgr: np.ndarray, size: tuple[int, int], device: str | None 
     return kernels.preprocess(frame_bgr, size).numpy()
 
 
-def finish_frame(logits, frame_bgr: np.ndarray, style: OverlayStyle,
-                 hud: Callable[[], HudInfo] | None = None) -> tuple[np.ndarray, np.ndarray, float, float]:
+def finish_frame(logits, frame_bgr: np.ndarray | torch.Tensor, style: OverlayStyle,
+                 hud: Callable[[], HudInfo] | None = None) -> tuple:
     """Logits -> (mask, overlay, postprocess ms, overlay ms) at the frame's native size.
 
     Postprocess is `endofuse.kernels.overlay` (mask + blend + contour; the fused
     Triton kernel for CUDA logits, then one device->host copy); overlay is the
-    HUD. `hud` is called at drawing time so it can show the latency up to that moment.
+    HUD. A frame given as a torch tensor (one that arrived on the GPU in the
+    Holoscan operators) stays on its device: mask and overlay are tensors there,
+    and only the HUD box visits the host. `hud` is called at drawing time so it can show the latency up to that moment.
     """
     started = now()
-    if isinstance(logits, torch.Tensor) and logits.is_cuda:
+    if isinstance(frame_bgr, torch.Tensor):  # a frame already held as a tensor (on the GPU) stays on its device
+        logits = torch.as_tensor(logits).to(frame_bgr.device)  # a CPU engine's logits are small; the frame is not
+        overlay, mask = kernels.overlay(frame_bgr, logits, style.alpha, style.color, contour=style.contour)
+    elif isinstance(logits, torch.Tensor) and logits.is_cuda:
         frame = torch.from_numpy(frame_bgr).to(logits.device, non_blocking=True)
         image, mask = kernels.overlay(frame, logits, style.alpha, style.color, contour=style.contour)
         mask, overlay = mask.cpu().numpy(), image.cpu().numpy()
@@ -65,7 +70,7 @@ def finish_frame(logits, frame_bgr: np.ndarray, style: OverlayStyle,
         overlay, mask = kernels.overlay(frame_bgr, logits, style.alpha, style.color, contour=style.contour)
     t_post = now()
     if style.hud and hud is not None:
-        draw_hud(overlay, hud())
+        (draw_hud_tensor if isinstance(overlay, torch.Tensor) else draw_hud)(overlay, hud())
     done = now()
     return mask, overlay, (t_post - started) * 1000, (done - t_post) * 1000
 

@@ -25,8 +25,8 @@ from test_holoscan_operators import CollectOp, ScriptOp, run_graph  # noqa: E402
 from endofuse.realtime import segment_pair  # noqa: E402
 from endofuse.realtime.holoscan import EndofuseInferenceOp, EndofuseOverlayOp, EndofuseSyncOp  # noqa: E402
 from endofuse.realtime.holoscan import frames as holoscan_frames  # noqa: E402
-from endofuse.realtime.holoscan.device import draw_hud_tensor, host_result  # noqa: E402
-from endofuse.realtime.overlay import HudInfo, OverlayStyle, draw_hud  # noqa: E402
+from endofuse.realtime.holoscan.device import host_result  # noqa: E402
+from endofuse.realtime.overlay import HudInfo, OverlayStyle, draw_hud, draw_hud_tensor  # noqa: E402
 from endofuse.realtime.sources import Frame  # noqa: E402
 
 from conftest import ColourThresholdEngine  # noqa: E402

@@ -19,8 +19,6 @@ import os
 import threading
 from collections.abc import Callable
 
-import torch
-
 from endofuse.errors import EndofuseError
 from endofuse.realtime.holoscan._runtime import import_holoscan
 
@@ -29,7 +27,7 @@ import_holoscan()
 from holoscan.conditions import PeriodicCondition  # noqa: E402
 from holoscan.core import ConditionType, IOSpec, Operator  # noqa: E402
 
-from endofuse.realtime.holoscan.device import finish_tensor, model_input  # noqa: E402
+from endofuse.realtime.holoscan.device import model_input  # noqa: E402
 from endofuse.realtime.holoscan.frames import (  # noqa: E402
     FrameStamper,
     Segmented,
@@ -321,9 +319,8 @@ class EndofuseOverlayOp(EndofuseOperator):
         self.handoffs += sum(a != b for a, b in zip(threads, threads[1:], strict=False))
         self.threads.update(threads)
         mode = FUSED if pair.nbi is not None else WLI_ONLY
-        finish = finish_tensor if isinstance(frame.image, torch.Tensor) else finish_frame  # on the GPU: stays there
-        mask, overlay, post_ms, overlay_ms = finish(item.logits, frame.image, self.style,
-                                                    lambda: self._hud(mode, item, trace))
+        mask, overlay, post_ms, overlay_ms = finish_frame(item.logits, frame.image, self.style,  # a GPU frame stays
+                                                          lambda: self._hud(mode, item, trace))
         trace.stages_ms["postprocess"], trace.stages_ms["overlay"] = post_ms, overlay_ms
         ready = now()
         self._done = (self._done + [ready])[-30:]
