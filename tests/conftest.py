@@ -214,6 +214,22 @@ def reuse_export(exported, monkeypatch) -> list[dict]:
     return calls
 
 
+# ---- a small frame classifier whose predictions spread over three classes (live-classifier tests) ----
+def spread_tiny_classifier():
+    """entrep-tiny at 32 px, seeded, with classifier weights drawn wide so frames get different classes."""
+    import torch
+
+    from endofuse.model.entrep import build_entrep
+
+    torch.manual_seed(0)
+    model = build_entrep("entrep-tiny", ["normal", "small_lesion", "large_lesion"], img_size=32, patch_size=8,
+                         vision_width=32, vision_layers=2, vision_heads=4, embed_dim=16, context_length=16,
+                         text_width=32, text_layers=1, text_heads=4, cls_layers=(1, 2), lora_rank=2).eval()
+    with torch.no_grad():
+        model.classifier.weight.normal_(0, 1.0)
+    return model
+
+
 # ---- the training tests' setup ----
 TINY_TRAIN = ["--model", "tiny", "--img-size", "32", "--no-progress"]
 

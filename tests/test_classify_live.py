@@ -16,18 +16,13 @@ from endofuse.realtime.overlay import HudInfo
 from endofuse.realtime.segment import preprocess
 from endofuse.realtime.sources import MemorySource
 
-from conftest import ColourThresholdEngine
+from conftest import ColourThresholdEngine, spread_tiny_classifier
 
 
 @pytest.mark.parametrize("backend", ["torch", pytest.param("auto", marks=pytest.mark.slow)])  # auto: exports
 def test_pipeline_classifies_every_frame_like_the_model(backend, tmp_path, monkeypatch):
     monkeypatch.setenv("ENDOFUSE_CACHE", str(tmp_path / "cache"))
-    torch.manual_seed(0)
-    model = build_entrep("entrep-tiny", ["normal", "small_lesion", "large_lesion"], img_size=32, patch_size=8,
-                         vision_width=32, vision_layers=2, vision_heads=4, embed_dim=16, context_length=16,
-                         text_width=32, text_layers=1, text_heads=4, cls_layers=(1, 2), lora_rank=2).eval()
-    with torch.no_grad():
-        model.classifier.weight.normal_(0, 1.0)  # spread the predictions over the classes
+    model = spread_tiny_classifier()
     ckpt = save_classifier(tmp_path / "c.pt", model)
     frames = [make_pair(seed, (60, 68))[0] for seed in range(6)]
     engine = ColourThresholdEngine((40, 48))

@@ -17,7 +17,7 @@ if importlib.util.find_spec("holoscan") is None:
 
 from endofuse.cli import main  # noqa: E402
 
-from conftest import ColourThresholdEngine, write_video  # noqa: E402
+from conftest import ColourThresholdEngine, spread_tiny_classifier, write_video  # noqa: E402
 
 FRAMES = 12
 
@@ -39,18 +39,9 @@ def run_cli(*argv):
 
 
 def tiny_classifier(path):
-    import torch
-
-    from endofuse.model.entrep import build_entrep
     from endofuse.model.entrep_weights import save_classifier
 
-    torch.manual_seed(0)
-    model = build_entrep("entrep-tiny", ["normal", "small_lesion", "large_lesion"], img_size=32, patch_size=8,
-                         vision_width=32, vision_layers=2, vision_heads=4, embed_dim=16, context_length=16,
-                         text_width=32, text_layers=1, text_heads=4, cls_layers=(1, 2), lora_rank=2).eval()
-    with torch.no_grad():
-        model.classifier.weight.normal_(0, 1.0)  # spread the predictions over the classes
-    return save_classifier(path, model)
+    return save_classifier(path, spread_tiny_classifier())
 
 
 def test_holoscan_run_matches_native_masks_frames_classes_and_report_keys(video_pair, tmp_path):
