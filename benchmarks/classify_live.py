@@ -73,8 +73,8 @@ def classifiers(checkpoint: Path, onnx_path: Path) -> dict:
 
 
 def run_pipeline(engine, wli, nbi, classifier, frames: int, live: bool) -> dict:
+    from endofuse.realtime.input.sources import MemorySource
     from endofuse.realtime.pipeline import build_pipeline
-    from endofuse.realtime.sources import MemorySource
 
     warmup = 20
     pipeline = build_pipeline(MemorySource(wli, "bench WLI", PACED_FPS, loops=None),
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from endofuse.model.entrep import build_entrep
     from endofuse.model.entrep_weights import save_classifier
-    from endofuse.realtime.bench_command import load_ring
+    from endofuse.realtime.commands.bench import load_ring
     from endofuse.realtime.engines import open_engine
     from endofuse.realtime.engines.classifier_export import cached_image_tower
 

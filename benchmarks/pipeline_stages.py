@@ -34,7 +34,7 @@ import numpy as np
 from endofuse.kernels.bilinear import source_coords
 from endofuse.kernels.frame_preprocess import INV_255, preprocess_cpu
 from endofuse.kernels.mask_overlay import foreground_mask_cpu, paint
-from endofuse.realtime.overlay import HudInfo, draw_hud
+from endofuse.realtime.output.overlay import HudInfo, draw_hud
 
 from _common import add_json_argument, record, report, table
 
@@ -96,7 +96,7 @@ def load_pairs(limit: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
 
 
 def synthetic_pairs(count: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    from endofuse.realtime.bench_command import load_ring
+    from endofuse.realtime.commands.bench import load_ring
 
     wli, nbi, _ = load_ring("synthetic", count)
     return list(zip(wli, nbi, strict=True))
@@ -163,7 +163,7 @@ def agreement(sets: dict[str, list], size: tuple[int, int]) -> list[list]:
 
 # ---- part 2: engine threads inside the pipeline ----
 def thread_rounds(wli, nbi, frames: int, warmup: int, rounds: int, thread_counts: list[int]) -> list[dict]:
-    from endofuse.realtime.bench_command import bench_pipeline
+    from endofuse.realtime.commands.bench import bench_pipeline
     from endofuse.realtime.engines import open_engine
     from endofuse.realtime.segment import preprocess
 

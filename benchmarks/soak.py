@@ -56,10 +56,10 @@ def memory_verdict(samples: list[tuple[int, int]], settle: int, tolerance: float
 def soak(engine, frames: int, every: int = 100, settle: int = 500, tolerance: float = 0.05,
          ring: int = 30) -> dict:
     """Run `frames` pairs through the pipeline, sampling RSS; returns the pipeline report plus the verdict."""
-    from endofuse.realtime.bench_command import load_ring
+    from endofuse.realtime.commands.bench import load_ring
+    from endofuse.realtime.input.sources import MemorySource
+    from endofuse.realtime.output.sinks import CallbackSink
     from endofuse.realtime.pipeline import build_pipeline
-    from endofuse.realtime.sinks import CallbackSink
-    from endofuse.realtime.sources import MemorySource
 
     wli, nbi, _ = load_ring("synthetic", ring)
     samples: list[tuple[int, int]] = []
@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, default=0.05)
     add_json_argument(parser)
     args = parser.parse_args(argv)
+    from endofuse.realtime.commands.run import quiet_opencv
     from endofuse.realtime.engines import open_engine
-    from endofuse.realtime.run_command import quiet_opencv
 
     quiet_opencv()
     engine = open_engine(args.checkpoint, backend=args.engine)

@@ -33,8 +33,8 @@ SUBCOMMANDS = [
     Subcommand("convert-reference", "endofuse.model.convert_command", "convert a reference MM-EndoCL checkpoint"),
     Subcommand("export", "endofuse.realtime.engines.export_command",
                "export to ONNX / INT8 / TensorRT / Triton server"),
-    Subcommand("run", "endofuse.realtime.run_command", "segment a live or recorded WLI/NBI pair with overlay"),
-    Subcommand("bench", "endofuse.realtime.bench_command", "measure engine and pipeline latency"),
+    Subcommand("run", "endofuse.realtime.commands.run", "segment a live or recorded WLI/NBI pair with overlay"),
+    Subcommand("bench", "endofuse.realtime.commands.bench", "measure engine and pipeline latency"),
     Subcommand("demo", "endofuse.demo.demo_command", "serve the browser demo"),
 ]
 

@@ -5,7 +5,7 @@
     for result in build_pipeline("wli.mp4", "nbi.mp4", engine):  # a stream
         ...
 """
-from endofuse.realtime.overlay import OverlayStyle
+from endofuse.realtime.output.overlay import OverlayStyle
 from endofuse.realtime.pipeline import FrameResult, Pipeline, PipelineConfig, build_pipeline
 from endofuse.realtime.segment import FUSED, WLI_ONLY, PairResult, segment_pair
 

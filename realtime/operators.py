@@ -16,10 +16,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from endofuse.realtime.input.sources import Frame, Source, SourceLost
+from endofuse.realtime.pairing.sync import Pairing, Synchroniser
 from endofuse.realtime.queues import BLOCK, Closed, FrameQueue, Timeout
 from endofuse.realtime.segment import preprocess
-from endofuse.realtime.sources import Frame, Source, SourceLost
-from endofuse.realtime.sync import Pairing, Synchroniser
 from endofuse.realtime.tracing import FrameTrace, now
 
 

@@ -22,13 +22,13 @@ import numpy as np
 
 from endofuse.errors import InvalidOptionError
 from endofuse.kernels.mask_overlay import DEFAULT_ALPHA
+from endofuse.realtime.input.source_specs import open_source_pair
+from endofuse.realtime.input.sources import DEFAULT_FPS, Source
 from endofuse.realtime.operators import CaptureOp, InferenceOp, Inferred
-from endofuse.realtime.overlay import HudInfo, OverlayStyle
+from endofuse.realtime.output.overlay import HudInfo, OverlayStyle
+from endofuse.realtime.pairing.sync import MISSING, PAIRED, STALE, Synchroniser, SyncPolicy
 from endofuse.realtime.queues import BLOCK, LATEST, Closed, FrameQueue, Timeout
 from endofuse.realtime.segment import FUSED, WLI_ONLY, engine_label, finish_frame
-from endofuse.realtime.source_specs import open_source_pair
-from endofuse.realtime.sources import DEFAULT_FPS, Source
-from endofuse.realtime.sync import MISSING, PAIRED, STALE, Synchroniser, SyncPolicy
 from endofuse.realtime.tracing import LatencyStats, now
 
 

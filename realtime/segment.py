@@ -15,7 +15,7 @@ import torch
 
 from endofuse import kernels
 from endofuse.errors import InvalidInputError
-from endofuse.realtime.overlay import HudInfo, OverlayStyle, draw_hud, draw_hud_tensor
+from endofuse.realtime.output.overlay import HudInfo, OverlayStyle, draw_hud, draw_hud_tensor
 from endofuse.realtime.tracing import now
 
 FUSED = "FUSED"

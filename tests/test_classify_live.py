@@ -12,9 +12,9 @@ from endofuse.model.synthetic import make_pair
 from endofuse.realtime import Pipeline, PipelineConfig
 from endofuse.realtime.classifier import TOWER_THREADS, FrameClassifier, resize_input, resolve_engine
 from endofuse.realtime.engines.classifier_export import OnnxTower, OpenVinoTower, cached_image_tower
-from endofuse.realtime.overlay import HudInfo
+from endofuse.realtime.input.sources import MemorySource
+from endofuse.realtime.output.overlay import HudInfo
 from endofuse.realtime.segment import preprocess
-from endofuse.realtime.sources import MemorySource
 
 from conftest import ColourThresholdEngine, spread_tiny_classifier
 

@@ -212,7 +212,7 @@ def test_sigterm_and_sigint_finalise_the_video_and_a_true_report(sig, code, tmp_
 
 
 SIGNAL_WHILE_WRITING = STAND_IN_RUN.replace("sys.exit(", """import os, signal
-from endofuse.realtime.sinks import VideoFileSink
+from endofuse.realtime.output.sinks import VideoFileSink
 stock = VideoFileSink.write
 def write_then_signal(self, result):  # the signal lands inside the output stage, right after a frame is written
     stock(self, result)

@@ -26,8 +26,8 @@ from endofuse.realtime import segment_pair  # noqa: E402
 from endofuse.realtime.holoscan import EndofuseInferenceOp, EndofuseOverlayOp, EndofuseSyncOp  # noqa: E402
 from endofuse.realtime.holoscan import frames as holoscan_frames  # noqa: E402
 from endofuse.realtime.holoscan.device import host_result  # noqa: E402
-from endofuse.realtime.overlay import HudInfo, OverlayStyle, draw_hud, draw_hud_tensor  # noqa: E402
-from endofuse.realtime.sources import Frame  # noqa: E402
+from endofuse.realtime.input.sources import Frame  # noqa: E402
+from endofuse.realtime.output.overlay import HudInfo, OverlayStyle, draw_hud, draw_hud_tensor  # noqa: E402
 
 from conftest import ColourThresholdEngine  # noqa: E402
 

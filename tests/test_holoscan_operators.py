@@ -26,10 +26,10 @@ from endofuse.realtime.holoscan import (  # noqa: E402
     EndofuseSyncOp,
 )
 from endofuse.realtime.holoscan.frames import Segmented, SyncedPair  # noqa: E402
-from endofuse.realtime.overlay import OverlayStyle  # noqa: E402
+from endofuse.realtime.input.sources import Frame  # noqa: E402
+from endofuse.realtime.output.overlay import OverlayStyle  # noqa: E402
+from endofuse.realtime.pairing.sync import PAIRED, Synchroniser, SyncPolicy  # noqa: E402
 from endofuse.realtime.segment import finish_frame, preprocess  # noqa: E402
-from endofuse.realtime.sources import Frame  # noqa: E402
-from endofuse.realtime.sync import PAIRED, Synchroniser, SyncPolicy  # noqa: E402
 from endofuse.realtime.tracing import FrameTrace  # noqa: E402
 
 from conftest import ColourThresholdEngine  # noqa: E402
@@ -148,7 +148,7 @@ def test_sync_op_reads_rgb_bgr_tensor_and_tensor_map_inputs_of_changing_size():
 @pytest.mark.timeout(60)
 def test_source_op_emits_indexed_timed_frames_and_an_endless_nbi_stops_with_wli():
     from endofuse.realtime.holoscan import EndofuseSourceOp
-    from endofuse.realtime.sources import MemorySource
+    from endofuse.realtime.input.sources import MemorySource
 
     images = [np.full((8, 10, 3), k, np.uint8) for k in range(5)]
 
@@ -171,7 +171,7 @@ def test_source_op_emits_indexed_timed_frames_and_an_endless_nbi_stops_with_wli(
 
 
 def make_pair(frame, nbi, status=PAIRED):
-    from endofuse.realtime.sync import Pairing
+    from endofuse.realtime.pairing.sync import Pairing
 
     pairing = Pairing(frame, nbi, status if nbi is not None else "missing", None if nbi is None else 0.0)
     return SyncedPair(pairing, "bgr", FrameTrace(frame.capture_time))

@@ -191,7 +191,7 @@ def test_scheduler_verdict_ranks_on_throughput_then_drops_and_says_why():
 @pytest.mark.parametrize("scheduler", ["greedy", "event", "multi_thread"])
 def test_every_scheduler_delivers_every_frame_of_a_recording(scheduler):
     from endofuse.realtime.holoscan.app import EndofuseApp, run_app
-    from endofuse.realtime.sources import MemorySource
+    from endofuse.realtime.input.sources import MemorySource
 
     images = [np.full((24, 32, 3), 20 * k, np.uint8) for k in range(6)]
     app = EndofuseApp({"wli_source": {"source": MemorySource(images, "w", 30.0, loops=None), "frames": 40},

@@ -9,9 +9,9 @@ import pytest
 from endofuse.errors import EndofuseError
 from endofuse.model.synthetic import SyntheticScene
 from endofuse.realtime import FUSED, WLI_ONLY, Pipeline, PipelineConfig, build_pipeline
-from endofuse.realtime.overlay import OverlayStyle
-from endofuse.realtime.sinks import CallbackSink, ImageFolderSink, VideoFileSink
-from endofuse.realtime.sources import CameraSource, ImageFolderSource, MemorySource, VideoFileSource
+from endofuse.realtime.input.sources import CameraSource, ImageFolderSource, MemorySource, VideoFileSource
+from endofuse.realtime.output.overlay import OverlayStyle
+from endofuse.realtime.output.sinks import CallbackSink, ImageFolderSink, VideoFileSink
 
 from conftest import ColourThresholdEngine, ScriptedCapture, write_video
 

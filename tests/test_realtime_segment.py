@@ -10,7 +10,7 @@ from scipy import ndimage
 from endofuse.kernels.mask_overlay import foreground_mask_cpu, paint
 from endofuse.model.synthetic import SyntheticScene
 from endofuse.realtime import FUSED, WLI_ONLY, OverlayStyle, segment_pair
-from endofuse.realtime.overlay import HudInfo, draw_hud, hud_rectangle
+from endofuse.realtime.output.overlay import HudInfo, draw_hud, hud_rectangle
 
 from conftest import ColourThresholdEngine
 

@@ -7,8 +7,8 @@ import pytest
 
 from endofuse.errors import EndofuseError
 from endofuse.model.synthetic import SyntheticScene
-from endofuse.realtime.source_specs import open_source, open_source_pair
-from endofuse.realtime.sources import CameraSource, ImageFolderSource, SourceLost, VideoFileSource
+from endofuse.realtime.input.source_specs import open_source, open_source_pair
+from endofuse.realtime.input.sources import CameraSource, ImageFolderSource, SourceLost, VideoFileSource
 from endofuse.realtime.tracing import now
 
 from conftest import ScriptedCapture, write_video

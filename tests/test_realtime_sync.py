@@ -4,7 +4,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from endofuse.realtime.sync import MISSING, PAIRED, STALE, Synchroniser, SyncPolicy
+from endofuse.realtime.pairing.sync import MISSING, PAIRED, STALE, Synchroniser, SyncPolicy
 
 FPS = 30.0
 POLICY = SyncPolicy.for_fps(FPS)  # tolerance 1/60 s, staleness 3/30 s

@@ -7,7 +7,7 @@ from endofuse.model import demo_checkpoint_path
 from endofuse.model.dataset import load_split, read_image
 from endofuse.realtime import OverlayStyle, build_pipeline, segment_pair
 from endofuse.realtime.engines import open_engine
-from endofuse.realtime.sources import MemorySource
+from endofuse.realtime.input.sources import MemorySource
 
 
 def test_evaluate_writes_the_live_masks(tmp_path):

@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="the app's YAML (sections named after the operators)")
     args = parser.parse_args(argv)
-    from endofuse.realtime.run_command import quiet_opencv, summary_line
+    from endofuse.realtime.commands.run import quiet_opencv, summary_line
 
     quiet_opencv()
     quiet_holoscan_logs()

@@ -12,7 +12,7 @@ import os
 import statistics
 
 from endofuse.errors import EndofuseError
-from endofuse.realtime.bench_command import MODE_KEYS
+from endofuse.realtime.commands.bench import MODE_KEYS
 from endofuse.realtime.holoscan.app import SCHEDULERS, EndofuseApp, run_app
 
 ROW_KEYS = ("fps", "dropped", "nbi_dropped", "threads_used", "handoffs_per_frame")
@@ -37,7 +37,7 @@ def bench_holoscan(engine, wli, nbi, frames: int, warmup: int, live: bool, fps: 
                    workers: int = 1) -> tuple[dict, list]:
     """One mode through the Holoscan graph on memory sources; the mode's summary and per-frame latencies."""
     from endofuse.realtime.holoscan._runtime import quiet_holoscan_logs
-    from endofuse.realtime.sources import MemorySource
+    from endofuse.realtime.input.sources import MemorySource
 
     quiet_holoscan_logs()
     sections = {
@@ -68,7 +68,7 @@ def side_by_side(args, engine, wli, nbi, rounds: int) -> tuple[dict, dict]:
     Also returns the first round's full measurements {"engine only" | "native max" | ...: (data, latencies)},
     which the bench reports as its single-pass results.
     """
-    from endofuse.realtime.bench_command import bench_engine, bench_pipeline
+    from endofuse.realtime.commands.bench import bench_engine, bench_pipeline
 
     configs = [("native", None)] + [(f"holoscan {s}", s) for s in scheduler_list(args.schedulers)]
     table: list[dict] = []

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from endofuse.errors import EndofuseError
-from endofuse.realtime.sources import Frame
-from endofuse.realtime.sync import Pairing
+from endofuse.realtime.input.sources import Frame
+from endofuse.realtime.pairing.sync import Pairing
 from endofuse.realtime.tracing import FrameTrace, now
 
 CHANNEL_ORDERS = ("rgb", "bgr")

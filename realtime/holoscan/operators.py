@@ -35,12 +35,12 @@ from endofuse.realtime.holoscan.frames import (  # noqa: E402
     check_channel_order,
     from_bgr,
 )
-from endofuse.realtime.overlay import HudInfo, OverlayStyle  # noqa: E402
+from endofuse.realtime.input.source_specs import open_source  # noqa: E402
+from endofuse.realtime.input.sources import Source, SourceLost  # noqa: E402
+from endofuse.realtime.output.overlay import HudInfo, OverlayStyle  # noqa: E402
+from endofuse.realtime.pairing.sync import Synchroniser, SyncPolicy  # noqa: E402
 from endofuse.realtime.pipeline import FrameResult  # noqa: E402
 from endofuse.realtime.segment import FUSED, WLI_ONLY, engine_label, finish_frame  # noqa: E402
-from endofuse.realtime.source_specs import open_source  # noqa: E402
-from endofuse.realtime.sources import Source, SourceLost  # noqa: E402
-from endofuse.realtime.sync import Synchroniser, SyncPolicy  # noqa: E402
 from endofuse.realtime.tracing import FrameTrace, now  # noqa: E402
 
 _EPOCH_LOCK = threading.Lock()

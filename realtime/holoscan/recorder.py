@@ -11,9 +11,9 @@ import_holoscan()
 
 from endofuse.realtime.holoscan.device import host_result  # noqa: E402
 from endofuse.realtime.holoscan.operators import EndofuseOperator  # noqa: E402
+from endofuse.realtime.output.sinks import ImageFolderSink, VideoFileSink  # noqa: E402
+from endofuse.realtime.pairing.sync import MISSING, PAIRED, STALE  # noqa: E402
 from endofuse.realtime.segment import engine_label  # noqa: E402
-from endofuse.realtime.sinks import ImageFolderSink, VideoFileSink  # noqa: E402
-from endofuse.realtime.sync import MISSING, PAIRED, STALE  # noqa: E402
 from endofuse.realtime.tracing import LatencyStats, now, percentiles  # noqa: E402
 
 
@@ -90,7 +90,7 @@ class EndofuseRecorderOp(EndofuseOperator):
                 sink.close()
         finally:
             if self.report_path is not None:
-                from endofuse.realtime.run_command import write_report
+                from endofuse.realtime.commands.run import write_report
 
                 write_report(self.report(), self.report_path)
 

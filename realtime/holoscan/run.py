@@ -25,10 +25,7 @@ def default_scheduler(wli, nbi) -> dict:
 
 def run_holoscan(args: argparse.Namespace) -> int:
     """`endofuse run` on the Holoscan graph; the setup, stop and report steps are the native runtime's."""
-    from endofuse.realtime.holoscan._runtime import quiet_holoscan_logs
-    from endofuse.realtime.holoscan.app import EndofuseApp, run_app
-    from endofuse.realtime.overlay import OverlayStyle
-    from endofuse.realtime.run_command import (
+    from endofuse.realtime.commands.run import (
         Stopped,
         abandon_setup,
         finish_interrupted,
@@ -37,7 +34,10 @@ def run_holoscan(args: argparse.Namespace) -> int:
         report_failure,
         stop_on_signals,
     )
-    from endofuse.realtime.source_specs import open_source_pair
+    from endofuse.realtime.holoscan._runtime import quiet_holoscan_logs
+    from endofuse.realtime.holoscan.app import EndofuseApp, run_app
+    from endofuse.realtime.input.source_specs import open_source_pair
+    from endofuse.realtime.output.overlay import OverlayStyle
 
     if args.display:
         raise EndofuseError("--display is not available with --runtime holoscan; "

@@ -158,7 +158,7 @@ def stop_on_signals():
 
 def _path_inputs(args: argparse.Namespace) -> tuple[dict, list[str]]:
     """Inputs that are files or folders (cameras, streams and synthetic scenes are not)."""
-    from endofuse.realtime.source_specs import (
+    from endofuse.realtime.input.source_specs import (
         INTERLEAVED_PREFIX,
         STREAM_PREFIXES,
         is_camera,
@@ -193,10 +193,10 @@ def check_run_outputs(args: argparse.Namespace) -> None:
 
 def main(args: argparse.Namespace) -> int:
     quiet_opencv()
-    from endofuse.realtime.overlay import OverlayStyle
+    from endofuse.realtime.input.source_specs import open_source_pair
+    from endofuse.realtime.output.overlay import OverlayStyle
+    from endofuse.realtime.output.sinks import WindowSink
     from endofuse.realtime.pipeline import build_pipeline
-    from endofuse.realtime.sinks import WindowSink
-    from endofuse.realtime.source_specs import open_source_pair
 
     if args.frames is not None and args.frames < 1:
         raise EndofuseError(f"--frames must be >= 1, got {args.frames}")
@@ -248,7 +248,7 @@ def open_pipeline_engine(args: argparse.Namespace):
 
 def open_run_parts(args: argparse.Namespace, wli) -> tuple:
     """(engine, file sinks, classifier or None) of a run, opened the same way by both runtimes."""
-    from endofuse.realtime.sinks import ImageFolderSink, VideoFileSink
+    from endofuse.realtime.output.sinks import ImageFolderSink, VideoFileSink
 
     engine = open_pipeline_engine(args)
     sinks = []

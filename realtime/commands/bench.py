@@ -25,7 +25,7 @@ from endofuse.checks import check_fps
 from endofuse.errors import EndofuseError
 from endofuse.machine import describe_machine, machine_line, time_calls
 from endofuse.outputs import check_output_file, refuse_overlap
-from endofuse.realtime.run_command import add_source_arguments, open_pipeline_engine, quiet_opencv, write_report
+from endofuse.realtime.commands.run import add_source_arguments, open_pipeline_engine, quiet_opencv, write_report
 from endofuse.realtime.tracing import now, percentiles
 
 MODE_KEYS = ("fps", "latency_ms", "stages_ms", "dropped", "nbi_dropped", "stale_pairs", "nbi_missing", "paired",
@@ -55,8 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_ring(source: str, count: int) -> tuple[list[np.ndarray], list[np.ndarray], str]:
     """Up to `count` (WLI, NBI) frames in memory, and a description of where they came from."""
-    from endofuse.realtime.source_specs import SYNTHETIC_SIZE, SharedSyntheticScene, _synthetic_seed
-    from endofuse.realtime.sources import VideoFileSource
+    from endofuse.realtime.input.source_specs import SYNTHETIC_SIZE, SharedSyntheticScene, _synthetic_seed
+    from endofuse.realtime.input.sources import VideoFileSource
 
     if source == "synthetic" or source.startswith("synthetic:"):
         seed = _synthetic_seed(source, "bench")
@@ -96,8 +96,8 @@ def bench_engine(engine, wli: list[np.ndarray], nbi: list[np.ndarray], frames: i
 
 def bench_pipeline(engine, wli, nbi, frames: int, warmup: int, live: bool, fps: float) -> tuple[dict, list]:
     """The whole pipeline on memory sources; returns the mode's summary and its per-frame latencies."""
+    from endofuse.realtime.input.sources import MemorySource
     from endofuse.realtime.pipeline import build_pipeline
-    from endofuse.realtime.sources import MemorySource
 
     wli_source = MemorySource(wli, "bench WLI", fps, loops=None)
     nbi_source = MemorySource(nbi, "bench NBI", fps, loops=None)
@@ -187,7 +187,7 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         write_report(result, Path(args.json))
     if args.plot:
-        from endofuse.realtime.bench_plot import plot_bench
+        from endofuse.realtime.commands.bench_plot import plot_bench
 
         plot_bench(result, latencies, Path(args.plot))
     return 0

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from endofuse.errors import EndofuseError
-from endofuse.realtime.sources import (
+from endofuse.realtime.input.sources import (
     DEFAULT_FPS,
     CameraSource,
     Frame,

@@ -1,0 +1,1 @@
+"""The realtime command-line commands: endofuse run and endofuse bench."""

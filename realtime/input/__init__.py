@@ -1,0 +1,1 @@
+"""Where frames come from: files, folders, capture devices, streams, synthetic scenes."""

@@ -1,0 +1,1 @@
+"""Output: the HUD and overlay drawing, and the sinks (video, window, frames folder)."""

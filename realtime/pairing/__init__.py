@@ -1,0 +1,1 @@
+"""Pairing: which NBI frame goes with each WLI frame."""
