@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from endofuse.errors import EndofuseError
+from endofuse.realtime import frame_code
 from endofuse.realtime.tracing import now
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -52,6 +53,7 @@ class Source:
     """Base class: subclasses implement `_open`, `_read` (image or None at the end) and `_close`."""
 
     live = False  # frames arrive on the device's own clock (camera, network stream)
+    stamp_code = False  # stamp each frame's index as a frame code (realtime.frame_code) when it is read
 
     def __init__(self, name: str, fps: float = DEFAULT_FPS) -> None:
         self.name = name
@@ -98,6 +100,8 @@ class Source:
         if image is None:
             return None
         self._index += 1
+        if self.stamp_code:  # on a copy: a memory or shared synthetic frame may be served again
+            image = frame_code.stamp(image.copy(), index)
         sync_time = captured if self.live else self._epoch + index / self.fps
         return Frame(index, captured, sync_time, image, (captured - started) * 1000.0, self.name)
 
