@@ -39,7 +39,7 @@ OVERLAY_TIMINGS = ("sync", "live")
 class StabiliseConfig:
     """Stabiliser settings; the defaults come from benchmarks/stability.py (docs/pipeline.md)."""
 
-    mode: str = "ema"
+    mode: str = "flow"
     on_threshold: float = 0.6
     off_threshold: float = 0.4
     min_frames: int = 3
