@@ -13,7 +13,7 @@ OpenCV's DIS optical flow (ultrafast preset) at the probability map's size
 Metrics of a sequence of shown masks (label-free; `TemporalMetrics`):
   consecutive IoU   mean IoU of each mask with the previous one (both empty: 1)
   mTC               mean IoU of the previous mask warped by the flow with the current one
-                    (Varghese et al., CVPRW 2020)
+                    (Varghese et al., CVPRW 2020), both masks at the flow's resolution
   toggles/min       changes of "lesion shown" (the mask is not empty) per minute of video
   short-run share   shown runs (consecutive frames with a lesion shown) shorter than
                     `SHORT_RUN_FRAMES`, over all shown runs; a run cut by the end counts
@@ -24,6 +24,7 @@ shown mask overlaps the label.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import cv2
@@ -32,12 +33,22 @@ import numpy as np
 from endofuse.model.metrics import overlap_metrics
 
 SHORT_RUN_FRAMES = 6  # activations shorter than 6 frames: most false CADe activations (Brand et al.)
+MIN_FLOW_SIDE = 16  # DIS needs 12+ px; a smaller map's flow is computed larger (warp_previous rescales it)
 
 
 def flow_image(frame_bgr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """The grey uint8 image flow is computed on: the frame resized (area) to `size` = (H, W)."""
-    small = cv2.resize(frame_bgr, (size[1], size[0]), interpolation=cv2.INTER_AREA)
-    return cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small
+    """The grey uint8 image flow is computed on: the frame at `size` = (H, W), or a multiple of it when a
+    side is under MIN_FLOW_SIDE.
+
+    Grey first, then Gaussian-pyramid halvings (anti-aliased) down to under twice the size, then bilinear:
+    a quarter of the time of one area resize of the colour frame (0.25 vs 1.6 ms for 540x480 -> 160x160).
+    """
+    scale = max(1, math.ceil(MIN_FLOW_SIDE / min(size)))
+    h, w = size[0] * scale, size[1] * scale
+    grey = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY) if frame_bgr.ndim == 3 else frame_bgr
+    while grey.shape[0] >= 2 * h and grey.shape[1] >= 2 * w:
+        grey = cv2.pyrDown(grey)
+    return cv2.resize(grey, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 class FlowEstimator:
@@ -78,13 +89,19 @@ def warp_previous(previous: np.ndarray, flow: np.ndarray, nearest: bool = False,
     fh, fw = flow.shape[:2]
     if (fh, fw) != (h, w):
         flow = cv2.resize(flow, (w, h), interpolation=cv2.INTER_LINEAR) * np.float32([w / fw, h / fh])
-    grid_x, grid_y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    grid_x, grid_y = _grid(h, w)
     map_x, map_y = grid_x + flow[..., 0], grid_y + flow[..., 1]
     source = previous.view(np.uint8) if previous.dtype == bool else previous
     border = cv2.BORDER_REPLICATE if border_value is None else cv2.BORDER_CONSTANT
     warped = cv2.remap(source, map_x, map_y, cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR,
                        borderMode=border, borderValue=0 if border_value is None else border_value)
     return warped.view(bool) if previous.dtype == bool else warped
+
+
+@functools.lru_cache(maxsize=8)
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates (x, y) of an h x w image (cached: the same few sizes every frame; never written to)."""
+    return tuple(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)))
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -132,8 +149,11 @@ class TemporalMetrics:
         mask = np.asarray(mask).astype(bool, copy=False)
         if self._previous is not None and self._previous.shape == mask.shape:
             self.consecutive_iou.append(mask_iou(self._previous, mask))
-            if flow is not None:
-                self.tc.append(mask_iou(warp_previous(self._previous, flow, nearest=True, border_value=0), mask))
+            if flow is not None:  # at the flow's resolution: warping a full-size mask costs ~2 ms a frame
+                size = (flow.shape[1], flow.shape[0])
+                previous, current = (cv2.resize(m.view(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+                                     for m in (self._previous, mask))
+                self.tc.append(mask_iou(warp_previous(previous, flow, nearest=True, border_value=0), current))
         self._previous = mask
         self.shown.append(bool(mask.any()))
         if label is not None:

@@ -87,6 +87,7 @@ class CaptureOp(Operator):
         self.source, self.out, self.input_size, self.device = source, out, input_size, device
         self.max_frames, self.lost = max_frames, lost
         self.frames = 0
+        self.latest: Frame | None = None  # the newest frame read: what `--overlay-timing live` draws on
         self.sizes_seen: set[tuple[int, int]] = set()
 
     def run(self) -> None:
@@ -103,6 +104,7 @@ class CaptureOp(Operator):
                 return
             if frame is None:
                 return
+            self.latest = frame
             trace = FrameTrace(frame.capture_time, {"capture": frame.read_ms})
             started = now()
             model_input = preprocess(frame.image, self.input_size, self.device)

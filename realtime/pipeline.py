@@ -26,6 +26,8 @@ from endofuse.realtime.input.source_specs import open_source_pair
 from endofuse.realtime.input.sources import DEFAULT_FPS, Source
 from endofuse.realtime.operators import CaptureOp, InferenceOp, Inferred
 from endofuse.realtime.output.overlay import HudInfo, OverlayStyle
+from endofuse.realtime.output.stabilise import StabiliseConfig, StabiliseStage
+from endofuse.realtime.output.timing import OverlayTiming
 from endofuse.realtime.pairing.sync import MISSING, PAIRED, STALE, Synchroniser, SyncPolicy
 from endofuse.realtime.queues import BLOCK, LATEST, Closed, FrameQueue, Timeout
 from endofuse.realtime.segment import FUSED, WLI_ONLY, engine_label, finish_frame
@@ -71,11 +73,15 @@ class PipelineConfig:
     # thread, back from a 7-ms engine call, waits to hand its result on; 0.5 ms measured +16 % pairs/s
     # and a lower p99.9 with tiny on OpenVINO (docs/pipeline.md). None leaves it alone.
     gil_switch_interval_s: float | None = 0.0005
+    # Between inference and overlay: the stabiliser, and which frame the mask is drawn on (output/timing.py).
+    # Embedding keeps the per-frame mask unless asked; the commands default to StabiliseConfig() (docs/pipeline.md).
+    stabilise: StabiliseConfig = StabiliseConfig(mode="off")
+    overlay_timing: str = "sync"
 
 
 class Pipeline:
     def __init__(self, wli: Source, nbi: Source | None, engine, config: PipelineConfig = PipelineConfig(),
-                 sinks: list | tuple = (), classifier=None) -> None:
+                 sinks: list | tuple = (), classifier=None, labels=None) -> None:
         # A camera cannot wait for a file: with any live source, recordings are paced too.
         live = config.live or wli.live or bool(nbi is not None and nbi.live)
         self.config = config if live == config.live else PipelineConfig(**{**config.__dict__, "live": live})
@@ -93,6 +99,10 @@ class Pipeline:
         self._done_times: collections.deque = collections.deque(maxlen=30)
         self._last_size: tuple[int, int] | None = None
         self._started = self._closed = False
+        # the stabiliser stage and the overlay timing; `labels(index)`: the true mask of a WLI frame (evaluate)
+        self.stabiliser = StabiliseStage(self.config.stabilise, wli.fps)
+        self.timing = OverlayTiming(self.config.overlay_timing, read_codes=wli.stamp_code)
+        self.labels = labels
         self.compose()
 
     # -- graph -------------------------------------------------------------
@@ -173,18 +183,31 @@ class Pipeline:
         trace, frame = item.wli.trace, item.wli.frame
         trace.add("queue", item.enqueued)
         mode = FUSED if item.pairing.nbi is not None else WLI_ONLY
-        mask, overlay, post_ms, overlay_ms = finish_frame(item.logits, frame.image, self.config.style,
-                                                          lambda: self._hud(mode, trace, item.classification))
+        started = now()
+        logits, flow = self.stabiliser(item.logits, frame.image)
+        shown = self.timing.target(frame, self.operators[0].latest)
+        if shown is not frame and self.config.stabilise.mode == "flow":
+            logits = self.timing.retarget(logits, frame, shown)
+        age = self.timing.age(frame, shown)
+        trace.add("stabilise", started)
+        age_line = self.timing.hud_line(age, self.timing.mode)
+        mask, overlay, post_ms, overlay_ms = finish_frame(logits, shown.image, self.config.style,
+                                                          lambda: self._hud(mode, trace, item.classification, age_line))
         trace.stages_ms["postprocess"], trace.stages_ms["overlay"] = post_ms, overlay_ms
+        started = now()
+        self.stabiliser.record(mask, flow, None if self.labels is None else self.labels(shown.index))
+        trace.add("temporal_metrics", started)
         ready = now()
+        self.timing.record(frame, shown, age, overlay, ready)
         latency = trace.latency_ms(ready)
         if self._last_size is not None and frame.image.shape[:2] != self._last_size:
             self.resolution_changes += 1
         self._last_size = frame.image.shape[:2]
         skew = item.pairing.skew_s
-        result = FrameResult(frame.index, overlay, mask, mode, trace.stages_ms, latency, frame.image,
+        result = FrameResult(frame.index, overlay, mask, mode, trace.stages_ms, latency, shown.image,
                              item.pairing.status, None if skew is None else skew * 1000.0,
                              None if item.pairing.nbi is None else item.pairing.nbi.index)
+        result.extras.update(shown_index=shown.index, overlay_age_frames=age[0], overlay_age_ms=age[1])
         if item.classification is not None:
             result.extras["class"] = item.classification.label
             result.extras["confidence"] = item.classification.confidence
@@ -198,11 +221,11 @@ class Pipeline:
         self.status_counts[item.pairing.status] += 1
         return result
 
-    def _hud(self, mode: str, trace, classification=None) -> HudInfo:
+    def _hud(self, mode: str, trace, classification=None, overlay_age: str = "") -> HudInfo:
         times = self._done_times
         fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else None
         return HudInfo(mode, engine_label(self.engine), getattr(self.engine, "model_label", ""), fps,
-                       trace.latency_ms(), "" if classification is None else classification.hud_line())
+                       trace.latency_ms(), "" if classification is None else classification.hud_line(), overlay_age)
 
     def stop(self) -> None:
         """Ask every stage to stop soon (thread-safe, idempotent)."""
@@ -274,6 +297,8 @@ class Pipeline:
             "resolution_changes": self.resolution_changes,
             "camera_reconnects": sum(getattr(s, "reconnects", 0) for s in (self.wli, self.nbi) if s is not None),
             "warnings": list(self.warnings),
+            "temporal": self.stabiliser.summary(),
+            "overlay": self.timing.summary(),
         }
         if self.classifier is not None:
             report["classifier"] = {"model": self.classifier.label, "classes": list(self.classifier.classes),
@@ -288,14 +313,18 @@ class Pipeline:
 def build_pipeline(wli_source, nbi_source, engine, live: bool = False, alpha: float = DEFAULT_ALPHA, *,
                    frames: int | None = None, fps: float = DEFAULT_FPS, sinks=(), hud: bool = True,
                    contour: bool = True, style: OverlayStyle | None = None, warmup_frames: int = 10,
-                   sync: SyncPolicy | None = None, camera_give_up_s: float = 30.0, classifier=None) -> Pipeline:
+                   sync: SyncPolicy | None = None, camera_give_up_s: float = 30.0, classifier=None,
+                   stabilise: StabiliseConfig | None = None, overlay_timing: str = "sync",
+                   labels=None) -> Pipeline:
     """A ready-to-iterate pipeline: the one way `run`, `bench`, the soak benchmark and the demo build one.
 
     Sources are `Source` objects or strings (see `source_specs`). `nbi_source=None`
     runs WLI-only. `fps` applies to synthetic and image-folder sources; `frames`
     stops after that many WLI frames (needed for endless sources). `style`, when
     given, replaces `alpha`/`hud`/`contour`. `classifier`: a
-    `realtime.classifier.FrameClassifier` run on every WLI frame.
+    `realtime.classifier.FrameClassifier` run on every WLI frame. `stabilise` and
+    `overlay_timing`: the stage between inference and overlay (docs/pipeline.md);
+    `labels(index)`: the true mask of WLI frame `index`, scored in the report's "temporal".
     """
     if frames is not None and frames < 1:
         raise InvalidOptionError(f"frames must be >= 1, got {frames}")
@@ -307,5 +336,6 @@ def build_pipeline(wli_source, nbi_source, engine, live: bool = False, alpha: fl
         wli, nbi = open_source_pair(wli_source, None if nbi_source is None else str(nbi_source), fps, frames,
                                     camera_give_up_s)
     style = style or OverlayStyle(alpha=alpha, contour=contour, hud=hud)
-    config = PipelineConfig(live=live, style=style, frames=frames, warmup_frames=warmup_frames, sync=sync)
-    return Pipeline(wli, nbi, engine, config, sinks, classifier=classifier)
+    config = PipelineConfig(live=live, style=style, frames=frames, warmup_frames=warmup_frames, sync=sync,
+                            stabilise=stabilise or PipelineConfig.stabilise, overlay_timing=overlay_timing)
+    return Pipeline(wli, nbi, engine, config, sinks, classifier=classifier, labels=labels)

@@ -22,7 +22,8 @@ from endofuse.errors import InvalidOptionError
 # waited between stages; `sync` is pairing, including a live run's bounded wait
 # for a late NBI frame. Pacing waits are never counted: a paced source stamps
 # the capture time when the frame is released, not when it was scheduled.
-STAGES = ("capture", "preprocess", "queue", "sync", "infer", "postprocess", "overlay", "output")
+STAGES = ("capture", "preprocess", "queue", "sync", "infer", "stabilise", "postprocess", "overlay", "temporal_metrics",
+          "output")
 PERCENTILE_KEYS = ("p50", "p90", "p99", "p999", "max", "mean")
 
 

@@ -25,11 +25,17 @@ from endofuse.checks import check_fps
 from endofuse.errors import EndofuseError
 from endofuse.machine import describe_machine, machine_line, time_calls
 from endofuse.outputs import check_output_file, refuse_overlap
-from endofuse.realtime.commands.run import add_source_arguments, open_pipeline_engine, quiet_opencv, write_report
+from endofuse.realtime.commands.run import (
+    add_source_arguments,
+    add_stabilise_arguments,
+    open_pipeline_engine,
+    quiet_opencv,
+    write_report,
+)
 from endofuse.realtime.tracing import now, percentiles
 
 MODE_KEYS = ("fps", "latency_ms", "stages_ms", "dropped", "nbi_dropped", "stale_pairs", "nbi_missing", "paired",
-             "frames")
+             "frames", "temporal", "overlay")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "as medians of in-round ratios (robust to a drifting machine load)")
     parser.add_argument("--json", default=None, metavar="OUT", help="write the results as JSON")
     parser.add_argument("--plot", default=None, metavar="PNG", help="draw the latency CDF and per-stage bars")
+    add_stabilise_arguments(parser)
 
 
 def load_ring(source: str, count: int) -> tuple[list[np.ndarray], list[np.ndarray], str]:
@@ -94,14 +101,18 @@ def bench_engine(engine, wli: list[np.ndarray], nbi: list[np.ndarray], frames: i
     return {"fps": frames / elapsed, "latency_ms": percentiles(latencies)}, latencies
 
 
-def bench_pipeline(engine, wli, nbi, frames: int, warmup: int, live: bool, fps: float) -> tuple[dict, list]:
-    """The whole pipeline on memory sources; returns the mode's summary and its per-frame latencies."""
+def bench_pipeline(engine, wli, nbi, frames: int, warmup: int, live: bool, fps: float,
+                   stage: dict | None = None) -> tuple[dict, list]:
+    """The whole pipeline on memory sources; returns the mode's summary and its per-frame latencies.
+
+    `stage`: build_pipeline's `stabilise` / `overlay_timing` (default: the pipeline's own)."""
     from endofuse.realtime.input.sources import MemorySource
     from endofuse.realtime.pipeline import build_pipeline
 
     wli_source = MemorySource(wli, "bench WLI", fps, loops=None)
     nbi_source = MemorySource(nbi, "bench NBI", fps, loops=None)
-    pipeline = build_pipeline(wli_source, nbi_source, engine, live, frames=frames + warmup, warmup_frames=warmup)
+    pipeline = build_pipeline(wli_source, nbi_source, engine, live, frames=frames + warmup, warmup_frames=warmup,
+                              **(stage or {}))
     report = pipeline.run()
     mode = {key: report[key] for key in MODE_KEYS}
     mode["source_fps"] = fps if live else None
@@ -113,6 +124,7 @@ def run_bench(args: argparse.Namespace) -> tuple[dict, dict]:
         raise EndofuseError(f"--frames must be >= 10, got {args.frames}")
     if getattr(args, "threads", None) is not None and args.threads < 1:
         raise EndofuseError(f"--threads must be >= 1, got {args.threads}")
+    stage = stage_from_args(args)  # checked before the frames are loaded
     wli, nbi, described = load_ring(args.source, max(1, min(args.ring, args.frames)))
     engine = open_pipeline_engine(args)
     engine.warmup()
@@ -127,7 +139,7 @@ def run_bench(args: argparse.Namespace) -> tuple[dict, dict]:
     if runtime in ("native", "both"):
         for name, live in (("max", False), ("paced", True)):
             modes[name], latencies[name] = first.get(f"native {name}") or bench_pipeline(
-                engine, wli, nbi, args.frames, args.warmup, live=live, fps=args.paced_fps)
+                engine, wli, nbi, args.frames, args.warmup, live=live, fps=args.paced_fps, stage=stage)
     holoscan = (bench_holoscan_modes(args, engine, wli, nbi, engine_only, latencies, first)
                 if runtime != "native" else None)
     result = {
@@ -151,6 +163,15 @@ def run_bench(args: argparse.Namespace) -> tuple[dict, dict]:
     if side is not None:
         result["side_by_side"] = side
     return result, latencies
+
+
+def stage_from_args(args: argparse.Namespace) -> dict:
+    """build_pipeline's stabiliser settings from the flags (absent flags: the commands' defaults)."""
+    from endofuse.realtime.output.stabilise import StabiliseConfig, config_from_args
+
+    if not hasattr(args, "stabilise"):
+        return {"stabilise": StabiliseConfig(), "overlay_timing": "sync"}
+    return {"stabilise": config_from_args(args), "overlay_timing": args.overlay_timing}
 
 
 def bench_holoscan_modes(args, engine, wli, nbi, engine_only: dict, latencies: dict, first: dict) -> dict:

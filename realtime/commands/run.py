@@ -64,6 +64,12 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
                              "pipeline (see docs/pipeline.md), ONNX Runtime uses all physical cores")
 
 
+def add_stabilise_arguments(parser: argparse.ArgumentParser) -> None:
+    from endofuse.realtime.output.stabilise import add_arguments as add_stage_arguments
+
+    add_stage_arguments(parser)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wli", required=True, metavar="SRC",
                         help="WLI source: video file, image folder, camera index or /dev/videoN, rtsp:// URL, "
@@ -95,6 +101,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "report): a `train --task classify` checkpoint, its exported .onnx or OpenVINO .xml")
     parser.add_argument("--camera-timeout", type=float, default=30.0,
                         help="seconds a lost camera is retried (with back-off) before giving up")
+    parser.add_argument("--frame-code", action="store_true",
+                        help="stamp each WLI frame's index in its bottom-right corner at capture and read it back "
+                             "from every output frame: overlay age and capture-to-output latency on the pixels")
+    add_stabilise_arguments(parser)
 
 
 class Stopped(KeyboardInterrupt):
@@ -196,6 +206,7 @@ def main(args: argparse.Namespace) -> int:
     from endofuse.realtime.input.source_specs import open_source_pair
     from endofuse.realtime.output.overlay import OverlayStyle
     from endofuse.realtime.output.sinks import WindowSink
+    from endofuse.realtime.output.stabilise import config_from_args
     from endofuse.realtime.pipeline import build_pipeline
 
     if args.frames is not None and args.frames < 1:
@@ -207,6 +218,7 @@ def main(args: argparse.Namespace) -> int:
 
         return run_holoscan(args)
     style = OverlayStyle(alpha=args.alpha, hud=not args.no_hud)  # checks alpha before any work
+    stabilise = config_from_args(args)
     with stop_on_signals() as signals:
         try:
             wli, nbi = open_source_pair(args.wli, args.nbi, args.fps, args.frames, args.camera_timeout)
@@ -214,8 +226,10 @@ def main(args: argparse.Namespace) -> int:
             return _stopped_code(stop)
         try:
             engine, sinks, classifier = open_run_parts(args, wli)
+            wli.stamp_code = args.frame_code
             pipeline = build_pipeline(wli, nbi, engine, args.live, style=style, frames=args.frames,
-                                      warmup_frames=args.warmup, sinks=sinks, classifier=classifier)
+                                      warmup_frames=args.warmup, sinks=sinks, classifier=classifier,
+                                      stabilise=stabilise, overlay_timing=args.overlay_timing)
             if args.display:
                 pipeline.sinks.append(WindowSink("endofuse", pipeline.stop))
             engine.warmup()
@@ -333,6 +347,12 @@ def summary_line(report: dict, out: str | None, report_path: Path | None) -> str
         f"latency p50 {_num(latency['p50'], ' ms')}, p99 {_num(latency['p99'], ' ms')}",
         f"{report['engine']} / {report['model']}",
     ]
+    temporal, overlay = report.get("temporal"), report.get("overlay")
+    if temporal:
+        parts.append(f"stabilise {temporal['settings']['stabilise']}: mTC {_num(temporal['mtc'], '')}, "
+                     f"{_num(temporal['toggles_per_min'])} toggles/min")
+    if overlay:
+        parts.append(f"overlay {overlay['timing']}, age p50 {_num(overlay['age_frames']['p50'])} frames")
     targets = [str(p) for p in (out, report_path) if p]
     for warning in report.get("warnings", []):
         print(f"endofuse run: warning: {warning}", file=sys.stderr)

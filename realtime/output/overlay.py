@@ -42,6 +42,7 @@ class HudInfo:
     fps: float | None = None
     latency_ms: float | None = None
     classification: str = ""  # "label 93%" when the pipeline runs a frame classifier
+    overlay_age: str = ""  # "overlay age 2 fr 66 ms" (live timing) or "overlay sync"
 
     def lines(self) -> list[str]:
         numbers = []
@@ -54,6 +55,8 @@ class HudInfo:
             lines.append(self.model_label)
         if self.classification:
             lines.append(self.classification)
+        if self.overlay_age:
+            lines.append(self.overlay_age)
         return lines
 
 
