@@ -122,7 +122,7 @@ def score(config: StabiliseConfig, frames: list[np.ndarray], logits: list, label
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=600, help="frames per recording (default 600, 20 s at 30 fps)")
-    parser.add_argument("--side", type=int, default=240, help="frame size in pixels (square; default 240)")
+    parser.add_argument("--side", type=int, default=480, help="frame size in pixels (square; default 480)")
     parser.add_argument("--seed", type=int, default=0)
     add_json_argument(parser)
     args = parser.parse_args(argv)
