@@ -27,7 +27,7 @@ class Subcommand:
 SUBCOMMANDS = [
     Subcommand("synth", "endofuse.train.synth_command", "generate a synthetic WLI/NBI dataset or video pair"),
     Subcommand("train", "endofuse.train.train_command", "train on a dataset folder in the reference CSV format"),
-    Subcommand("evaluate", "endofuse.train.evaluate_command", "score a checkpoint on a dataset folder"),
+    Subcommand("evaluate", "endofuse.evaluate_command", "score a checkpoint on a dataset folder or a video"),
     Subcommand("index", "endofuse.train.index_command", "embed a classification folder into a search gallery"),
     Subcommand("search", "endofuse.train.search_command", "find gallery images like a query image or text"),
     Subcommand("convert-reference", "endofuse.model.convert_command", "convert a reference MM-EndoCL checkpoint"),

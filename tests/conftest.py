@@ -92,6 +92,14 @@ class ColourThresholdEngine:
         return logits
 
 
+class ConfidentEngine(ColourThresholdEngine):
+    """Tumour logit 8 * (red - threshold): with threshold 0.5, p = 0.98 on pure red, 0.02 on black (the
+    stabiliser's thresholds need a confident model)."""
+
+    def infer(self, wli: np.ndarray, nbi: np.ndarray | None) -> np.ndarray:
+        return 8.0 * super().infer(wli, nbi)
+
+
 def write_video(path, frames: list[np.ndarray], fps: float = 30.0, fourcc: str = "mp4v") -> None:
     """Write BGR frames with cv2.VideoWriter (what the fault tests feed the pipeline)."""
     import cv2

@@ -11,7 +11,7 @@ from endofuse.realtime.output.overlay import OverlayStyle
 from endofuse.realtime.output.stabilise import StabiliseConfig
 from endofuse.realtime.pipeline import build_pipeline
 
-from conftest import ColourThresholdEngine
+from conftest import ColourThresholdEngine, ConfidentEngine
 
 
 def squares(count: int, steady_from: int, blips: tuple[int, ...], size=(96, 128)) -> list[np.ndarray]:
@@ -25,13 +25,6 @@ def squares(count: int, steady_from: int, blips: tuple[int, ...], size=(96, 128)
             image[16:48, 80:112, 2] = 255
         frames.append(image)
     return frames
-
-
-class ConfidentEngine(ColourThresholdEngine):
-    """Tumour logit 8 * (red - 0.5): p = 0.98 on a red square, 0.02 on black."""
-
-    def infer(self, wli, nbi):
-        return 8.0 * super().infer(wli, nbi)
 
 
 def run_results(frames, stabilise, **kwargs):

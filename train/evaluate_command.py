@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from endofuse.errors import EndofuseError
 from endofuse.model import load_checkpoint
 from endofuse.model.dataset import load_split, split_csv_path
 from endofuse.outputs import OutputFolder, refuse_overlap
@@ -13,8 +14,10 @@ from endofuse.train.evaluate import evaluate_model, print_summary, write_json_at
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", choices=("segment", "classify"), default="segment",
                         help="segment (default) or classify: accuracy, macro-F1, i2i/t2i Recall@k and MRR")
-    parser.add_argument("--data", type=Path, required=True, help="dataset folder (reference CSV format)")
-    parser.add_argument("--checkpoint", type=Path, required=True, help="endofuse checkpoint (.pt)")
+    parser.add_argument("--data", type=Path, default=None, help="dataset folder (reference CSV format)")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="endofuse checkpoint (.pt); needed with --data (with --video: default the bundled demo "
+                             "weights)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--split", choices=("test", "train"), default="test",
                         help="test: Test.csv (default); train: Training.csv / Train.csv")
@@ -24,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.data is None or args.checkpoint is None:
+        raise EndofuseError("give --data DIR and --checkpoint CKPT (or --video DIR for a video with a mask video)")
     if args.task == "classify":
         from endofuse.train.classify_command import evaluate_main
 

@@ -169,8 +169,8 @@ class StabiliseStage:
         return {"settings": settings, **self.metrics.summary()}
 
 
-def add_arguments(parser) -> None:
-    """The stage's flags, shared by `run`, `bench` and `evaluate`; defaults from `StabiliseConfig`."""
+def add_arguments(parser, timing: bool = True) -> None:
+    """The stage's flags, shared by `run`, `bench` and `evaluate` (no timing); defaults from `StabiliseConfig`."""
     from endofuse.realtime.output.timing import OVERLAY_TIMINGS
 
     d = StabiliseConfig()
@@ -185,6 +185,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--min-frames", type=int, default=d.min_frames, metavar="N",
                         help=f"a lesion region is shown once present N consecutive frames: it appears N - 1 frames "
                              f"later, blips shorter than N never show (default {d.min_frames})")
+    if not timing:
+        return
     parser.add_argument("--overlay-timing", default="sync", choices=OVERLAY_TIMINGS,
                         help="sync: the video waits for the mask of its own frame (overlay age 0); live: the newest "
                              "frame with the newest mask (age = the inference lag, shown in the HUD) (default: sync)")
