@@ -1,9 +1,13 @@
 """The stabiliser and the overlay timing inside the pipeline: what is drawn, on which frame, and how old it is."""
 from __future__ import annotations
 
+import csv
+import json
+
 import numpy as np
 import pytest
 
+from endofuse import cli
 from endofuse.errors import InvalidOptionError
 from endofuse.realtime import frame_code
 from endofuse.realtime.input.sources import MemorySource
@@ -89,3 +93,28 @@ def test_live_timing_age_equals_the_lag_measured_on_the_pixels():
 def test_an_unknown_timing_is_one_clear_error():
     with pytest.raises(InvalidOptionError, match="--overlay-timing"):
         build_pipeline(MemorySource(squares(2, 0, ()), "wli"), None, ColourThresholdEngine(), overlay_timing="late")
+
+
+def test_run_cli_live_timing_frame_code_and_frame_log_agree_with_the_pixels(tmp_path):
+    frames_dir, log, report = tmp_path / "frames", tmp_path / "log.csv", tmp_path / "report.json"
+    assert cli.main(["run", "--wli", "synthetic", "--nbi", "synthetic", "--frames", "15", "--live", "--frame-code",
+                     "--overlay-timing", "live", "--frames-dir", str(frames_dir), "--frame-log", str(log),
+                     "--report", str(report)]) == 0
+    rows = list(csv.DictReader(log.open()))
+    codes = frame_code.read_folder(frames_dir)  # the overlay files, in frame order
+    assert len(rows) == len(codes) > 0
+    for row, code in zip(rows, codes, strict=True):
+        assert code == int(row["shown_frame"]) == int(row["frame"]) + int(row["overlay_age_frames"])
+    overlay = json.loads(report.read_text())["overlay"]
+    assert overlay["timing"] == "live" and overlay["frame_code"]["read"] == len(rows)
+    assert overlay["frame_code"]["unreadable"] == overlay["frame_code"]["mismatched"] == 0
+
+
+def test_the_hud_shows_the_overlay_age():
+    from endofuse.realtime.output.overlay import HudInfo
+    from endofuse.realtime.output.timing import OverlayTiming
+
+    line = OverlayTiming.hud_line((2, 66.4), "live")
+    assert line == "overlay age 2 fr 66 ms"
+    assert HudInfo("FUSED", "engine", overlay_age=line).lines()[-1] == line
+    assert OverlayTiming.hud_line((0, 0.0), "sync") == "overlay sync"

@@ -245,6 +245,12 @@ def format_table(result: dict) -> str:
     lines.append("")
     if result["efficiency"] is not None:
         lines.append(f"efficiency (max / engine only): {result['efficiency']:.3f}")
+    for name, mode in result["modes"].items():
+        temporal, overlay = mode.get("temporal"), mode.get("overlay")
+        if temporal and overlay:
+            lines.append(f"{name}: stabilise {temporal['settings']['stabilise']}, mTC {temporal['mtc']:.3f}, "
+                         f"{temporal['toggles_per_min']:.1f} toggles/min; overlay {overlay['timing']}, age p50 "
+                         f"{overlay['age_frames']['p50']:.0f} frames / {overlay['age_ms']['p50']:.1f} ms")
     for scheduler, data in (result.get("holoscan") or {}).items():
         lines.append(f"holoscan {scheduler} efficiency (max / engine only): {data['efficiency']:.3f}")
     verdict = result.get("scheduler_verdict")

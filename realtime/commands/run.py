@@ -83,6 +83,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true",
                         help="allow --frames-dir to be a folder that already holds files endofuse did not write")
     parser.add_argument("--report", default=None, metavar="JSON", help="write the latency/sync report here")
+    parser.add_argument("--frame-log", default=None, metavar="CSV",
+                        help="one line per output frame: frame, the frame drawn on, latency, overlay age, lesion shown")
     parser.add_argument("--frames", type=int, default=None, metavar="N",
                         help="stop after N WLI frames (needed for cameras and synthetic sources)")
     parser.add_argument("--live", action="store_true",
@@ -190,10 +192,12 @@ def _path_inputs(args: argparse.Namespace) -> tuple[dict, list[str]]:
 def check_run_outputs(args: argparse.Namespace) -> None:
     """Everything about the outputs that can fail, checked before a single frame is processed."""
     inputs, input_dirs = _path_inputs(args)
-    outputs = {"--out": args.out, "--report": args.report, "--frames-dir": args.frames_dir}
+    outputs = {"--out": args.out, "--report": args.report, "--frames-dir": args.frames_dir,
+               "--frame-log": getattr(args, "frame_log", None)}
     refuse_overlap(outputs, inputs, output_dirs=["--frames-dir"], input_dirs=input_dirs)
-    if args.report:
-        check_output_file(args.report, "--report")
+    for flag, target in (("--report", args.report), ("--frame-log", getattr(args, "frame_log", None))):
+        if target:
+            check_output_file(target, flag)
     if args.frames_dir and Path(args.frames_dir).exists() and not Path(args.frames_dir).is_dir():
         raise EndofuseError(f"--frames-dir '{args.frames_dir}' is an existing file: give a folder")
     endless = [s for s in (args.wli, args.nbi) if s is not None and str(s).startswith("synthetic")]
@@ -262,7 +266,7 @@ def open_pipeline_engine(args: argparse.Namespace):
 
 def open_run_parts(args: argparse.Namespace, wli) -> tuple:
     """(engine, file sinks, classifier or None) of a run, opened the same way by both runtimes."""
-    from endofuse.realtime.output.sinks import ImageFolderSink, VideoFileSink
+    from endofuse.realtime.output.sinks import FrameLogSink, ImageFolderSink, VideoFileSink
 
     engine = open_pipeline_engine(args)
     sinks = []
@@ -270,6 +274,8 @@ def open_run_parts(args: argparse.Namespace, wli) -> tuple:
         sinks.append(VideoFileSink(args.out, wli.fps))
     if args.frames_dir:
         sinks.append(ImageFolderSink(args.frames_dir, force=getattr(args, "force", False)))
+    if getattr(args, "frame_log", None):
+        sinks.append(FrameLogSink(args.frame_log))
     classifier = None
     if getattr(args, "classifier", None):
         from endofuse.realtime.classifier import FrameClassifier
