@@ -118,3 +118,21 @@ def test_the_hud_shows_the_overlay_age():
     assert line == "overlay age 2 fr 66 ms"
     assert HudInfo("FUSED", "engine", overlay_age=line).lines()[-1] == line
     assert OverlayTiming.hud_line((0, 0.0), "sync") == "overlay sync"
+
+
+def test_live_flow_retargets_the_mask_onto_the_newer_frame():
+    from types import SimpleNamespace
+
+    from endofuse.model.synthetic import SyntheticScene
+    from endofuse.realtime.output.timing import OverlayTiming
+
+    older = SyntheticScene(seed=2, size=(96, 112)).frame(0.0)[0]
+    newer = np.roll(older, (2, 4), axis=(0, 1))  # the scene moved 4 px right, 2 px down (numpy: the reference)
+    logits = np.zeros((2, 48, 56), np.float32)
+    logits[1, 16:32, 20:36] = 5.0  # a lesion on the older frame, at the map's scale (1/2)
+    frame, shown = SimpleNamespace(image=older, index=0), SimpleNamespace(image=newer, index=1)
+    moved = OverlayTiming.retarget(logits, frame, shown).argmax(0) == 1
+    want = np.zeros((48, 56), bool)
+    want[17:33, 22:38] = True  # 2 map pixels right, 1 down
+    assert (moved & want).sum() / (moved | want).sum() > 0.85
+    assert OverlayTiming.retarget(logits, frame, frame) is logits
