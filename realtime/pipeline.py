@@ -185,10 +185,9 @@ class Pipeline:
         mode = FUSED if item.pairing.nbi is not None else WLI_ONLY
         started = now()
         logits, flow = self.stabiliser(item.logits, frame.image)
-        shown = self.timing.target(frame, self.operators[0].latest)
-        if shown is not frame and self.config.stabilise.mode == "flow":
-            logits = self.timing.retarget(logits, frame, shown)
-        age = self.timing.age(frame, shown)
+        # the newest captured WLI frame (live timing draws on it); operators[0] is the WLI capture
+        logits, shown, age = self.timing.place(logits, frame, self.operators[0].latest,
+                                               warp=self.config.stabilise.mode == "flow")
         trace.add("stabilise", started)
         age_line = self.timing.hud_line(age, self.timing.mode)
         mask, overlay, post_ms, overlay_ms = finish_frame(logits, shown.image, self.config.style,

@@ -38,6 +38,14 @@ class OverlayTiming:
         self.code_age_frames, self.code_latency_ms = array("d"), array("d")
         self.codes_unreadable = self.codes_mismatched = 0
 
+    def place(self, logits, frame, newest, warp: bool) -> tuple:
+        """(logits to draw, the frame to draw them on, its age (frames, ms)); `warp`: move the mask onto a newer
+        frame by the flow between the two (`--stabilise flow`)."""
+        shown = self.target(frame, newest)
+        if warp and shown is not frame:
+            logits = self.retarget(logits, frame, shown)
+        return logits, shown, self.age(frame, shown)
+
     def target(self, frame, newest):
         """The frame to draw on: `frame` (sync) or the newest captured one when it is newer (live)."""
         if self.mode == "live" and newest is not None and newest.index > frame.index:
