@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from endofuse.errors import InvalidInputError, InvalidOptionError
+from endofuse.model.synthetic_endoscope import degrade
 from endofuse.realtime.input import content_area as content_area_module
 from endofuse.realtime.input.content_area import (
     ContentArea,
@@ -20,6 +21,8 @@ from endofuse.realtime.input.content_area import (
     detect_content_area,
     parse_content_area,
 )
+from endofuse.realtime.input.layout import Layout, parse_layout, split_side_by_side
+from endofuse.realtime.input.quality import QualityThresholds, assess_quality
 from endofuse.realtime.modality import NBI, TRANSITION, WLI, ModalityTracker, read_modality
 
 OUT_SIZE = (360, 640)  # (H, W) of the small "processor output" frames built here
@@ -230,3 +233,70 @@ def test_tracker_on_a_black_stream_uses_the_full_frame_and_finds_the_image_when_
     assert (areas[-1].x, areas[-1].y, areas[-1].w, areas[-1].h) == (250, 20, 320, 320)
     assert tracker.summary()["found"] is True
 
+
+
+# ---- quality gate ----
+
+@pytest.mark.parametrize("defect", [None, "blur", "glare", "dark"])
+def test_quality_gate_on_real_frames_degraded_on_purpose(sample_images, defect):
+    """Every real frame passes as it is; each degraded copy is flagged for what was done to it, and only for that."""
+    for i, (_, image) in enumerate(sample_images):
+        frame = image if defect is None else degrade(image, defect, seed=i)
+        quality = assess_quality(frame)
+        assert quality.flags == (() if defect is None else (defect,)), (i, quality)
+        assert quality.ok is (defect is None)
+
+
+def test_quality_measures_against_hand_computed_cases():
+    flat = np.full((100, 100, 3), 120, np.uint8)
+    q = assess_quality(flat)
+    assert q.sharpness == 0.0 and q.glare_fraction == 0.0 and q.brightness == pytest.approx(120)
+    assert q.flags == ("blur",)
+    # the measured centre is rows/cols 20..80; a white top half of it is half glare
+    img = np.zeros((100, 100, 3), np.uint8)
+    img[::2, :] = (60, 90, 150)  # stripes: plenty of fine detail
+    img[20:50, 20:80] = 255
+    q = assess_quality(img)
+    assert q.glare_fraction == pytest.approx(0.5)
+    assert q.flags == ("glare",)
+    green = img[20:80, 20:80, 1].astype(np.float64)
+    lap = (np.roll(green, 1, 0) + np.roll(green, -1, 0) + np.roll(green, 1, 1) + np.roll(green, -1, 1) - 4 * green)
+    # reflected borders: compare on the inner part, where both are the plain 4-neighbour Laplacian
+    assert q.sharpness == pytest.approx(lap[1:-1, 1:-1].var() / green.var(), rel=0.1)
+    dim = assess_quality((img // 4 * (img < 255)).astype(np.uint8))  # a quarter exposure, glare gone
+    assert dim.flags == ("dark",) and dim.brightness == pytest.approx((img // 4 * (img < 255))[20:80, 20:80].mean())
+    strict = QualityThresholds(min_brightness=200)
+    assert "dark" in assess_quality(np.full((64, 64, 3), (90, 150, 200), np.uint8), strict).flags
+    with pytest.raises(InvalidInputError, match="8x8"):
+        assess_quality(np.zeros((4, 4, 3), np.uint8))
+
+
+# ---- layouts ----
+
+def test_parse_layout():
+    assert parse_layout("single") == Layout("single")
+    assert parse_layout("side-by-side") == Layout("side-by-side")
+    assert parse_layout("Side-By-Side:NBI-left") == Layout("side-by-side", "left")
+    assert parse_layout("side-by-side:nbi-right").spec() == "side-by-side:nbi-right"
+    for bad in ("twin", "side-by-side:left", ""):
+        with pytest.raises(InvalidOptionError, match="--layout must be one of single, side-by-side"):
+            parse_layout(bad)
+
+
+def test_split_side_by_side_reads_which_half_is_nbi(sample_images):
+    (_, wli), (_, nbi) = sample_images[0], sample_images[1]
+    wli, nbi = (cv2.resize(im, (160, 180)) for im in (wli, nbi))
+    for left, right, side in ((wli, nbi, "right"), (nbi, wli, "left")):
+        frame = np.hstack([left, right])
+        for layout in (Layout("side-by-side"), Layout("side-by-side", side)):
+            got_wli, got_nbi = split_side_by_side(frame, layout)
+            assert (got_wli == wli).all() and (got_nbi == nbi).all()
+            assert np.shares_memory(got_wli, frame)
+        # the given side wins over the colours
+        other = "left" if side == "right" else "right"
+        got_wli, got_nbi = split_side_by_side(frame, Layout("side-by-side", other))
+        assert (got_wli == nbi).all() and (got_nbi == wli).all()
+    with pytest.raises(InvalidInputError, match="cannot tell which half is NBI.*side-by-side:nbi-left"):
+        split_side_by_side(np.hstack([wli, wli]), Layout("side-by-side"))
+    with pytest.raises(InvalidOptionError, match="side-by-side layout"):
+        split_side_by_side(np.hstack([wli, nbi]), Layout("single"))

@@ -1,0 +1,98 @@
+"""A cheap gate for frames not worth segmenting: blur, glare, underexposure.
+
+Real laryngoscopy video has many uninformative frames (the NBI-InfFrames
+classes: informative / blurred / saliva-specular / underexposed). Three
+measures, each on a strided sample of the centre of the content-area crop (the
+middle `CENTRE` share of each side: inside any round/octagonal outline, so the
+black corners and the image's own edge never count) of about `SAMPLE_SIDE`
+pixels a side, whatever the resolution:
+
+- `sharpness`: variance of the Laplacian of the green channel divided by the
+  variance of the green channel itself. Blur removes fine detail (the
+  Laplacian) much more than coarse contrast, and the ratio does not change
+  with exposure or gain. Green carries most of the detail in both WLI and NBI.
+- `glare_fraction`: share of pixels whose darkest channel is at least
+  `GLARE_LEVEL` (saturated white in every channel: specular reflection on
+  saliva or mucosa; brown/teal NBI and red WLI tissue never are).
+- `brightness`: mean (B+G+R)/3, 0..255.
+
+The thresholds (`QualityThresholds`) were set on the 10 real sample frames and
+the same frames degraded on purpose (docs/pipeline.md has the table): every
+original passes, every degraded copy is flagged.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from endofuse.errors import InvalidInputError
+
+CENTRE = 0.6  # the measured box: the middle 60% of each side (inside an octagon cut at 20% of the side)
+SAMPLE_SIDE = 128
+GLARE_LEVEL = 235
+
+BLUR, GLARE, DARK = "blur", "glare", "dark"
+
+
+@dataclass(frozen=True)
+class QualityThresholds:
+    """When a frame is flagged.
+
+    Measured on the 10 real sample frames at their own resolution (710-1726 px wide):
+
+    - `min_sharpness` 0.01: the originals measure 0.025-1.9; a Gaussian blur of sigma 1% of the image side
+      (8-11 px, a moderate motion blur) takes them to 0.001-0.005.
+    - `max_glare_fraction` 0.16: the originals have 0-13% saturated pixels in the centre (the glariest is an
+      informative WLI frame of wet mucosa); six glare spots over about a quarter of the centre give 20-30%.
+    - `min_brightness` 60: the originals measure 99-172 in the centre; at a quarter of their exposure 24-42.
+    """
+
+    min_sharpness: float = 0.01
+    max_glare_fraction: float = 0.16
+    min_brightness: float = 60.0
+
+
+@dataclass(frozen=True)
+class Quality:
+    """The measures of one frame and the flags they raised (a subset of "blur", "glare", "dark", in that order)."""
+
+    flags: tuple[str, ...]
+    sharpness: float
+    glare_fraction: float
+    brightness: float
+
+    @property
+    def ok(self) -> bool:
+        """True when the frame is worth segmenting (no flag)."""
+        return not self.flags
+
+
+def centre_sample(content_bgr: np.ndarray, centre: float = CENTRE, side: int = SAMPLE_SIDE) -> np.ndarray:
+    """A strided view of about `side` x `side` pixels of the middle `centre` share of each side (no copy)."""
+    h, w = content_bgr.shape[:2]
+    y0, x0 = int(h * (1 - centre) / 2), int(w * (1 - centre) / 2)
+    box = content_bgr[y0:h - y0, x0:w - x0]
+    step = max(1, min(box.shape[:2]) // side)
+    return box[::step, ::step]
+
+
+def assess_quality(content_bgr: np.ndarray, thresholds: QualityThresholds = QualityThresholds()) -> Quality:
+    """Measure one content-area crop (BGR uint8) and flag blur, glare and underexposure."""
+    if content_bgr.ndim != 3 or content_bgr.shape[2] != 3 or min(content_bgr.shape[:2]) < 8:
+        raise InvalidInputError(f"assess_quality needs an HxWx3 BGR image of at least 8x8, got {content_bgr.shape}")
+    sample = centre_sample(content_bgr)
+    green = sample[..., 1].astype(np.float32)
+    brightness = float(sample.mean())
+    lap = cv2.Laplacian(green, cv2.CV_32F)
+    sharpness = float(lap.var() / max(float(green.var()), 1.0))
+    glare_fraction = float((sample.min(axis=2) >= GLARE_LEVEL).mean())
+    flags = []
+    if sharpness < thresholds.min_sharpness:
+        flags.append(BLUR)
+    if glare_fraction > thresholds.max_glare_fraction:
+        flags.append(GLARE)
+    if brightness < thresholds.min_brightness:
+        flags.append(DARK)
+    return Quality(tuple(flags), sharpness, glare_fraction, brightness)
