@@ -39,7 +39,7 @@ class FrameResult:
     index: int
     overlay: np.ndarray
     mask: np.ndarray
-    mode: str  # FUSED or WLI-ONLY
+    mode: str  # FUSED or WLI-ONLY; one endoscope stream also FUSED-MEMORY, NBI, HOLD
     timings_ms: dict[str, float]
     latency_ms: float  # capture -> overlay ready (pacing waits excluded)
     frame: np.ndarray  # the WLI input frame
@@ -75,12 +75,16 @@ class PipelineConfig:
 
 class Pipeline:
     def __init__(self, wli: Source, nbi: Source | None, engine, config: PipelineConfig = PipelineConfig(),
-                 sinks: list | tuple = (), classifier=None) -> None:
+                 sinks: list | tuple = (), classifier=None, endoscope=None) -> None:
         # A camera cannot wait for a file: with any live source, recordings are paced too.
         live = config.live or wli.live or bool(nbi is not None and nbi.live)
         self.config = config if live == config.live else PipelineConfig(**{**config.__dict__, "live": live})
         self.wli, self.nbi, self.engine, self.sinks = wli, nbi, engine, list(sinks)
         self.classifier = classifier  # realtime.classifier.FrameClassifier: class + confidence per frame
+        # One endoscope stream (`wli` carries both modes, `nbi` is None): a pairing.endoscope.EndoscopeStage,
+        # the capture-side analysis and pairing.
+        self.endoscope = endoscope
+        self.mode_counts: collections.Counter = collections.Counter()  # per mode, of frames that reached the sinks
         self.class_counts: collections.Counter = collections.Counter()
         self.stats = LatencyStats(self.config.warmup_frames)
         self.sync = Synchroniser(self.config.sync or SyncPolicy.for_fps(wli.fps))
@@ -110,7 +114,7 @@ class Pipeline:
             self.nbi_port = FrameQueue(n, BLOCK, "nbi") if self.nbi else None
             self.result_port = FrameQueue(n, BLOCK, "results")
         self.operators = [CaptureOp("capture-wli", self.wli, self.wli_port, size, device, self._fail,
-                                    self.config.frames)]
+                                    self.config.frames, endoscope=self.endoscope)]
         if self.nbi is not None:
             self.operators.append(CaptureOp("capture-nbi", self.nbi, self.nbi_port, size, device, self._fail,
                                             lost=self._nbi_lost))
@@ -136,7 +140,7 @@ class Pipeline:
         self._switch_interval = sys.getswitchinterval()
         if self.config.gil_switch_interval_s is not None:
             sys.setswitchinterval(self.config.gil_switch_interval_s)
-        epoch = now()
+        epoch = self._epoch = now()
         for source in (self.wli, self.nbi):
             if source is not None:
                 source.start(epoch, paced=self.config.live)
@@ -172,9 +176,16 @@ class Pipeline:
         """Postprocess, overlay, HUD, sinks: the output stage, in the caller's thread."""
         trace, frame = item.wli.trace, item.wli.frame
         trace.add("queue", item.enqueued)
-        mode = FUSED if item.pairing.nbi is not None else WLI_ONLY
-        mask, overlay, post_ms, overlay_ms = finish_frame(item.logits, frame.image, self.config.style,
-                                                          lambda: self._hud(mode, trace, item.classification))
+        decided = item.wli.endoscope
+        if decided is None:
+            mode = FUSED if item.pairing.nbi is not None else WLI_ONLY
+            mask, overlay, post_ms, overlay_ms = finish_frame(item.logits, frame.image, self.config.style,
+                                                              lambda: self._hud(mode, trace, item.classification))
+        else:
+            mode = decided.mode
+            hud = lambda: self.endoscope.hud_info(decided, self._hud(mode, trace, item.classification))  # noqa: E731
+            mask, overlay, post_ms, overlay_ms = self.endoscope.finish(decided, item.logits, frame.image,
+                                                                       self.config.style, hud)
         trace.stages_ms["postprocess"], trace.stages_ms["overlay"] = post_ms, overlay_ms
         ready = now()
         latency = trace.latency_ms(ready)
@@ -185,6 +196,12 @@ class Pipeline:
         result = FrameResult(frame.index, overlay, mask, mode, trace.stages_ms, latency, frame.image,
                              item.pairing.status, None if skew is None else skew * 1000.0,
                              None if item.pairing.nbi is None else item.pairing.nbi.index)
+        result.extras["time_s"] = frame.sync_time - self._epoch  # on the recording's timeline for files
+        if decided is not None:
+            result.nbi_index = decided.nbi_index
+            result.extras.update(modality=decided.modality, nbi_age_s=decided.nbi_age_s,
+                                 view_similarity=decided.similarity, quality_flags=decided.quality_flags,
+                                 content_area=decided.area)
         if item.classification is not None:
             result.extras["class"] = item.classification.label
             result.extras["confidence"] = item.classification.confidence
@@ -196,6 +213,7 @@ class Pipeline:
         self._done_times.append(ready)
         self.frames_out += 1
         self.status_counts[item.pairing.status] += 1
+        self.mode_counts[mode] += 1
         return result
 
     def _hud(self, mode: str, trace, classification=None) -> HudInfo:
@@ -274,7 +292,11 @@ class Pipeline:
             "resolution_changes": self.resolution_changes,
             "camera_reconnects": sum(getattr(s, "reconnects", 0) for s in (self.wli, self.nbi) if s is not None),
             "warnings": list(self.warnings),
+            "modes": dict(self.mode_counts),
         }
+        if self.endoscope is not None:
+            report["endoscope"] = self.endoscope.summary()
+            report["fused_memory"] = self.status_counts["memory"]
         if self.classifier is not None:
             report["classifier"] = {"model": self.classifier.label, "classes": list(self.classifier.classes),
                                     "class_counts": {c: self.class_counts[c] for c in self.classifier.classes}}
@@ -285,10 +307,11 @@ class Pipeline:
         return report  # NaN where undefined; JSON writers turn it into null (endofuse.outputs.finite_or_none)
 
 
-def build_pipeline(wli_source, nbi_source, engine, live: bool = False, alpha: float = DEFAULT_ALPHA, *,
-                   frames: int | None = None, fps: float = DEFAULT_FPS, sinks=(), hud: bool = True,
+def build_pipeline(wli_source=None, nbi_source=None, engine=None, live: bool = False, alpha: float = DEFAULT_ALPHA,
+                   *, frames: int | None = None, fps: float = DEFAULT_FPS, sinks=(), hud: bool = True,
                    contour: bool = True, style: OverlayStyle | None = None, warmup_frames: int = 10,
-                   sync: SyncPolicy | None = None, camera_give_up_s: float = 30.0, classifier=None) -> Pipeline:
+                   sync: SyncPolicy | None = None, camera_give_up_s: float = 30.0, classifier=None,
+                   endoscope=None, endoscope_config=None) -> Pipeline:
     """A ready-to-iterate pipeline: the one way `run`, `bench`, the soak benchmark and the demo build one.
 
     Sources are `Source` objects or strings (see `source_specs`). `nbi_source=None`
@@ -296,9 +319,29 @@ def build_pipeline(wli_source, nbi_source, engine, live: bool = False, alpha: fl
     stops after that many WLI frames (needed for endless sources). `style`, when
     given, replaces `alpha`/`hud`/`contour`. `classifier`: a
     `realtime.classifier.FrameClassifier` run on every WLI frame.
+
+    `endoscope` (instead of the two sources): one stream that carries both
+    modes, switched by hand on the processor (a `Source` or any string
+    `wli_source` takes, or `synthetic[:SEED]` for a synthetic processor output);
+    `endoscope_config` a `pairing.endoscope.EndoscopeConfig` (NBI memory, view
+    gate, content area, layout). `frames` then counts every output frame.
     """
     if frames is not None and frames < 1:
         raise InvalidOptionError(f"frames must be >= 1, got {frames}")
+    if engine is None:
+        raise InvalidOptionError("build_pipeline needs an engine (endofuse.realtime.engines.open_engine())")
+    stage = None
+    if endoscope is not None:
+        from endofuse.realtime.input.source_specs import open_endoscope_source
+        from endofuse.realtime.pairing.endoscope import EndoscopeConfig, EndoscopeStage
+
+        if wli_source is not None or nbi_source is not None:
+            raise InvalidOptionError("give either endoscope= (one stream) or the WLI/NBI sources, not both")
+        stage = EndoscopeStage(endoscope_config or EndoscopeConfig())  # options checked before a source opens
+        wli_source = endoscope if isinstance(endoscope, Source) else open_endoscope_source(
+            str(endoscope), fps, frames, camera_give_up_s)
+    elif wli_source is None:
+        raise InvalidOptionError("build_pipeline needs a WLI source (or endoscope=SRC)")
     if isinstance(wli_source, Source):
         if not (nbi_source is None or isinstance(nbi_source, Source)):
             raise TypeError("pass both sources as Source objects or both as strings")
@@ -308,4 +351,4 @@ def build_pipeline(wli_source, nbi_source, engine, live: bool = False, alpha: fl
                                     camera_give_up_s)
     style = style or OverlayStyle(alpha=alpha, contour=contour, hud=hud)
     config = PipelineConfig(live=live, style=style, frames=frames, warmup_frames=warmup_frames, sync=sync)
-    return Pipeline(wli, nbi, engine, config, sinks, classifier=classifier)
+    return Pipeline(wli, nbi, engine, config, sinks, classifier=classifier, endoscope=stage)
