@@ -18,7 +18,7 @@ from endofuse.realtime.pairing.nbi_memory import FUSED_MEMORY, HOLD, NBI_VIEW
 from endofuse.realtime.pipeline import build_pipeline
 from endofuse.realtime.segment import FUSED, WLI_ONLY, segment_pair
 
-from conftest import ColourThresholdEngine, write_video
+from conftest import ColourThresholdEngine
 
 FPS = 30.0
 IMAGE = (120, 140)  # (H, W) of the endoscopic image inside the processor frame
@@ -177,22 +177,83 @@ def test_side_by_side_gives_true_pairs():
     assert report["paired"] == 6
 
 
-def test_run_endoscope_cli_writes_video_log_and_report(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def synthetic_recording(tmp_path_factory):
+    """`endofuse synth --video 2 --endoscope` at 360x640: endoscope.mp4 + truth.csv, and its decoded frames."""
+    from endofuse.train.synth_command import write_endoscope_video
+
+    out = tmp_path_factory.mktemp("endoscope-clip")
+    write_endoscope_video(out, 2.0, FPS, (360, 640), seed=0, progress=False)
+    with open(out / "truth.csv", newline="") as f:
+        truth = list(csv.DictReader(f))
+    capture = cv2.VideoCapture(str(out / "endoscope.mp4"))
+    frames = []
+    while (read := capture.read())[0]:
+        frames.append(read[1])
+    capture.release()
+    return out / "endoscope.mp4", truth, frames
+
+
+def test_run_endoscope_on_a_synthetic_recording_follows_truth_csv(synthetic_recording, tmp_path, monkeypatch):
+    from endofuse.cli import main
+    from endofuse.model.synthetic_endoscope import SEGMENTS
     from endofuse.realtime.commands import run as run_command
 
-    video = tmp_path / "endoscope.avi"
-    write_video(video, scripted_stream("WWWWDNNNNNDWWWW"), FPS, "MJPG")
-    monkeypatch.setattr(run_command, "open_pipeline_engine", lambda args: FusingEngine((32, 32)))
-    from endofuse.cli import main
-
+    video, truth, frames = synthetic_recording
+    engine = FusingEngine((32, 32))
+    monkeypatch.setattr(run_command, "open_pipeline_engine", lambda args: engine)
+    results = []
+    monkeypatch.setattr(run_command, "open_run_parts", _collecting(run_command.open_run_parts, results))
     out, log, report_path = tmp_path / "out.avi", tmp_path / "frames.csv", tmp_path / "report.json"
     assert main(["run", "--endoscope", str(video), "--out", str(out), "--log", str(log), "--report",
                  str(report_path), "--warmup", "0"]) == 0
-    report = json.loads(report_path.read_text())
+    n = len(truth)
+    assert len(results) == n == json.loads(report_path.read_text())["frames"]
+    assert int(cv2.VideoCapture(str(out)).get(cv2.CAP_PROP_FRAME_COUNT)) == n
     with open(log, newline="") as f:
-        modes = [row["mode"] for row in csv.DictReader(f)]
-    assert report["frames"] == 15 == len(modes) == int(cv2.VideoCapture(str(out)).get(cv2.CAP_PROP_FRAME_COUNT))
-    assert modes[-2:] == [FUSED_MEMORY] * 2 and report["endoscope"]["switches"] == 2
+        assert [row["mode"] for row in csv.DictReader(f)] == [r.mode for r in results]
+
+    moved_at = int(round(SEGMENTS[-1][0] * n))  # from here the scope looks at another place (same modality)
+    first_nbi = min(int(t["frame"]) for t in truth if t["modality"] == "NBI")
+    last_nbi = max(int(t["frame"]) for t in truth if t["modality"] == "NBI")
+    # the modality tracker takes a mode on its 3rd frame: at the start and after each switch
+    settling = {0, 1} | {i + k for i, t in enumerate(truth) if t["modality"] == "TRANSITION" for k in (1, 2)}
+    for r, t in zip(results, truth, strict=True):
+        i = r.index
+        area = r.extras["content_area"]
+        assert max(abs(a - int(t[k])) for a, k in zip((area.x, area.y, area.w, area.h), "xywh", strict=True)) <= 2
+        assert not (r.mask.astype(bool) & ~area.inside(r.frame.shape)).any()
+        if t["modality"] == "TRANSITION":
+            assert r.mode == HOLD
+        elif t["modality"] == "NBI":
+            assert r.mode in (NBI_VIEW, HOLD) and not r.mask.any()
+        elif i < first_nbi or i >= moved_at:
+            assert r.mode in (WLI_ONLY, HOLD)
+        else:
+            assert r.mode in (FUSED_MEMORY, HOLD)
+        if t["defect"] in ("dark", "glare"):
+            assert r.mode == HOLD
+        if r.mode == HOLD:  # only for a reason: a transition, a quality flag, or the modality settling
+            assert t["modality"] == "TRANSITION" or r.extras["quality_flags"] or i in settling, i
+            assert not r.mask.any()
+        if r.mode == FUSED_MEMORY:
+            assert r.nbi_index == last_nbi and r.extras["nbi_age_s"] == pytest.approx((i - last_nbi) / FPS)
+            remembered = area.crop(frames[last_nbi])
+            expected = segment_pair(engine, area.crop(frames[i]), remembered).mask * area.shape_mask()
+            assert np.array_equal(area.crop(r.mask), expected)
+    modes = [r.mode for r in results]
+    assert modes[first_nbi:moved_at].count(FUSED_MEMORY) >= 3 and modes[moved_at:].count(WLI_ONLY) >= 3
+    assert sum(m == NBI_VIEW for m in modes) >= 3
+
+
+def _collecting(open_run_parts, results: list):
+    """open_run_parts whose sinks also keep every FrameResult (what the video and the log were made of)."""
+    from endofuse.realtime.output.sinks import CallbackSink
+
+    def wrapped(args, source):
+        engine, sinks, classifier = open_run_parts(args, source)
+        return engine, [*sinks, CallbackSink(results.append)], classifier
+    return wrapped
 
 
 @pytest.mark.parametrize("argv, message", [
