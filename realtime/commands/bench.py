@@ -7,6 +7,11 @@
    overlay) lossless and as fast as possible.
 3. modes.paced: the same, fed like a camera at `--paced-fps` (latest-frame-wins).
 efficiency = max-mode fps / engine-only fps (1.0: the pipeline costs no throughput).
+4. with `--endoscope SRC` (`synthetic[:SEED]`: a synthetic processor output, or a
+   recording): the CPU time per frame of the endoscope analysis (content area,
+   modality, quality gate, view signature; thread CPU time, one OpenCV thread as
+   in the pipeline) and the pipeline on that one stream in both modes, beside
+   the two-input numbers above (`endoscope.vs_two_input`: fps ratio per mode).
 
 Frames are decoded or rendered once into a ring of up to `--ring` frames held
 in memory and replayed, so the measurement is of the pipeline, not of the
@@ -37,6 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=600, help="frames per measurement (default 600)")
     parser.add_argument("--source", default="synthetic",
                         help="'synthetic[:SEED]' or a video FILE (used as both WLI and NBI) (default: synthetic)")
+    parser.add_argument("--endoscope", default=None, metavar="SRC",
+                        help="also measure one endoscope stream: 'synthetic[:SEED]' (a synthetic processor output, "
+                             "WLI -> NBI -> WLI) or a recording: the analysis' CPU cost per frame and the pipeline's "
+                             "fps beside the two-input mode")
     parser.add_argument("--paced-fps", type=float, default=30.0, help="source rate of the paced mode (default 30)")
     parser.add_argument("--warmup", type=int, default=30, help="frames left out of each measurement (default 30)")
     parser.add_argument("--ring", type=int, default=60, help="distinct frames held in memory and replayed")
@@ -108,6 +117,83 @@ def bench_pipeline(engine, wli, nbi, frames: int, warmup: int, live: bool, fps: 
     return mode, list(pipeline.stats.latency)
 
 
+def load_endoscope_ring(source: str, count: int) -> tuple[list[np.ndarray], str]:
+    """Up to `count` frames of one endoscope stream in memory, and where they came from."""
+    from endofuse.realtime.input.source_specs import _synthetic_seed
+    from endofuse.realtime.input.sources import VideoFileSource
+
+    if source == "synthetic" or source.startswith("synthetic:"):
+        from endofuse.model.synthetic_endoscope import MIN_FRAMES, SyntheticEndoscope
+
+        seed = _synthetic_seed(source, "--endoscope")
+        clip = SyntheticEndoscope(max(MIN_FRAMES, count), seed=seed)  # the whole WLI -> NBI -> WLI timeline
+        h, w = clip.size
+        return [clip.render(i)[0] for i in range(clip.frames)], f"synthetic endoscope seed {seed}, {w}x{h}"
+    video = VideoFileSource(source, "--endoscope").open()
+    try:
+        frames = [f.image for f, _ in zip(video, range(count), strict=False)]
+    finally:
+        video.close()
+    h, w = frames[0].shape[:2]
+    return frames, f"{source} ({w}x{h}, first {len(frames)} frames)"
+
+
+def time_endoscope_analysis(ring: list[np.ndarray], frames: int) -> dict:
+    """CPU ms per frame of each analysis step, run in stream order over the ring (as the stage runs them)."""
+    import time
+
+    import cv2
+
+    from endofuse.realtime.input.content_area import ContentAreaTracker
+    from endofuse.realtime.input.quality import assess_quality
+    from endofuse.realtime.modality import ModalityTracker
+    from endofuse.realtime.pairing.nbi_memory import view_signature
+
+    previous = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # as the pipeline runs (PipelineConfig.opencv_threads)
+    areas, modality = ContentAreaTracker(), ModalityTracker()
+    steps = {"content_area": [], "modality": [], "quality_gate": [], "view_signature": [], "total": []}
+    try:
+        for i in range(frames):
+            image = ring[i % len(ring)]
+            t0 = time.thread_time()
+            crop = areas.update(image).crop(image)
+            t1 = time.thread_time()
+            modality.update(crop)
+            t2 = time.thread_time()
+            assess_quality(crop)
+            t3 = time.thread_time()
+            view_signature(crop)
+            t4 = time.thread_time()
+            for key, seconds in zip(steps, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0), strict=True):
+                steps[key].append(seconds * 1000)
+    finally:
+        cv2.setNumThreads(previous)
+    return {key: percentiles(values) for key, values in steps.items()}
+
+
+def bench_endoscope(engine, ring: list[np.ndarray], frames: int, warmup: int, live: bool, fps: float) -> dict:
+    """The whole pipeline on one endoscope stream replayed from memory."""
+    from endofuse.realtime.input.sources import MemorySource
+    from endofuse.realtime.pipeline import build_pipeline
+
+    source = MemorySource(ring, "bench endoscope", fps, loops=None)
+    pipeline = build_pipeline(engine=engine, endoscope=source, live=live, frames=frames + warmup,
+                              warmup_frames=warmup)
+    report = pipeline.run()
+    return {**{key: report[key] for key in MODE_KEYS}, "mode_counts": report["modes"],
+            "source_fps": fps if live else None}
+
+
+def run_endoscope_bench(args: argparse.Namespace, engine, two_input: dict) -> dict:
+    ring, described = load_endoscope_ring(args.endoscope, max(1, args.ring))
+    analysis = time_endoscope_analysis(ring, args.frames)
+    modes = {name: bench_endoscope(engine, ring, args.frames, args.warmup, live, args.paced_fps)
+             for name, live in (("max", False), ("paced", True))}
+    return {"spec": args.endoscope, "source": described, "analysis_cpu_ms": analysis, "modes": modes,
+            "vs_two_input": {name: modes[name]["fps"] / two_input[name]["fps"] for name in modes if name in two_input}}
+
+
 def run_bench(args: argparse.Namespace) -> tuple[dict, dict]:
     if args.frames < 10:
         raise EndofuseError(f"--frames must be >= 10, got {args.frames}")
@@ -150,6 +236,10 @@ def run_bench(args: argparse.Namespace) -> tuple[dict, dict]:
         result["scheduler_verdict"] = scheduler_verdict(holoscan, side)
     if side is not None:
         result["side_by_side"] = side
+    if getattr(args, "endoscope", None):
+        if not modes:
+            raise EndofuseError("--endoscope compares with the native two-input pipeline: use --runtime native")
+        result["endoscope"] = run_endoscope_bench(args, engine, modes)
     return result, latencies
 
 
@@ -193,6 +283,24 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def endoscope_table(endo: dict) -> list[str]:
+    """The `--endoscope` part of the printed table: the analysis' CPU cost and the pipeline beside two inputs."""
+    cost = endo["analysis_cpu_ms"]
+    lines = [f"one endoscope stream: {endo['source']}", "",
+             "| analysis step (CPU ms per frame) | p50 | p90 | p99 | mean |", "|---|---|---|---|---|"]
+    for step, p in cost.items():
+        lines.append(f"| {step.replace('_', ' ')} | {p['p50']:.3f} | {p['p90']:.3f} | {p['p99']:.3f} | "
+                     f"{p['mean']:.3f} |")
+    lines += ["", "| endoscope mode | frames/s | x two-input | p50 ms | p99 ms | dropped | modes |",
+              "|---|---|---|---|---|---|---|"]
+    for name, m in endo["modes"].items():
+        counts = ", ".join(f"{k} {v}" for k, v in m["mode_counts"].items())
+        ratio = endo["vs_two_input"].get(name)
+        lines.append(f"| {name} | {m['fps']:.1f} | {'-' if ratio is None else f'{ratio:.2f}'} | "
+                     f"{m['latency_ms']['p50']:.1f} | {m['latency_ms']['p99']:.1f} | {m['dropped']} | {counts} |")
+    return lines
+
+
 def threads_note(fitted: dict | None) -> str:
     """' | engine threads: 1 (fit: 6.1 ms at 2, 5.8 ms at 1)' or '' when the engine has no thread count."""
     if not fitted or not fitted.get("threads"):
@@ -226,6 +334,8 @@ def format_table(result: dict) -> str:
         lines.append(f"efficiency (max / engine only): {result['efficiency']:.3f}")
     for scheduler, data in (result.get("holoscan") or {}).items():
         lines.append(f"holoscan {scheduler} efficiency (max / engine only): {data['efficiency']:.3f}")
+    if "endoscope" in result:
+        lines += [""] + endoscope_table(result["endoscope"])
     verdict = result.get("scheduler_verdict")
     for mode in ("max", "paced") if verdict else ():
         lines.append(f"holoscan scheduler, {mode}: {verdict[mode]['why']}")

@@ -78,8 +78,13 @@ def view_signature(content_bgr: np.ndarray) -> np.ndarray:
     # The central 70 % lies inside a round or octagonal image: the black corners, the same in every
     # view, would otherwise make any two views look alike.
     inner = content_bgr[int(h * 0.15):h - int(h * 0.15), int(w * 0.15):w - int(w * 0.15)]
-    grey = cv2.cvtColor(inner if inner.size else content_bgr, cv2.COLOR_BGR2GRAY)
-    thumb = cv2.resize(grey, (THUMBNAIL_SIDE, THUMBNAIL_SIDE), interpolation=cv2.INTER_AREA)
+    inner = inner if inner.size else content_bgr
+    # A regular 4x4 sample per thumbnail cell (nearest), then its average: ~0.05 ms at any size, where
+    # an area resize of the whole crop costs ~0.6 ms at 1080p; the blur below hides the aliasing.
+    side = 4 * THUMBNAIL_SIDE
+    sample = cv2.resize(inner, (side, side), interpolation=cv2.INTER_NEAREST)
+    small = cv2.resize(sample, (THUMBNAIL_SIDE, THUMBNAIL_SIDE), interpolation=cv2.INTER_AREA)
+    thumb = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
     # The blur makes a small shift of the scope a small change of the signature.
     thumb = cv2.GaussianBlur(thumb.astype(np.float32), (5, 5), 1.0).ravel()
     thumb -= thumb.mean()
