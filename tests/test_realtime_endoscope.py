@@ -177,29 +177,12 @@ def test_side_by_side_gives_true_pairs():
     assert report["paired"] == 6
 
 
-@pytest.fixture(scope="module")
-def synthetic_recording(tmp_path_factory):
-    """`endofuse synth --video 2 --endoscope` at 360x640: endoscope.mp4 + truth.csv, and its decoded frames."""
-    from endofuse.train.synth_command import write_endoscope_video
-
-    out = tmp_path_factory.mktemp("endoscope-clip")
-    write_endoscope_video(out, 2.0, FPS, (360, 640), seed=0, progress=False)
-    with open(out / "truth.csv", newline="") as f:
-        truth = list(csv.DictReader(f))
-    capture = cv2.VideoCapture(str(out / "endoscope.mp4"))
-    frames = []
-    while (read := capture.read())[0]:
-        frames.append(read[1])
-    capture.release()
-    return out / "endoscope.mp4", truth, frames
-
-
-def test_run_endoscope_on_a_synthetic_recording_follows_truth_csv(synthetic_recording, tmp_path, monkeypatch):
+def test_run_endoscope_on_a_synthetic_recording_follows_truth_csv(synthetic_endoscope_recording, tmp_path, monkeypatch):
     from endofuse.cli import main
     from endofuse.model.synthetic_endoscope import SEGMENTS
     from endofuse.realtime.commands import run as run_command
 
-    video, truth, frames = synthetic_recording
+    video, truth, frames = synthetic_endoscope_recording
     engine = FusingEngine((32, 32))
     monkeypatch.setattr(run_command, "open_pipeline_engine", lambda args: engine)
     results = []
