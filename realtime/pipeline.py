@@ -292,11 +292,11 @@ class Pipeline:
             "resolution_changes": self.resolution_changes,
             "camera_reconnects": sum(getattr(s, "reconnects", 0) for s in (self.wli, self.nbi) if s is not None),
             "warnings": list(self.warnings),
-            "modes": dict(self.mode_counts),
         }
-        if self.endoscope is not None:
-            report["endoscope"] = self.endoscope.summary()
+        if self.endoscope is not None:  # (two-input runs keep the keys the Holoscan runtime also writes)
+            report["modes"] = dict(self.mode_counts)
             report["fused_memory"] = self.status_counts["memory"]
+            report["endoscope"] = self.endoscope.summary()
         if self.classifier is not None:
             report["classifier"] = {"model": self.classifier.label, "classes": list(self.classifier.classes),
                                     "class_counts": {c: self.class_counts[c] for c in self.classifier.classes}}
