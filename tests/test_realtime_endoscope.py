@@ -253,3 +253,29 @@ def test_run_endoscope_refuses_bad_options_in_one_line(argv, message, capsys):
     assert main(["run", *argv, "--frames", "3"]) != 0
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_bench_endoscope_measures_the_analysis_and_the_stream_beside_two_inputs(synthetic_endoscope_recording,
+                                                                                 tmp_path, monkeypatch):
+    import endofuse.realtime.engines as engines
+    from endofuse.cli import main
+
+    video, _, frames = synthetic_endoscope_recording
+    monkeypatch.setattr(engines, "open_engine", lambda *a, **k: FusingEngine((32, 32)))
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--endoscope", str(video), "--frames", "20", "--warmup", "2", "--ring", "60",
+                 "--paced-fps", "100", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    endo = result["endoscope"]
+    assert endo["spec"] == str(video) and set(endo["modes"]) == {"max", "paced"}
+    steps = endo["analysis_cpu_ms"]
+    assert set(steps) == {"content_area", "modality", "quality_gate", "view_signature", "total"}
+    assert steps["total"]["mean"] == pytest.approx(sum(steps[s]["mean"] for s in steps if s != "total"))
+    for name, mode in endo["modes"].items():
+        assert endo["vs_two_input"][name] == pytest.approx(mode["fps"] / result["modes"][name]["fps"])
+        assert sum(mode["mode_counts"].values()) == mode["frames"]
+    # max mode is lossless: the same modes as the pipeline run directly on the recording's first 22 frames
+    fast = endo["modes"]["max"]
+    assert fast["frames"] == 22 and fast["dropped"] == 0
+    results, _, _ = run(frames[:22])
+    assert fast["mode_counts"] == {m: [r.mode for r in results].count(m) for m in {r.mode for r in results}}
