@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from endofuse.errors import InvalidOptionError
-from endofuse.model.synthetic import SyntheticScene
+from endofuse.model.synthetic import CANVAS_MARGIN, SyntheticScene, _smooth_noise
 
 Size = tuple[int, int]  # (H, W)
 
@@ -37,6 +37,12 @@ BLUR, GLARE, DARK = "blur", "glare", "dark"
 # Mean BGR of the image (black border excluded) over the 5 real sample pairs: R/G 1.69 in WLI, 0.84 in NBI.
 REAL_MEAN_BGR = {WLI: (118.4, 118.3, 200.0), NBI: (104.3, 117.2, 98.9)}
 TRANSITION_FRAMES = 4
+# The recording's blurred frames: a heavy (motion) blur, so they still measure as blurred after mp4v compression,
+# whose block noise adds fine detail back (at 360x640 and above; smaller clips are too coarse for the gate).
+RECORDING_BLUR_SIGMA = 0.025
+# Fine mucosal texture (a gain of 1 +- TEXTURE_GAIN, grain TEXTURE_CELL of the image side): real mucosa is never
+# as smooth as the procedural canvas, and without it a sharp synthetic WLI frame measures as blurred.
+TEXTURE_GAIN, TEXTURE_CELL = 0.12, 0.006
 MIN_FRAMES = 60
 TRUTH_COLUMNS = ("frame", "time_s", "modality", "x", "y", "w", "h", "informative", "defect")
 
@@ -46,13 +52,13 @@ SEGMENTS = ((0.0, WLI, 0), (0.25, NBI, 0), (0.45, WLI, 0), (0.75, WLI, 1))
 DEFECTS = ((0.12, 3, BLUR), (0.35, 2, BLUR), (0.6, 3, DARK), (0.66, 2, GLARE), (0.75, 3, BLUR), (0.9, 2, DARK))
 
 
-def degrade(image: np.ndarray, defect: str, seed: int = 0) -> np.ndarray:
-    """`image` made uninformative on purpose: "blur" (Gaussian, sigma 1% of the side), "glare" (six
+def degrade(image: np.ndarray, defect: str, seed: int = 0, blur_sigma: float = 0.01) -> np.ndarray:
+    """`image` made uninformative on purpose: "blur" (Gaussian, sigma `blur_sigma` of the side), "glare" (six
     saturated spots, a 3 x 2 grid with jitter, over about a quarter of the image's centre) or "dark" (a
     quarter of the exposure)."""
     h, w = image.shape[:2]
     if defect == BLUR:
-        return cv2.GaussianBlur(image, (0, 0), 0.01 * min(h, w))
+        return cv2.GaussianBlur(image, (0, 0), blur_sigma * min(h, w))
     if defect == DARK:
         return (image.astype(np.uint16) // 4).astype(np.uint8)
     if defect == GLARE:
@@ -86,6 +92,7 @@ def _colour_lut(image: np.ndarray, target_bgr) -> np.ndarray:
 class _Scene:
     scene: SyntheticScene
     luts: dict  # modality -> LUT
+    texture: np.ndarray  # float32 gain on the scene's canvas, warped with its camera
 
 
 class SyntheticEndoscope:
@@ -118,8 +125,12 @@ class SyntheticEndoscope:
             # NBI aligned to WLI: one camera, one view, only the light changes
             scene = SyntheticScene(self.seed * 7919 + index, (box[3], box[2]), misregistration=(0.0, 0.0, 0.0))
             wli, nbi, _ = scene.frame(0.0)
+            rng = np.random.default_rng([self.seed, index, 1])
+            side = min(box[2], box[3])
+            canvas = (int(box[3] * CANVAS_MARGIN), int(box[2] * CANVAS_MARGIN))
+            texture = 1.0 + TEXTURE_GAIN * 2 * (_smooth_noise(rng, canvas, max(1.5, TEXTURE_CELL * side)) - 0.5)
             self._scenes[key] = _Scene(scene, {WLI: _colour_lut(wli, REAL_MEAN_BGR[WLI]),
-                                               NBI: _colour_lut(nbi, REAL_MEAN_BGR[NBI])})
+                                               NBI: _colour_lut(nbi, REAL_MEAN_BGR[NBI])}, texture)
         return self._scenes[key]
 
     def _timeline(self, zoom_at: float | None) -> list[dict]:
@@ -154,13 +165,15 @@ class SyntheticEndoscope:
         s = self._scene(row["_scene"], box)
         t = i / self.fps
         wli, nbi, mask = s.scene.frame(t)
-        views = {WLI: cv2.LUT(wli, s.luts[WLI]), NBI: cv2.LUT(nbi, s.luts[NBI])}
+        gain = cv2.warpAffine(s.texture, s.scene.camera(t)[:2], (box[2], box[3]), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_REFLECT)[..., None]
+        views = {m: cv2.LUT(np.clip(v * gain, 0, 255).astype(np.uint8), s.luts[m]) for m, v in ((WLI, wli), (NBI, nbi))}
         if row["modality"] == TRANSITION:
             image = self._transition(views[row["_from"]], views[row["_to"]], row["_step"])
         else:
             image = views[row["_to"]]
             if row["defect"]:
-                image = degrade(image, row["defect"], seed=i)
+                image = degrade(image, row["defect"], seed=i, blur_sigma=RECORDING_BLUR_SIGMA)
         h, w = self.size
         frame = np.zeros((h, w, 3), np.uint8)
         full_mask = np.zeros((h, w), np.uint8)

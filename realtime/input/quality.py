@@ -7,10 +7,12 @@ middle `CENTRE` share of each side: inside any round/octagonal outline, so the
 black corners and the image's own edge never count) of about `SAMPLE_SIDE`
 pixels a side, whatever the resolution:
 
-- `sharpness`: variance of the Laplacian of the green channel divided by the
+- `sharpness`: variance of the Laplacian of the green channel, less
+  `NOISE_LAPLACIAN_VAR` (what noise of about 0.7 grey levels gives: 8-bit
+  rounding, sensor and video-codec noise, which are not detail), divided by the
   variance of the green channel itself. Blur removes fine detail (the
-  Laplacian) much more than coarse contrast, and the ratio does not change
-  with exposure or gain. Green carries most of the detail in both WLI and NBI.
+  Laplacian) much more than coarse contrast, and the ratio does not change with
+  gain. Green carries most of the detail in both WLI and NBI.
 - `glare_fraction`: share of pixels whose darkest channel is at least
   `GLARE_LEVEL` (saturated white in every channel: specular reflection on
   saliva or mucosa; brown/teal NBI and red WLI tissue never are).
@@ -32,6 +34,9 @@ from endofuse.errors import InvalidInputError
 CENTRE = 0.6  # the measured box: the middle 60% of each side (inside an octagon cut at 20% of the side)
 SAMPLE_SIDE = 128
 GLARE_LEVEL = 235
+# Laplacian variance of noise, not detail: 20 sigma^2 for white noise of sigma ~0.7 levels. Without it the
+# compression noise of an mp4 lifts heavily blurred frames to the level of the softest sharp real frames.
+NOISE_LAPLACIAN_VAR = 10.0
 
 BLUR, GLARE, DARK = "blur", "glare", "dark"
 
@@ -42,14 +47,15 @@ class QualityThresholds:
 
     Measured on the 10 real sample frames at their own resolution (710-1726 px wide):
 
-    - `min_sharpness` 0.01: the originals measure 0.025-1.9; a Gaussian blur of sigma 1% of the image side
-      (8-11 px, a moderate motion blur) takes them to 0.001-0.005.
+    - `min_sharpness` 0.008: the originals measure 0.022-1.9; a Gaussian blur of sigma 1% of the image side
+      (8-11 px, a moderate motion blur) takes them to 0 (the synthetic recording's blurred frames, after
+      mp4v compression: at most 0.006; its sharp frames at least 0.05).
     - `max_glare_fraction` 0.16: the originals have 0-13% saturated pixels in the centre (the glariest is an
       informative WLI frame of wet mucosa); six glare spots over about a quarter of the centre give 20-30%.
     - `min_brightness` 60: the originals measure 99-172 in the centre; at a quarter of their exposure 24-42.
     """
 
-    min_sharpness: float = 0.01
+    min_sharpness: float = 0.008
     max_glare_fraction: float = 0.16
     min_brightness: float = 60.0
 
@@ -86,7 +92,7 @@ def assess_quality(content_bgr: np.ndarray, thresholds: QualityThresholds = Qual
     green = sample[..., 1].astype(np.float32)
     brightness = float(sample.mean())
     lap = cv2.Laplacian(green, cv2.CV_32F)
-    sharpness = float(lap.var() / max(float(green.var()), 1.0))
+    sharpness = max(0.0, float(lap.var()) - NOISE_LAPLACIAN_VAR) / max(float(green.var()), 1.0)
     glare_fraction = float((sample.min(axis=2) >= GLARE_LEVEL).mean())
     flags = []
     if sharpness < thresholds.min_sharpness:
