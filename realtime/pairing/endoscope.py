@@ -165,7 +165,7 @@ class EndoscopeStage:
         quality = self._quality(wli_crop)
         mode = FUSED if quality.ok else HOLD
         self.quality_held += not quality.ok
-        placed = ContentArea(area.x + x, area.y + y, area.w, area.h, getattr(area, "outline", ()))
+        placed = dataclasses.replace(area, x=area.x + x, y=area.y + y)  # in output-frame pixels
         return EndoscopeFrame(mode, WLI, placed, quality_flags=quality.flags), wli_crop, nbi_crop
 
     def _quality(self, crop: np.ndarray):
@@ -193,13 +193,10 @@ class EndoscopeStage:
         return mask, overlay, (post - started) * 1000, (now() - post) * 1000
 
     def _shape_mask(self, area: ContentArea) -> np.ndarray:
-        """The content area's shape in crop pixels (bool h x w), kept per area: areas change rarely."""
-        mask = self._shape_masks.get(area)
-        if mask is None:
-            box = (area.y + area.h, area.x + area.w)
-            mask = area.inside(box)[area.y:, area.x:]
-            self._shape_masks = {area: mask}
-        return mask
+        """`area.shape_mask()`, kept for the current area: areas change rarely, frames come 30 a second."""
+        if area not in self._shape_masks:
+            self._shape_masks = {area: area.shape_mask()}
+        return self._shape_masks[area]
 
     @staticmethod
     def hud_info(decided: EndoscopeFrame, base: HudInfo) -> HudInfo:
