@@ -90,12 +90,13 @@ def test_modality_of_real_frames_inside_a_processor_output(sample_images):
 
 def test_modality_rule_against_numpy_statistics():
     """Flat colours: the ratio is sum(R) / sum(G), black and white pixels excluded, cut points as documented."""
-    img = np.zeros((90, 120, 3), np.uint8)
-    img[:, :60] = (100, 100, 150)  # R/G 1.5
-    img[:, 60:90] = (90, 120, 96)  # R/G 0.8
-    img[:, 90:100] = 255  # glare: excluded
-    reading = read_modality(img)  # by hand, per row: (60 * 150 + 30 * 96) / (60 * 100 + 30 * 120)
-    assert reading.rg_ratio == pytest.approx(11880 / 9600, rel=1e-6)
+    # 96 columns, sampled every 3rd: blocks of multiples of 3 keep the full image's proportions in the sample
+    img = np.zeros((32, 96, 3), np.uint8)
+    img[:, :48] = (100, 100, 150)  # R/G 1.5
+    img[:, 48:72] = (90, 120, 96)  # R/G 0.8
+    img[:, 72:84] = 255  # glare: excluded; 84:96 stays black: excluded
+    reading = read_modality(img)  # by hand, per row: (48 * 150 + 24 * 96) / (48 * 100 + 24 * 120)
+    assert reading.rg_ratio == pytest.approx(9504 / 7680, rel=1e-6)
     assert reading.label == TRANSITION and reading.brightness == pytest.approx(img.mean(), rel=1e-6)
     assert read_modality(np.full((50, 50, 3), (100, 100, 140), np.uint8)).label == WLI  # 1.40
     assert read_modality(np.full((50, 50, 3), (100, 100, 115), np.uint8)).label == NBI  # 1.15

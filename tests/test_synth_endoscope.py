@@ -12,6 +12,7 @@ from endofuse import cli
 from endofuse.errors import InvalidOptionError
 from endofuse.model.synthetic_endoscope import SyntheticEndoscope
 from endofuse.realtime.input.content_area import ContentAreaTracker
+from endofuse.realtime.input.frame_analysis import FrameAnalyzer
 from endofuse.realtime.input.quality import assess_quality
 from endofuse.realtime.modality import NBI, TRANSITION, WLI, ModalityTracker, read_modality
 
@@ -91,14 +92,36 @@ def test_modes_look_like_the_real_sample_in_colour(clip):
             assert (1.51 <= rg <= 1.90) if row["modality"] == WLI else (0.66 <= rg <= 1.09), (row, rg)
 
 
-def test_rendered_frames_quality_is_the_truth():
+@pytest.fixture(scope="module")
+def rendered():
     clip = SyntheticEndoscope(60, size=(360, 640), seed=2)
-    for row in clip.truth_rows():
+    return clip.truth_rows(), [clip.render(i)[0] for i in range(clip.frames)]
+
+
+def test_rendered_frames_quality_is_the_truth(rendered):
+    for row, frame in zip(*rendered, strict=True):
         if row["modality"] != TRANSITION:
-            frame, _ = clip.render(row["frame"])
             crop = frame[row["y"]:row["y"] + row["h"], row["x"]:row["x"] + row["w"]]
             quality = assess_quality(crop)
             assert (row["defect"] in quality.flags) if row["defect"] else quality.ok, (row, quality)
+
+
+def test_frame_analyzer_marks_what_is_worth_segmenting(rendered):
+    """Segmentable = settled mode (the hand rule of test_analysis_follows_the_truth) and informative in truth."""
+    rows, frames = rendered
+    analyzer = FrameAnalyzer()
+    for i, (row, frame) in enumerate(zip(rows, frames, strict=True)):
+        a = analyzer.analyze(frame)
+        assert (a.area.x, a.area.y, a.area.w, a.area.h) == (row["x"], row["y"], row["w"], row["h"])
+        settled = i >= 2 and row["modality"] != TRANSITION and rows[i - 1]["modality"] != TRANSITION
+        assert a.segmentable is (settled and row["informative"] == 1), row
+        assert a.modality == (row["modality"] if settled else TRANSITION)
+        assert a.crop(frame).shape[:2] == (row["h"], row["w"])
+    summary = analyzer.summary()
+    defects = [r["defect"] for r in rows]
+    assert summary["modality"]["switches"] == 2 and summary["content_area"]["redetections"] == 0
+    assert summary["quality"]["frames"] == 60
+    assert summary["quality"]["blur"] >= defects.count("blur") and summary["quality"]["glare"] == defects.count("glare")
 
 
 def test_a_zoom_mid_clip_is_one_layout_change():

@@ -195,12 +195,16 @@ class ContentAreaTracker:
         self._bands = _check_bands(area, shape)
 
     def _layout_changed(self, frame_bgr: np.ndarray) -> bool:
-        outside, inside, centre, elsewhere = (
-            float((_brightest_channel(frame_bgr[ys, xs][None])[0] > DETECT_LEVEL).mean()) if len(ys) else 0.0
-            for ys, xs in self._bands)
-        grew = outside > GREW_FRACTION
-        shrank = (1 - inside) > SHRANK_FRACTION and (centre > CENTRE_LIT_FRACTION or elsewhere > ELSEWHERE_LIT_FRACTION)
-        return bool(grew or shrank)
+        def lit(band) -> float:
+            ys, xs = band
+            return float((frame_bgr[ys, xs].max(axis=1) > DETECT_LEVEL).mean()) if len(ys) else 0.0
+
+        outside, inside, centre, elsewhere = self._bands
+        if lit(outside) > GREW_FRACTION:
+            return True
+        # the centre and the rest of the frame are read only when the inside band has gone black
+        return (1 - lit(inside)) > SHRANK_FRACTION and (lit(centre) > CENTRE_LIT_FRACTION
+                                                         or lit(elsewhere) > ELSEWHERE_LIT_FRACTION)
 
     def summary(self) -> dict:
         """For the run report: the spec, the current area, detections after the first, changes."""

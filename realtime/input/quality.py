@@ -88,12 +88,14 @@ def assess_quality(content_bgr: np.ndarray, thresholds: QualityThresholds = Qual
     """Measure one content-area crop (BGR uint8) and flag blur, glare and underexposure."""
     if content_bgr.ndim != 3 or content_bgr.shape[2] != 3 or min(content_bgr.shape[:2]) < 8:
         raise InvalidInputError(f"assess_quality needs an HxWx3 BGR image of at least 8x8, got {content_bgr.shape}")
-    sample = centre_sample(content_bgr)
-    green = sample[..., 1].astype(np.float32)
+    sample = np.ascontiguousarray(centre_sample(content_bgr))  # one small gather, then per-channel views
+    b, g, r = sample[..., 0], sample[..., 1], sample[..., 2]
+    green = g.astype(np.float32)
     brightness = float(sample.mean())
-    lap = cv2.Laplacian(green, cv2.CV_32F)
-    sharpness = max(0.0, float(lap.var()) - NOISE_LAPLACIAN_VAR) / max(float(green.var()), 1.0)
-    glare_fraction = float((sample.min(axis=2) >= GLARE_LEVEL).mean())
+    _, lap_std = cv2.meanStdDev(cv2.Laplacian(green, cv2.CV_32F))
+    _, green_std = cv2.meanStdDev(green)
+    sharpness = max(0.0, float(lap_std[0, 0]) ** 2 - NOISE_LAPLACIAN_VAR) / max(float(green_std[0, 0]) ** 2, 1.0)
+    glare_fraction = float((np.minimum(np.minimum(b, g), r) >= GLARE_LEVEL).mean())
     flags = []
     if sharpness < thresholds.min_sharpness:
         flags.append(BLUR)
