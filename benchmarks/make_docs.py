@@ -98,13 +98,14 @@ def product_bench_tables(rec: dict) -> list[dict]:
 
 def endoscope_tables(endo: dict) -> list[dict]:
     """The `endofuse bench --endoscope` part: analysis CPU cost per frame, the pipeline beside two inputs."""
-    cost = [[step.replace("_", " "), p["p50"], p["p90"], p["p99"], p["mean"]]
-            for step, p in endo["analysis_cpu_ms"].items()]
+    from endofuse.realtime.commands.bench import endoscope_cost_rows
+
+    cost = endoscope_cost_rows(endo["analysis_cpu_ms"])
     modes = [[name, m["fps"], endo["vs_two_input"].get(name), m["latency_ms"]["p50"], m["latency_ms"]["p99"],
               m["dropped"], ", ".join(f"{k} {v}" for k, v in m["mode_counts"].items())]
              for name, m in endo["modes"].items()]
     return [table(f"one endoscope stream ({endo['source']}): analysis CPU ms per frame",
-                  ["step", "p50", "p90", "p99", "mean"], cost,
+                  ["step", "p50", "p99", "mean"], cost,
                   "thread CPU time, one OpenCV thread (as in the pipeline), frames in stream order"),
             table("one endoscope stream through the pipeline, beside the two-input pipeline above",
                   ["mode", "frames/s", "x two-input", "p50 ms", "p99 ms", "dropped", "modes"], modes,

@@ -8,10 +8,11 @@
 3. modes.paced: the same, fed like a camera at `--paced-fps` (latest-frame-wins).
 efficiency = max-mode fps / engine-only fps (1.0: the pipeline costs no throughput).
 4. with `--endoscope SRC` (`synthetic[:SEED]`: a synthetic processor output, or a
-   recording): the CPU time per frame of the endoscope analysis (content area,
-   modality, quality gate, view signature; thread CPU time, one OpenCV thread as
-   in the pipeline) and the pipeline on that one stream in both modes, beside
-   the two-input numbers above (`endoscope.vs_two_input`: fps ratio per mode).
+   recording): the CPU time per frame of the endoscope analysis
+   (`FrameAnalyzer.analyze`: content area, modality, quality gate; and the NBI
+   memory's view signature; thread CPU time, one OpenCV thread as in the
+   pipeline) and the pipeline on that one stream in both modes, beside the
+   two-input numbers above (`endoscope.vs_two_input`: fps ratio per mode).
 
 Frames are decoded or rendered once into a ring of up to `--ring` frames held
 in memory and replayed, so the measurement is of the pipeline, not of the
@@ -138,38 +139,28 @@ def load_endoscope_ring(source: str, count: int) -> tuple[list[np.ndarray], str]
     return frames, f"{source} ({w}x{h}, first {len(frames)} frames)"
 
 
-def time_endoscope_analysis(ring: list[np.ndarray], frames: int) -> dict:
-    """CPU ms per frame of each analysis step, run in stream order over the ring (as the stage runs them)."""
+def time_endoscope_analysis(ring: list[np.ndarray], rounds: int = 3) -> dict:
+    """CPU ms per frame: `FrameAnalyzer.analyze` and its stages (`frame_analysis.time_analysis`), and the NBI
+    memory's view signature on the same crops; one OpenCV thread, as the pipeline runs."""
     import time
 
     import cv2
 
-    from endofuse.realtime.input.content_area import ContentAreaTracker
-    from endofuse.realtime.input.quality import assess_quality
-    from endofuse.realtime.modality import ModalityTracker
+    from endofuse.realtime.input.content_area import detect_content_area
+    from endofuse.realtime.input.frame_analysis import time_analysis
     from endofuse.realtime.pairing.nbi_memory import view_signature
 
     previous = cv2.getNumThreads()
-    cv2.setNumThreads(1)  # as the pipeline runs (PipelineConfig.opencv_threads)
-    areas, modality = ContentAreaTracker(), ModalityTracker()
-    steps = {"content_area": [], "modality": [], "quality_gate": [], "view_signature": [], "total": []}
+    cv2.setNumThreads(1)  # PipelineConfig.opencv_threads
     try:
-        for i in range(frames):
-            image = ring[i % len(ring)]
-            t0 = time.thread_time()
-            crop = areas.update(image).crop(image)
-            t1 = time.thread_time()
-            modality.update(crop)
-            t2 = time.thread_time()
-            assess_quality(crop)
-            t3 = time.thread_time()
-            view_signature(crop)
-            t4 = time.thread_time()
-            for key, seconds in zip(steps, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0), strict=True):
-                steps[key].append(seconds * 1000)
+        analysis = time_analysis(ring, rounds)
+        area = detect_content_area(ring[0])
+        crops = itertools.cycle([area.crop(f) for f in ring])
+        view = time_calls(lambda: view_signature(next(crops)), len(ring) * rounds, warmup=len(ring),
+                          clock=time.thread_time)
     finally:
         cv2.setNumThreads(previous)
-    return {key: percentiles(values) for key, values in steps.items()}
+    return {**analysis, "view_signature_ms": percentiles(view)}
 
 
 def bench_endoscope(engine, ring: list[np.ndarray], frames: int, warmup: int, live: bool, fps: float) -> dict:
@@ -187,7 +178,7 @@ def bench_endoscope(engine, ring: list[np.ndarray], frames: int, warmup: int, li
 
 def run_endoscope_bench(args: argparse.Namespace, engine, two_input: dict) -> dict:
     ring, described = load_endoscope_ring(args.endoscope, max(1, args.ring))
-    analysis = time_endoscope_analysis(ring, args.frames)
+    analysis = time_endoscope_analysis(ring)
     modes = {name: bench_endoscope(engine, ring, args.frames, args.warmup, live, args.paced_fps)
              for name, live in (("max", False), ("paced", True))}
     return {"spec": args.endoscope, "source": described, "analysis_cpu_ms": analysis, "modes": modes,
@@ -283,14 +274,25 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def endoscope_cost_rows(cost: dict) -> list[list]:
+    """[step, p50, p99, mean] rows of the analysis' CPU ms per frame (also docs/benchmarks.md's table)."""
+    rows = [["content area + modality + quality gate (FrameAnalyzer.analyze)", *(cost["per_frame_ms"][k]
+                                                                              for k in ("p50", "p99", "mean"))]]
+    rows += [[f"  {stage} alone", *(ms[k] for k in ("p50", "p99", "mean"))] for stage, ms in cost["stages_ms"].items()]
+    view = cost["view_signature_ms"]
+    rows.append(["view signature (NBI memory, WLI frames)", view["p50"], view["p99"], view["mean"]])
+    # sums of the two parts' p50 and mean (a sum of p99s is no p99 of the sum)
+    rows.append(["both, summed", cost["per_frame_ms"]["p50"] + view["p50"], None,
+                 cost["per_frame_ms"]["mean"] + view["mean"]])
+    return rows
+
+
 def endoscope_table(endo: dict) -> list[str]:
     """The `--endoscope` part of the printed table: the analysis' CPU cost and the pipeline beside two inputs."""
-    cost = endo["analysis_cpu_ms"]
     lines = [f"one endoscope stream: {endo['source']}", "",
-             "| analysis step (CPU ms per frame) | p50 | p90 | p99 | mean |", "|---|---|---|---|---|"]
-    for step, p in cost.items():
-        lines.append(f"| {step.replace('_', ' ')} | {p['p50']:.3f} | {p['p90']:.3f} | {p['p99']:.3f} | "
-                     f"{p['mean']:.3f} |")
+             "| analysis step (CPU ms per frame) | p50 | p99 | mean |", "|---|---|---|---|"]
+    lines += [f"| {step.strip()} | {p50:.3f} | {'-' if p99 is None else f'{p99:.3f}'} | {mean:.3f} |"
+              for step, p50, p99, mean in endoscope_cost_rows(endo["analysis_cpu_ms"])]
     lines += ["", "| endoscope mode | frames/s | x two-input | p50 ms | p99 ms | dropped | modes |",
               "|---|---|---|---|---|---|---|"]
     for name, m in endo["modes"].items():

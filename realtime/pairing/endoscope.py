@@ -3,8 +3,8 @@
 `EndoscopeStage.prepare(frame)` runs in the capture thread, once per frame in
 order (the trackers and the memory are stateful):
 
-    frame -> content area (ContentAreaTracker) -> crop -> modality (ModalityTracker)
-          -> quality gate (assess_quality) -> view signature (WLI frames) -> NbiMemory
+    frame -> FrameAnalyzer (content area, crop, modality, quality gate)
+          -> view signature (WLI frames) -> NbiMemory
           -> model inputs of the crops that will be segmented
 
 `single` layout: the mode comes from `NbiMemory` (FUSED-MEMORY, WLI-ONLY, NBI,
@@ -17,16 +17,16 @@ belong to).
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from endofuse.realtime.input.content_area import ContentArea, ContentAreaTracker
+from endofuse.realtime.input.frame_analysis import FrameAnalyzer
 from endofuse.realtime.input.layout import parse_layout, split_side_by_side
-from endofuse.realtime.input.quality import QualityThresholds, assess_quality
-from endofuse.realtime.modality import NBI, TRANSITION, WLI, ModalityTracker
+from endofuse.realtime.input.quality import QualityThresholds
+from endofuse.realtime.modality import NBI, TRANSITION, WLI
 from endofuse.realtime.output.overlay import HudInfo, OverlayStyle, draw_hud
 from endofuse.realtime.pairing.nbi_memory import (
     DEFAULT_NBI_MEMORY_S,
@@ -109,12 +109,12 @@ class EndoscopeStage:
         self.config = config
         self.layout = parse_layout(config.layout)
         self.side_by_side = self.layout.side_by_side
-        self.areas = ContentAreaTracker(config.content_area)
+        # content area + modality + quality gate of the (WLI) view; in side-by-side layouts only the
+        # content area of the NBI half is needed
+        self.analyzer = FrameAnalyzer(config.content_area, config.switch_frames, config.quality)
         self.nbi_areas = ContentAreaTracker(config.content_area) if self.side_by_side else None
-        self.modality = ModalityTracker(config.switch_frames)
         self.memory = NbiMemory(MemoryPolicy(config.nbi_memory_s, config.view_gate))
-        self.quality_flags: collections.Counter = collections.Counter()
-        self.quality_held = 0
+        self.quality_held = 0  # settled frames held because the quality gate flagged them
         self.frames = 0
         self._shape_masks: dict[ContentArea, np.ndarray] = {}
 
@@ -140,13 +140,12 @@ class EndoscopeStage:
         return decided
 
     def _single(self, frame) -> tuple[EndoscopeFrame, np.ndarray, object]:
-        image = frame.image
-        area = self.areas.update(image)
-        crop = area.crop(image)
-        modality = self.modality.update(crop)
-        quality = self._quality(crop) if modality != TRANSITION else None
-        flags = () if quality is None else quality.flags
-        usable = quality is None or quality.ok
+        analysis = self.analyzer.analyze(frame.image)
+        area, modality = analysis.area, analysis.modality
+        crop = area.crop(frame.image)
+        settled = modality != TRANSITION  # a transition frame is held whatever its quality
+        flags = analysis.quality.flags if settled else ()
+        usable = not settled or analysis.quality.ok
         view = view_signature(crop) if modality == WLI and usable and self.memory.policy.view_gate > 0 else None
         remembered = Remembered(frame.index, crop) if modality == NBI else None
         decision = self.memory.update(modality, frame.sync_time, remembered, view, usable)
@@ -160,18 +159,13 @@ class EndoscopeStage:
     def _side_by_side(self, image: np.ndarray) -> tuple[EndoscopeFrame, np.ndarray, np.ndarray]:
         wli_half, nbi_half = split_side_by_side(image, self.layout)
         x, y = _offset(image, wli_half)
-        area = self.areas.update(wli_half)
+        analysis = self.analyzer.analyze(wli_half)
+        area, quality = analysis.area, analysis.quality
         wli_crop, nbi_crop = area.crop(wli_half), self.nbi_areas.update(nbi_half).crop(nbi_half)
-        quality = self._quality(wli_crop)
         mode = FUSED if quality.ok else HOLD
         self.quality_held += not quality.ok
         placed = dataclasses.replace(area, x=area.x + x, y=area.y + y)  # in output-frame pixels
         return EndoscopeFrame(mode, WLI, placed, quality_flags=quality.flags), wli_crop, nbi_crop
-
-    def _quality(self, crop: np.ndarray):
-        quality = assess_quality(crop, self.config.quality)
-        self.quality_flags.update(quality.flags)
-        return quality
 
     # -- output thread -----------------------------------------------------
     def finish(self, decided: EndoscopeFrame, logits, image: np.ndarray, style: OverlayStyle,
@@ -206,14 +200,14 @@ class EndoscopeStage:
     # -- report ------------------------------------------------------------
     def summary(self) -> dict:
         memory = self.memory.summary()
+        analysis = self.analyzer.summary()  # content_area, modality, quality (flag counts over every frame)
+        analysis["quality"]["held"] = self.quality_held
         return {
             "layout": self.config.layout,
-            "modality": self.modality.summary(),
-            "switches": self.modality.switches,
+            **analysis,
+            "switches": self.analyzer.modality.switches,
             "memory": {k: memory[k] for k in ("nbi_memory_s", "view_gate", "memory_age_ms", "view_gate_fallbacks",
                                               "wli_only_reasons", "nbi_looks")},
-            "content_area": self.areas.summary(),
-            "quality": {"held": self.quality_held, "flags": dict(self.quality_flags)},
         }
 
 
