@@ -91,7 +91,25 @@ def product_bench_tables(rec: dict) -> list[dict]:
         if verdict:
             note += "".join(f"\n\nScheduler, {mode} mode: {verdict[mode]['why']}." for mode in ("max", "paced"))
         tables.append(table("the same frames and engine as a Holoscan graph", columns, rows, note))
+    if rec.get("endoscope"):  # `--endoscope SRC`: one endoscope stream's analysis cost and pipeline
+        tables += endoscope_tables(rec["endoscope"])
     return tables
+
+
+def endoscope_tables(endo: dict) -> list[dict]:
+    """The `endofuse bench --endoscope` part: analysis CPU cost per frame, the pipeline beside two inputs."""
+    from endofuse.realtime.commands.bench import endoscope_cost_rows
+
+    cost = endoscope_cost_rows(endo["analysis_cpu_ms"])
+    modes = [[name, m["fps"], endo["vs_two_input"].get(name), m["latency_ms"]["p50"], m["latency_ms"]["p99"],
+              m["dropped"], ", ".join(f"{k} {v}" for k, v in m["mode_counts"].items())]
+             for name, m in endo["modes"].items()]
+    return [table(f"one endoscope stream ({endo['source']}): analysis CPU ms per frame",
+                  ["step", "p50", "p99", "mean"], cost,
+                  "thread CPU time, one OpenCV thread (as in the pipeline), frames in stream order"),
+            table("one endoscope stream through the pipeline, beside the two-input pipeline above",
+                  ["mode", "frames/s", "x two-input", "p50 ms", "p99 ms", "dropped", "modes"], modes,
+                  "x two-input = this mode's frames/s / the two-input pipeline's pairs/s in the same mode, same run")]
 
 
 def normalise(name: str, rec: dict) -> dict:
@@ -100,8 +118,9 @@ def normalise(name: str, rec: dict) -> dict:
         return rec
     if "engine_only" in rec and "modes" in rec:
         runtime = f" --runtime {rec['runtime']}" if rec.get("runtime", "native") != "native" else ""
-        command = rec.get("command") or (f"endofuse bench{runtime} --engine {rec['engine']} --frames {rec['frames']} "
-                                         f"--json benchmarks/results/{name}")
+        endoscope = f" --endoscope {rec['endoscope']['spec']}" if rec.get("endoscope") else ""
+        command = rec.get("command") or (f"endofuse bench{runtime} --engine {rec['engine']} --frames {rec['frames']}"
+                                         f"{endoscope} --json benchmarks/results/{name}")
         title = "Pipeline: engine alone vs the whole live pipeline"
         if rec.get("holoscan"):
             title = "Pipeline: the native runtime and the Holoscan graph"

@@ -1,4 +1,4 @@
-"""The Gradio 6 app: tabs "Image pair", "Video pair" and "Live", a model/engine
+"""The Gradio 6 app: tabs "Image pair", "Video pair", "Endoscope recording" and "Live", a model/engine
 picker, an overlay opacity slider and an about box.
 
 `build_app` only lays out components and wires events; the work is done by the
@@ -25,7 +25,7 @@ from endofuse.demo.uploads import (
     checked_image,
     refuse_remote_files,
 )
-from endofuse.demo.video import process_video_pair
+from endofuse.demo.video import process_endoscope_video, process_video_pair
 from endofuse.errors import InvalidOptionError
 
 DEFAULT_ALPHA = 0.45
@@ -99,6 +99,8 @@ def build_app(checkpoint: str | None = None, engine: str = "auto", *, opener: En
                 _image_pair_tab(engines, picker, examples, latest, keep)
             with gr.Tab("Video pair", id="video_pair"):
                 _video_pair_tab(engines, picker, out_root, build_pipeline)
+            with gr.Tab("Endoscope recording", id="endoscope_recording"):
+                _endoscope_tab(engines, picker, out_root, build_pipeline)
             with gr.Tab("Live", id="live"):
                 _live_tab(engines, picker, latest, keep)
             with gr.Tab("Classify & search", id="classify_search"):
@@ -172,15 +174,41 @@ def _video_pair_tab(engines: EngineCache, picker: list, out_root: Path, build_pi
     max_frames = gr.Slider(10, 3000, value=300, step=10, label="Frames to process", elem_id="max_frames")
     button = gr.Button("Process videos", variant="primary", elem_id="video_button")
     status = gr.Textbox(label="Status", elem_id="video_status", lines=3, interactive=False)
-    preview = gr.Image(label="Overlay, live while processing", streaming=True, format="jpeg",
-                       interactive=False, elem_id="video_preview", height=360)
-    with gr.Row():
-        video = gr.Video(label="Overlaid video", elem_id="overlay_video", interactive=False, height=360)
-        report = gr.File(label="report.json", elem_id="report_file", interactive=False)
-    cdf = gr.Plot(label="Latency CDF", elem_id="latency_cdf")
+    outputs = _video_outputs()
     handler = functools.partial(_video_handler, engines, out_root, build_pipeline)
-    button.click(handler, inputs=[wli, nbi, *picker, max_frames], outputs=[preview, video, report, cdf, status],
+    button.click(handler, inputs=[wli, nbi, *picker, max_frames], outputs=[*outputs, status],
                  api_name="process_video", concurrency_limit=1)
+
+
+def _video_outputs(prefix: str = "") -> list:
+    """The video tabs' outputs: live preview, overlaid video, report.json, latency CDF (status is the caller's)."""
+    preview = gr.Image(label="Overlay, live while processing", streaming=True, format="jpeg",
+                       interactive=False, elem_id=f"{prefix}video_preview", height=360)
+    with gr.Row():
+        video = gr.Video(label="Overlaid video", elem_id=f"{prefix}overlay_video", interactive=False, height=360)
+        report = gr.File(label="report.json", elem_id=f"{prefix}report_file", interactive=False)
+    cdf = gr.Plot(label="Latency CDF", elem_id=f"{prefix}latency_cdf")
+    return [preview, video, report, cdf]
+
+
+def _endoscope_tab(engines: EngineCache, picker: list, out_root: Path, build_pipeline) -> None:
+    gr.Markdown("One recording of the processor's output, switched by hand between WLI and NBI: each WLI frame "
+                "is fused with the NBI view remembered from the last NBI look (FUSED-MEMORY) while the scope "
+                "stays at the same place, WLI-ONLY elsewhere; NBI and held frames get no mask.")
+    recording = refuse_remote_files(gr.File(label="Endoscope recording", file_types=VIDEO_FILE_TYPES,
+                                            elem_id="endoscope_video"))
+    max_frames = gr.Slider(10, 3000, value=300, step=10, label="Frames to process", elem_id="endoscope_max_frames")
+    button = gr.Button("Process recording", variant="primary", elem_id="endoscope_button")
+    status = gr.Textbox(label="Status", elem_id="endoscope_status", lines=3, interactive=False)
+    outputs = _video_outputs("endoscope_")
+    handler = functools.partial(_endoscope_handler, engines, out_root, build_pipeline)
+    button.click(handler, inputs=[recording, *picker, max_frames], outputs=[*outputs, status],
+                 api_name="process_endoscope", concurrency_limit=1)
+
+
+def _endoscope_handler(engines, out_root, build_pipeline, recording, alpha, model_label, backend, max_frames):
+    yield from process_endoscope_video(engines, recording, alpha, model_label, backend, int(max_frames), out_root,
+                                       build_pipeline=build_pipeline)
 
 
 def _video_handler(engines, out_root, build_pipeline, wli, nbi, alpha, model_label, backend, max_frames):

@@ -1,6 +1,7 @@
-"""The "Video pair" handler: run the realtime pipeline over two uploaded videos,
-stream the overlaid frames while they are processed, then offer the full
-overlaid video, report.json and a latency CDF.
+"""The "Video pair" and "Endoscope recording" handlers: run the realtime pipeline over
+two uploaded videos (WLI, NBI) or one recording of a processor output switched by
+hand between WLI and NBI, stream the overlaid frames while they are processed,
+then offer the full overlaid video, report.json and a latency CDF.
 """
 from __future__ import annotations
 
@@ -72,7 +73,12 @@ def summary_text(report: dict, video_name: str) -> str:
         counted = report.get("counted_frames", "?")
         lines.append(f"latency over {counted} frames after warm-up: "
                      + ", ".join(f"{k} {latency[k]:.1f} ms" for k in ("p50", "p90", "p99", "max") if k in latency))
-    if "paired" in report:
+    if "endoscope" in report:  # one recording: frames per mode, switches, how old the NBI memory was
+        age = report["endoscope"]["memory"]["memory_age_ms"].get("p50")
+        lines.append("modes: " + ", ".join(f"{m} {n}" for m, n in report.get("modes", {}).items() if n)
+                     + f"; {report['endoscope']['switches']} WLI/NBI switches"
+                     + ("" if age is None or age != age else f"; NBI memory age p50 {age / 1000:.1f} s"))
+    elif "paired" in report:
         lines.append(f"pairs: {report['paired']} fused, {report.get('stale_pairs', 0)} stale, "
                      f"{report.get('nbi_missing', 0)} without NBI (WLI-ONLY); "
                      f"fps {report.get('fps', float('nan')):.1f}")
@@ -90,14 +96,33 @@ def process_video_pair(engines: EngineCache, wli_video: str | None, nbi_video: s
     if wli_path is None:
         raise gr.Error("Upload a WLI video first (the NBI video is optional).")
     nbi_path = check_video_upload(nbi_video, "NBI video")
+    yield from _process(engines, model_label, backend, wli_path, out_root, build_pipeline,
+                        lambda build, engine: build(wli_path, nbi_path, engine, live=False, alpha=float(alpha),
+                                                    frames=int(max_frames)))
+
+
+def process_endoscope_video(engines: EngineCache, video: str | None, alpha: float, model_label: str, backend: str,
+                            max_frames: int, out_root: Path, build_pipeline=None):
+    """Generator for the "Endoscope recording" tab: one processor output, WLI and NBI switched by hand
+    (`build_pipeline(endoscope=...)`: content area, modality, quality gate, NBI memory); same outputs."""
+    path = check_video_upload(video, "Endoscope recording")
+    if path is None:
+        raise gr.Error("Upload a recording of the processor output first.")
+    yield from _process(engines, model_label, backend, path, out_root, build_pipeline,
+                        lambda build, engine: build(engine=engine, endoscope=path, live=False, alpha=float(alpha),
+                                                    frames=int(max_frames)))
+
+
+def _process(engines: EngineCache, model_label: str, backend: str, video_path: str, out_root: Path, build_pipeline,
+             make_pipeline):
+    """Run `make_pipeline(build_pipeline, engine)` to the end; yields what the video tabs show."""
     out_dir = Path(tempfile.mkdtemp(prefix="video-", dir=out_root))
-    writer = OverlayVideoWriter(out_dir / f"overlay{VIDEO_SUFFIX}", video_fps(wli_path))
+    writer = OverlayVideoWriter(out_dir / f"overlay{VIDEO_SUFFIX}", video_fps(video_path))
     latencies: list[float] = []
     last_preview = 0.0
     try:
         engine = engines.get(model_label, backend)
-        pipeline = (build_pipeline or default_build_pipeline())(wli_path, nbi_path, engine, live=False,
-                                                                 alpha=float(alpha), frames=int(max_frames))
+        pipeline = make_pipeline(build_pipeline or default_build_pipeline(), engine)
         for result in pipeline:  # iterating to the end also closes the pipeline
             writer.write(result.overlay)
             latencies.append(float(result.latency_ms))
@@ -111,7 +136,7 @@ def process_video_pair(engines: EngineCache, wli_video: str | None, nbi_video: s
     finally:
         writer.close()
     if not latencies:
-        raise gr.Error(f"WLI video '{Path(wli_path).name}' gave no frames")
+        raise gr.Error(f"video '{Path(video_path).name}' gave no frames")
     report_path = out_dir / "report.json"
     write_json(report_path, finite_or_none(report))  # strict JSON: null where a statistic is undefined
     # The CDF shows the frames the report's percentiles count (warm-up frames excluded).

@@ -164,6 +164,10 @@ class TemporalMetrics:
             self.labelled.append(bool(label.any()))
             self.hit.append(bool((mask & label).any()))
 
+    def break_sequence(self) -> None:
+        """The next mask does not follow the last one (a gap): no consecutive IoU or mTC across it."""
+        self._previous = None
+
     @property
     def frames(self) -> int:
         return len(self.shown)

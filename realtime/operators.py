@@ -31,6 +31,7 @@ class Prepared:
     model_input: object  # numpy (1, 3, H, W) float32, or a CUDA tensor
     trace: FrameTrace
     enqueued: float = 0.0
+    endoscope: object = None  # one endoscope stream: the stage's EndoscopeFrame (mode, crops' model inputs)
 
     @property
     def index(self) -> int:
@@ -79,15 +80,22 @@ class Operator:
 
 
 class CaptureOp(Operator):
-    """Source -> preprocess -> `out`. Stops after `max_frames` frames when given."""
+    """Source -> preprocess -> `out`. Stops after `max_frames` frames when given.
+
+    With an `endoscope` stage (`pairing.endoscope.EndoscopeStage`, one stream carrying both modes) the
+    stage analyses each frame in order and preprocesses only the crops it will segment.
+    """
 
     def __init__(self, name: str, source: Source, out: FrameQueue, input_size: tuple[int, int], device,
-                 fail, max_frames: int | None = None, lost: Callable[[Exception], None] | None = None) -> None:
+                 fail, max_frames: int | None = None, lost: Callable[[Exception], None] | None = None,
+                 endoscope=None) -> None:
         super().__init__(name, fail)
         self.source, self.out, self.input_size, self.device = source, out, input_size, device
-        self.max_frames, self.lost = max_frames, lost
+        self.max_frames, self.lost, self.endoscope = max_frames, lost, endoscope
         self.frames = 0
         self.latest: Frame | None = None  # the newest frame read: what `--overlay-timing live` draws on
+        # one endoscope stream: (newest frame, its EndoscopeFrame), set together once analysed
+        self.latest_endoscope: tuple | None = None
         self.sizes_seen: set[tuple[int, int]] = set()
 
     def run(self) -> None:
@@ -107,11 +115,18 @@ class CaptureOp(Operator):
             self.latest = frame
             trace = FrameTrace(frame.capture_time, {"capture": frame.read_ms})
             started = now()
-            model_input = preprocess(frame.image, self.input_size, self.device)
+            model_input = decided = None
+            if self.endoscope is None:
+                model_input = preprocess(frame.image, self.input_size, self.device)
+            else:
+                decided = self.endoscope.prepare(frame, self.input_size, self.device)
+                self.latest_endoscope = (frame, decided)
+                trace.stages_ms["analyse"] = decided.analyse_ms
+                started += decided.analyse_ms / 1000  # preprocess = the crops' resize only
             trace.add("preprocess", started)
             self.sizes_seen.add(frame.image.shape[:2])
             self.frames += 1
-            if not self.out.put(Prepared(frame, model_input, trace, enqueued=now())):
+            if not self.out.put(Prepared(frame, model_input, trace, enqueued=now(), endoscope=decided)):
                 return  # closed downstream: the pipeline is stopping
 
     def finish(self) -> None:
@@ -144,18 +159,27 @@ class InferenceOp(Operator):
             except Closed:
                 return
             item.trace.add("queue", item.enqueued)
-            self._collect_nbi(item)
-            started = now()
-            pairing = self.sync.pair(item)
-            if pairing is None:
-                continue  # a WLI frame not newer than the last one: counted by the synchroniser
-            nbi_input = pairing.nbi.model_input if pairing.nbi is not None else None
-            logits = self.engine.infer(item.model_input, nbi_input)
-            item.trace.add("infer", started)
-            classification = None
-            if self.classifier is not None:
+            if item.endoscope is None:
+                self._collect_nbi(item)
                 started = now()
-                classification = self.classifier(item.model_input)
+                pairing = self.sync.pair(item)
+                if pairing is None:
+                    continue  # a WLI frame not newer than the last one: counted by the synchroniser
+                wli_input = item.model_input
+                nbi_input = pairing.nbi.model_input if pairing.nbi is not None else None
+            else:  # one endoscope stream: already paired (with itself) by the capture stage
+                started = now()
+                decided = item.endoscope
+                pairing = Pairing(item, None, decided.status, None)
+                wli_input, nbi_input = decided.wli_input, decided.nbi_input
+            logits = None  # NBI and HOLD frames of an endoscope stream get no mask
+            if wli_input is not None:
+                logits = self.engine.infer(wli_input, nbi_input)
+                item.trace.add("infer", started)
+            classification = None
+            if self.classifier is not None and wli_input is not None:
+                started = now()
+                classification = self.classifier(wli_input)
                 item.trace.add("classify", started)
             if not self.out.put(Inferred(item, pairing, logits, enqueued=now(), classification=classification)):
                 return

@@ -28,10 +28,13 @@ from endofuse.realtime.operators import CaptureOp, InferenceOp, Inferred
 from endofuse.realtime.output.overlay import HudInfo, OverlayStyle
 from endofuse.realtime.output.stabilise import StabiliseConfig, StabiliseStage
 from endofuse.realtime.output.timing import OverlayTiming
+from endofuse.realtime.pairing.nbi_memory import FUSED_MEMORY, NBI_VIEW
 from endofuse.realtime.pairing.sync import MISSING, PAIRED, STALE, Synchroniser, SyncPolicy
 from endofuse.realtime.queues import BLOCK, LATEST, Closed, FrameQueue, Timeout
 from endofuse.realtime.segment import FUSED, WLI_ONLY, engine_label, finish_frame
 from endofuse.realtime.tracing import LatencyStats, now
+
+MASK_MODES = (FUSED, FUSED_MEMORY, WLI_ONLY)  # the modes whose frames carry a mask
 
 
 @dataclass
@@ -41,7 +44,7 @@ class FrameResult:
     index: int
     overlay: np.ndarray
     mask: np.ndarray
-    mode: str  # FUSED or WLI-ONLY
+    mode: str  # FUSED or WLI-ONLY; one endoscope stream also FUSED-MEMORY, NBI, HOLD
     timings_ms: dict[str, float]
     latency_ms: float  # capture -> overlay ready (pacing waits excluded)
     frame: np.ndarray  # the WLI input frame
@@ -81,12 +84,16 @@ class PipelineConfig:
 
 class Pipeline:
     def __init__(self, wli: Source, nbi: Source | None, engine, config: PipelineConfig = PipelineConfig(),
-                 sinks: list | tuple = (), classifier=None, labels=None) -> None:
+                 sinks: list | tuple = (), classifier=None, endoscope=None, labels=None) -> None:
         # A camera cannot wait for a file: with any live source, recordings are paced too.
         live = config.live or wli.live or bool(nbi is not None and nbi.live)
         self.config = config if live == config.live else PipelineConfig(**{**config.__dict__, "live": live})
         self.wli, self.nbi, self.engine, self.sinks = wli, nbi, engine, list(sinks)
         self.classifier = classifier  # realtime.classifier.FrameClassifier: class + confidence per frame
+        # One endoscope stream (`wli` carries both modes, `nbi` is None): a pairing.endoscope.EndoscopeStage,
+        # the capture-side analysis and pairing.
+        self.endoscope = endoscope
+        self.mode_counts: collections.Counter = collections.Counter()  # per mode, of frames that reached the sinks
         self.class_counts: collections.Counter = collections.Counter()
         self.stats = LatencyStats(self.config.warmup_frames)
         self.sync = Synchroniser(self.config.sync or SyncPolicy.for_fps(wli.fps))
@@ -103,6 +110,7 @@ class Pipeline:
         self.stabiliser = StabiliseStage(self.config.stabilise, wli.fps)
         self.timing = OverlayTiming(self.config.overlay_timing, read_codes=wli.stamp_code)
         self.labels = labels
+        self._stabilised_area = None  # the content area the stabiliser's state belongs to (one endoscope stream)
         self.compose()
 
     # -- graph -------------------------------------------------------------
@@ -120,7 +128,7 @@ class Pipeline:
             self.nbi_port = FrameQueue(n, BLOCK, "nbi") if self.nbi else None
             self.result_port = FrameQueue(n, BLOCK, "results")
         self.operators = [CaptureOp("capture-wli", self.wli, self.wli_port, size, device, self._fail,
-                                    self.config.frames)]
+                                    self.config.frames, endoscope=self.endoscope)]
         if self.nbi is not None:
             self.operators.append(CaptureOp("capture-nbi", self.nbi, self.nbi_port, size, device, self._fail,
                                             lost=self._nbi_lost))
@@ -146,7 +154,7 @@ class Pipeline:
         self._switch_interval = sys.getswitchinterval()
         if self.config.gil_switch_interval_s is not None:
             sys.setswitchinterval(self.config.gil_switch_interval_s)
-        epoch = now()
+        epoch = self._epoch = now()
         for source in (self.wli, self.nbi):
             if source is not None:
                 source.start(epoch, paced=self.config.live)
@@ -182,22 +190,37 @@ class Pipeline:
         """Postprocess, overlay, HUD, sinks: the output stage, in the caller's thread."""
         trace, frame = item.wli.trace, item.wli.frame
         trace.add("queue", item.enqueued)
-        mode = FUSED if item.pairing.nbi is not None else WLI_ONLY
+        decided = item.wli.endoscope
+        if decided is None:
+            mode = FUSED if item.pairing.nbi is not None else WLI_ONLY
+        else:
+            mode = decided.mode
         started = now()
-        logits, flow = self.stabiliser(item.logits, frame.image)
-        # the newest captured WLI frame (live timing draws on it); operators[0] is the WLI capture
-        logits, shown, age = self.timing.place(logits, frame, self.operators[0].latest,
-                                               warp=self.config.stabilise.mode == "flow")
+        logits, flow, shown, age = self._stabilise(item.logits, frame, decided)
         trace.add("stabilise", started)
-        age_line = self.timing.hud_line(age, self.timing.mode)
-        mask, overlay, post_ms, overlay_ms = finish_frame(logits, shown.image, self.config.style,
-                                                          lambda: self._hud(mode, trace, item.classification, age_line))
+        age_line = self.timing.hud_line(age, self.timing.mode) if logits is not None else ""
+
+        def hud() -> HudInfo:
+            info = self._hud(mode, trace, item.classification, age_line)
+            return info if decided is None else self.endoscope.hud_info(decided, info)
+
+        if decided is None:
+            mask, overlay, post_ms, overlay_ms = finish_frame(logits, shown.image, self.config.style, hud)
+        else:  # the mask and overlay only inside the content area; none on NBI/HOLD frames
+            mask, overlay, post_ms, overlay_ms = self.endoscope.finish(decided, logits, shown.image,
+                                                                       self.config.style, hud)
         trace.stages_ms["postprocess"], trace.stages_ms["overlay"] = post_ms, overlay_ms
         started = now()
-        self.stabiliser.record(mask, flow, None if self.labels is None else self.labels(shown.index))
+        if logits is not None:  # the temporal metrics are over the frames that carry a mask
+            label = None if self.labels is None else self.labels(shown.index)
+            if decided is None:
+                self.stabiliser.record(mask, flow, label)
+            else:  # at the content area's crop, where the flow was taken
+                crop = decided.area.crop
+                self.stabiliser.record(crop(mask), flow, None if label is None else crop(label))
         trace.add("temporal_metrics", started)
         ready = now()
-        self.timing.record(frame, shown, age, overlay, ready)
+        self.timing.record(frame, shown, age, overlay, ready, has_overlay=logits is not None)
         latency = trace.latency_ms(ready)
         if self._last_size is not None and frame.image.shape[:2] != self._last_size:
             self.resolution_changes += 1
@@ -206,7 +229,14 @@ class Pipeline:
         result = FrameResult(frame.index, overlay, mask, mode, trace.stages_ms, latency, shown.image,
                              item.pairing.status, None if skew is None else skew * 1000.0,
                              None if item.pairing.nbi is None else item.pairing.nbi.index)
-        result.extras.update(shown_index=shown.index, overlay_age_frames=age[0], overlay_age_ms=age[1])
+        result.extras["time_s"] = frame.sync_time - self._epoch  # on the recording's timeline for files
+        if logits is not None:  # NBI/HOLD frames of an endoscope stream carry no mask, so no overlay age
+            result.extras.update(shown_index=shown.index, overlay_age_frames=age[0], overlay_age_ms=age[1])
+        if decided is not None:
+            result.nbi_index = decided.nbi_index
+            result.extras.update(modality=decided.modality, nbi_age_s=decided.nbi_age_s,
+                                 view_similarity=decided.similarity, quality_flags=decided.quality_flags,
+                                 content_area=decided.area)
         if item.classification is not None:
             result.extras["class"] = item.classification.label
             result.extras["confidence"] = item.classification.confidence
@@ -218,7 +248,40 @@ class Pipeline:
         self._done_times.append(ready)
         self.frames_out += 1
         self.status_counts[item.pairing.status] += 1
+        self.mode_counts[mode] += 1
         return result
+
+    def _stabilise(self, logits, frame, decided) -> tuple:
+        """(logits to draw, flow, the frame to draw on, the overlay's age): the stabiliser and the overlay timing.
+
+        Two inputs: on the whole frame. One endoscope stream: on the content area's crop (the logits are the
+        crop's), and only on frames that carry a mask. A HOLD frame does not feed the stabiliser (a blurred or
+        transition frame says nothing about the lesion; the next good frame's flow is taken from the last good
+        one); an NBI frame or a new content area restarts it (docs/pipeline.md, "The stabiliser on one endoscope
+        stream").
+        """
+        warp = self.config.stabilise.mode == "flow"
+        if decided is None:
+            logits, flow = self.stabiliser(logits, frame.image)
+            # the newest captured WLI frame (live timing draws on it); operators[0] is the WLI capture
+            return self._placed(logits, flow, frame, self.operators[0].latest, warp)
+        if decided.mode == NBI_VIEW or decided.area != self._stabilised_area:
+            self.stabiliser.reset()
+            self._stabilised_area = None if decided.mode == NBI_VIEW else decided.area
+        if logits is None:  # NBI / HOLD: no mask
+            return None, None, frame, (0, 0.0)
+        area = decided.area
+        logits, flow = self.stabiliser(logits, area.crop(frame.image))
+        # live timing: the newest captured frame, if it carries a mask in the same content area (never a mask on an
+        # NBI or HOLD frame, nor across a layout change); otherwise the mask's own frame
+        newest = self.operators[0].latest_endoscope
+        target = newest[0] if newest is not None and newest[1].area == area and newest[1].mode in MASK_MODES \
+            else None
+        return self._placed(logits, flow, frame, target, warp, view=area.crop)
+
+    def _placed(self, logits, flow, frame, newest, warp: bool, view=None) -> tuple:
+        logits, shown, age = self.timing.place(logits, frame, newest, warp, view)
+        return logits, flow, shown, age
 
     def _hud(self, mode: str, trace, classification=None, overlay_age: str = "") -> HudInfo:
         times = self._done_times
@@ -299,6 +362,10 @@ class Pipeline:
             "temporal": self.stabiliser.summary(),
             "overlay": self.timing.summary(),
         }
+        if self.endoscope is not None:  # (two-input runs keep the keys the Holoscan runtime also writes)
+            report["modes"] = dict(self.mode_counts)
+            report["fused_memory"] = self.status_counts["memory"]
+            report["endoscope"] = self.endoscope.summary()
         if self.classifier is not None:
             report["classifier"] = {"model": self.classifier.label, "classes": list(self.classifier.classes),
                                     "class_counts": {c: self.class_counts[c] for c in self.classifier.classes}}
@@ -309,12 +376,12 @@ class Pipeline:
         return report  # NaN where undefined; JSON writers turn it into null (endofuse.outputs.finite_or_none)
 
 
-def build_pipeline(wli_source, nbi_source, engine, live: bool = False, alpha: float = DEFAULT_ALPHA, *,
-                   frames: int | None = None, fps: float = DEFAULT_FPS, sinks=(), hud: bool = True,
+def build_pipeline(wli_source=None, nbi_source=None, engine=None, live: bool = False, alpha: float = DEFAULT_ALPHA,
+                   *, frames: int | None = None, fps: float = DEFAULT_FPS, sinks=(), hud: bool = True,
                    contour: bool = True, style: OverlayStyle | None = None, warmup_frames: int = 10,
                    sync: SyncPolicy | None = None, camera_give_up_s: float = 30.0, classifier=None,
                    stabilise: StabiliseConfig | None = None, overlay_timing: str = "sync",
-                   labels=None) -> Pipeline:
+                   endoscope=None, endoscope_config=None, labels=None) -> Pipeline:
     """A ready-to-iterate pipeline: the one way `run`, `bench`, the soak benchmark and the demo build one.
 
     Sources are `Source` objects or strings (see `source_specs`). `nbi_source=None`
@@ -324,9 +391,29 @@ def build_pipeline(wli_source, nbi_source, engine, live: bool = False, alpha: fl
     `realtime.classifier.FrameClassifier` run on every WLI frame. `stabilise` and
     `overlay_timing`: the stage between inference and overlay (docs/pipeline.md);
     `labels(index)`: the true mask of WLI frame `index`, scored in the report's "temporal".
+
+    `endoscope` (instead of the two sources): one stream that carries both
+    modes, switched by hand on the processor (a `Source` or any string
+    `wli_source` takes, or `synthetic[:SEED]` for a synthetic processor output);
+    `endoscope_config` a `pairing.endoscope.EndoscopeConfig` (NBI memory, view
+    gate, content area, layout). `frames` then counts every output frame.
     """
     if frames is not None and frames < 1:
         raise InvalidOptionError(f"frames must be >= 1, got {frames}")
+    if engine is None:
+        raise InvalidOptionError("build_pipeline needs an engine (endofuse.realtime.engines.open_engine())")
+    stage = None
+    if endoscope is not None:
+        from endofuse.realtime.input.source_specs import open_endoscope_source
+        from endofuse.realtime.pairing.endoscope import EndoscopeConfig, EndoscopeStage
+
+        if wli_source is not None or nbi_source is not None:
+            raise InvalidOptionError("give either endoscope= (one stream) or the WLI/NBI sources, not both")
+        stage = EndoscopeStage(endoscope_config or EndoscopeConfig())  # options checked before a source opens
+        wli_source = endoscope if isinstance(endoscope, Source) else open_endoscope_source(
+            str(endoscope), fps, frames, camera_give_up_s)
+    elif wli_source is None:
+        raise InvalidOptionError("build_pipeline needs a WLI source (or endoscope=SRC)")
     if isinstance(wli_source, Source):
         if not (nbi_source is None or isinstance(nbi_source, Source)):
             raise TypeError("pass both sources as Source objects or both as strings")
@@ -337,4 +424,4 @@ def build_pipeline(wli_source, nbi_source, engine, live: bool = False, alpha: fl
     style = style or OverlayStyle(alpha=alpha, contour=contour, hud=hud)
     config = PipelineConfig(live=live, style=style, frames=frames, warmup_frames=warmup_frames, sync=sync,
                             stabilise=stabilise or PipelineConfig.stabilise, overlay_timing=overlay_timing)
-    return Pipeline(wli, nbi, engine, config, sinks, classifier=classifier, labels=labels)
+    return Pipeline(wli, nbi, engine, config, sinks, classifier=classifier, endoscope=stage, labels=labels)

@@ -20,10 +20,12 @@ from endofuse.errors import InvalidOptionError
 # The stage names, in pipeline order. `capture` is the source's read/decode time
 # (before the capture stamp, so not part of latency); `queue` is time a frame
 # waited between stages; `sync` is pairing, including a live run's bounded wait
-# for a late NBI frame. Pacing waits are never counted: a paced source stamps
-# the capture time when the frame is released, not when it was scheduled.
-STAGES = ("capture", "preprocess", "queue", "sync", "infer", "stabilise", "postprocess", "overlay", "temporal_metrics",
-          "output")
+# for a late NBI frame; `analyse` is an endoscope stream's content area + modality
+# + quality gate + view signature (`run --endoscope`), before the crops'
+# preprocess. Pacing waits are never counted: a paced source stamps the capture
+# time when the frame is released, not when it was scheduled.
+STAGES = ("capture", "analyse", "preprocess", "queue", "sync", "infer", "stabilise", "postprocess", "overlay",
+          "temporal_metrics", "output")
 PERCENTILE_KEYS = ("p50", "p90", "p99", "p999", "max", "mean")
 
 

@@ -57,6 +57,28 @@ def load_benchmark(name: str) -> ModuleType:
     return module
 
 
+@pytest.fixture(scope="session")
+def synthetic_endoscope_recording(tmp_path_factory):
+    """`endofuse synth --video 2 --endoscope` at 360x640 (60 frames): (endoscope.mp4, truth.csv rows, the
+    decoded frames), made once for the realtime and demo tests."""
+    import csv
+
+    import cv2
+
+    from endofuse.train.synth_command import write_endoscope_video
+
+    out = tmp_path_factory.mktemp("endoscope-clip")
+    write_endoscope_video(out, 2.0, 30.0, (360, 640), seed=0, progress=False)
+    with open(out / "truth.csv", newline="") as f:
+        truth = list(csv.DictReader(f))
+    capture = cv2.VideoCapture(str(out / "endoscope.mp4"))
+    frames = []
+    while (read := capture.read())[0]:
+        frames.append(read[1])
+    capture.release()
+    return out / "endoscope.mp4", truth, frames
+
+
 # ---- stand-ins shared by the realtime, demo and holoscan tests ----
 # ColourThresholdEngine follows the Engine interface (infer, warmup, name,
 # input_size, num_classes, model_label) with a rule simple enough to recompute

@@ -98,7 +98,7 @@ def test_an_unknown_timing_is_one_clear_error():
 def test_run_cli_live_timing_frame_code_and_frame_log_agree_with_the_pixels(tmp_path):
     frames_dir, log, report = tmp_path / "frames", tmp_path / "log.csv", tmp_path / "report.json"
     assert cli.main(["run", "--wli", "synthetic", "--nbi", "synthetic", "--frames", "15", "--live", "--frame-code",
-                     "--overlay-timing", "live", "--frames-dir", str(frames_dir), "--frame-log", str(log),
+                     "--overlay-timing", "live", "--frames-dir", str(frames_dir), "--log", str(log),
                      "--report", str(report)]) == 0
     rows = list(csv.DictReader(log.open()))
     codes = frame_code.read_folder(frames_dir)  # the overlay files, in frame order

@@ -7,6 +7,12 @@
    overlay) lossless and as fast as possible.
 3. modes.paced: the same, fed like a camera at `--paced-fps` (latest-frame-wins).
 efficiency = max-mode fps / engine-only fps (1.0: the pipeline costs no throughput).
+4. with `--endoscope SRC` (`synthetic[:SEED]`: a synthetic processor output, or a
+   recording): the CPU time per frame of the endoscope analysis
+   (`FrameAnalyzer.analyze`: content area, modality, quality gate; and the NBI
+   memory's view signature; thread CPU time, one OpenCV thread as in the
+   pipeline) and the pipeline on that one stream in both modes, beside the
+   two-input numbers above (`endoscope.vs_two_input`: fps ratio per mode).
 
 Frames are decoded or rendered once into a ring of up to `--ring` frames held
 in memory and replayed, so the measurement is of the pipeline, not of the
@@ -43,6 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=600, help="frames per measurement (default 600)")
     parser.add_argument("--source", default="synthetic",
                         help="'synthetic[:SEED]' or a video FILE (used as both WLI and NBI) (default: synthetic)")
+    parser.add_argument("--endoscope", default=None, metavar="SRC",
+                        help="also measure one endoscope stream: 'synthetic[:SEED]' (a synthetic processor output, "
+                             "WLI -> NBI -> WLI) or a recording: the analysis' CPU cost per frame and the pipeline's "
+                             "fps beside the two-input mode")
     parser.add_argument("--paced-fps", type=float, default=30.0, help="source rate of the paced mode (default 30)")
     parser.add_argument("--warmup", type=int, default=30, help="frames left out of each measurement (default 30)")
     parser.add_argument("--ring", type=int, default=60, help="distinct frames held in memory and replayed")
@@ -121,6 +131,73 @@ def bench_pipeline(engine, wli, nbi, frames: int, warmup: int, live: bool, fps: 
     return mode, list(pipeline.stats.latency)
 
 
+def load_endoscope_ring(source: str, count: int) -> tuple[list[np.ndarray], str]:
+    """Up to `count` frames of one endoscope stream in memory, and where they came from."""
+    from endofuse.realtime.input.source_specs import _synthetic_seed
+    from endofuse.realtime.input.sources import VideoFileSource
+
+    if source == "synthetic" or source.startswith("synthetic:"):
+        from endofuse.model.synthetic_endoscope import MIN_FRAMES, SyntheticEndoscope
+
+        seed = _synthetic_seed(source, "--endoscope")
+        clip = SyntheticEndoscope(max(MIN_FRAMES, count), seed=seed)  # the whole WLI -> NBI -> WLI timeline
+        h, w = clip.size
+        return [clip.render(i)[0] for i in range(clip.frames)], f"synthetic endoscope seed {seed}, {w}x{h}"
+    video = VideoFileSource(source, "--endoscope").open()
+    try:
+        frames = [f.image for f, _ in zip(video, range(count), strict=False)]
+    finally:
+        video.close()
+    h, w = frames[0].shape[:2]
+    return frames, f"{source} ({w}x{h}, first {len(frames)} frames)"
+
+
+def time_endoscope_analysis(ring: list[np.ndarray], rounds: int = 3) -> dict:
+    """CPU ms per frame: `FrameAnalyzer.analyze` and its stages (`frame_analysis.time_analysis`), and the NBI
+    memory's view signature on the same crops; one OpenCV thread, as the pipeline runs."""
+    import time
+
+    import cv2
+
+    from endofuse.realtime.input.content_area import detect_content_area
+    from endofuse.realtime.input.frame_analysis import time_analysis
+    from endofuse.realtime.pairing.nbi_memory import view_signature
+
+    previous = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # PipelineConfig.opencv_threads
+    try:
+        analysis = time_analysis(ring, rounds)
+        area = detect_content_area(ring[0])
+        crops = itertools.cycle([area.crop(f) for f in ring])
+        view = time_calls(lambda: view_signature(next(crops)), len(ring) * rounds, warmup=len(ring),
+                          clock=time.thread_time)
+    finally:
+        cv2.setNumThreads(previous)
+    return {**analysis, "view_signature_ms": percentiles(view)}
+
+
+def bench_endoscope(engine, ring: list[np.ndarray], frames: int, warmup: int, live: bool, fps: float) -> dict:
+    """The whole pipeline on one endoscope stream replayed from memory."""
+    from endofuse.realtime.input.sources import MemorySource
+    from endofuse.realtime.pipeline import build_pipeline
+
+    source = MemorySource(ring, "bench endoscope", fps, loops=None)
+    pipeline = build_pipeline(engine=engine, endoscope=source, live=live, frames=frames + warmup,
+                              warmup_frames=warmup)
+    report = pipeline.run()
+    return {**{key: report[key] for key in MODE_KEYS}, "mode_counts": report["modes"],
+            "source_fps": fps if live else None}
+
+
+def run_endoscope_bench(args: argparse.Namespace, engine, two_input: dict) -> dict:
+    ring, described = load_endoscope_ring(args.endoscope, max(1, args.ring))
+    analysis = time_endoscope_analysis(ring)
+    modes = {name: bench_endoscope(engine, ring, args.frames, args.warmup, live, args.paced_fps)
+             for name, live in (("max", False), ("paced", True))}
+    return {"spec": args.endoscope, "source": described, "analysis_cpu_ms": analysis, "modes": modes,
+            "vs_two_input": {name: modes[name]["fps"] / two_input[name]["fps"] for name in modes if name in two_input}}
+
+
 def run_bench(args: argparse.Namespace) -> tuple[dict, dict]:
     if args.frames < 10:
         raise EndofuseError(f"--frames must be >= 10, got {args.frames}")
@@ -164,6 +241,10 @@ def run_bench(args: argparse.Namespace) -> tuple[dict, dict]:
         result["scheduler_verdict"] = scheduler_verdict(holoscan, side)
     if side is not None:
         result["side_by_side"] = side
+    if getattr(args, "endoscope", None):
+        if not modes:
+            raise EndofuseError("--endoscope compares with the native two-input pipeline: use --runtime native")
+        result["endoscope"] = run_endoscope_bench(args, engine, modes)
     return result, latencies
 
 
@@ -216,6 +297,35 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def endoscope_cost_rows(cost: dict) -> list[list]:
+    """[step, p50, p99, mean] rows of the analysis' CPU ms per frame (also docs/benchmarks.md's table)."""
+    rows = [["content area + modality + quality gate (FrameAnalyzer.analyze)", *(cost["per_frame_ms"][k]
+                                                                              for k in ("p50", "p99", "mean"))]]
+    rows += [[f"  {stage} alone", *(ms[k] for k in ("p50", "p99", "mean"))] for stage, ms in cost["stages_ms"].items()]
+    view = cost["view_signature_ms"]
+    rows.append(["view signature (NBI memory, WLI frames)", view["p50"], view["p99"], view["mean"]])
+    # sums of the two parts' p50 and mean (a sum of p99s is no p99 of the sum)
+    rows.append(["both, summed", cost["per_frame_ms"]["p50"] + view["p50"], None,
+                 cost["per_frame_ms"]["mean"] + view["mean"]])
+    return rows
+
+
+def endoscope_table(endo: dict) -> list[str]:
+    """The `--endoscope` part of the printed table: the analysis' CPU cost and the pipeline beside two inputs."""
+    lines = [f"one endoscope stream: {endo['source']}", "",
+             "| analysis step (CPU ms per frame) | p50 | p99 | mean |", "|---|---|---|---|"]
+    lines += [f"| {step.strip()} | {p50:.3f} | {'-' if p99 is None else f'{p99:.3f}'} | {mean:.3f} |"
+              for step, p50, p99, mean in endoscope_cost_rows(endo["analysis_cpu_ms"])]
+    lines += ["", "| endoscope mode | frames/s | x two-input | p50 ms | p99 ms | dropped | modes |",
+              "|---|---|---|---|---|---|---|"]
+    for name, m in endo["modes"].items():
+        counts = ", ".join(f"{k} {v}" for k, v in m["mode_counts"].items())
+        ratio = endo["vs_two_input"].get(name)
+        lines.append(f"| {name} | {m['fps']:.1f} | {'-' if ratio is None else f'{ratio:.2f}'} | "
+                     f"{m['latency_ms']['p50']:.1f} | {m['latency_ms']['p99']:.1f} | {m['dropped']} | {counts} |")
+    return lines
+
+
 def threads_note(fitted: dict | None) -> str:
     """' | engine threads: 1 (fit: 6.1 ms at 2, 5.8 ms at 1)' or '' when the engine has no thread count."""
     if not fitted or not fitted.get("threads"):
@@ -255,6 +365,8 @@ def format_table(result: dict) -> str:
                          f"{overlay['age_frames']['p50']:.0f} frames / {overlay['age_ms']['p50']:.1f} ms")
     for scheduler, data in (result.get("holoscan") or {}).items():
         lines.append(f"holoscan {scheduler} efficiency (max / engine only): {data['efficiency']:.3f}")
+    if "endoscope" in result:
+        lines += [""] + endoscope_table(result["endoscope"])
     verdict = result.get("scheduler_verdict")
     for mode in ("max", "paced") if verdict else ():
         lines.append(f"holoscan scheduler, {mode}: {verdict[mode]['why']}")

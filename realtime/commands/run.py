@@ -4,6 +4,7 @@
     endofuse run --wli wli.mp4 --nbi nbi.mp4 --checkpoint runs/tiny/best.pt --out out.mp4
     endofuse run --wli 0 --nbi 1 --display                     # two capture devices, live
     endofuse run --wli interleaved:0 --nbi interleaved:0        # one device alternating WLI/NBI
+    endofuse run --endoscope 0 --display                        # one processor output, WLI/NBI switched by hand
 
 Without --checkpoint it uses the bundled demo weights (trained on synthetic
 data: a demo model, labelled so in the HUD and report). Ctrl-C (SIGINT) and
@@ -71,10 +72,16 @@ def add_stabilise_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--wli", required=True, metavar="SRC",
+    inputs = parser.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("--wli", metavar="SRC",
                         help="WLI source: video file, image folder, camera index or /dev/videoN, rtsp:// URL, "
                              "GStreamer pipeline, 'synthetic[:SEED]' or 'interleaved:SRC'")
+    inputs.add_argument("--endoscope", metavar="SRC",
+                        help="instead of --wli/--nbi: the processor's one output, switched by hand between WLI and "
+                             "NBI (same forms as --wli but interleaved:; 'synthetic[:SEED]' is a synthetic "
+                             "processor output)")
     parser.add_argument("--nbi", default=None, metavar="SRC", help="NBI source (same forms; omit for WLI-only)")
+    add_endoscope_arguments(parser)
     add_source_arguments(parser)
     parser.add_argument("--out", default=None, metavar="VIDEO", help="write the overlaid video (.mp4/.avi/.mkv)")
     parser.add_argument("--frames-dir", default=None, metavar="DIR",
@@ -83,8 +90,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true",
                         help="allow --frames-dir to be a folder that already holds files endofuse did not write")
     parser.add_argument("--report", default=None, metavar="JSON", help="write the latency/sync report here")
-    parser.add_argument("--frame-log", default=None, metavar="CSV",
-                        help="one line per output frame: frame, the frame drawn on, latency, overlay age, lesion shown")
+    parser.add_argument("--log", default=None, metavar="FRAMES.csv",
+                        help="write one CSV row per output frame: index, time, modality, mode, NBI frame used and "
+                             "its age, view similarity, quality flags, pairing status, the frame drawn on and the "
+                             "overlay's age, latency, mask pixels")
     parser.add_argument("--frames", type=int, default=None, metavar="N",
                         help="stop after N WLI frames (needed for cameras and synthetic sources)")
     parser.add_argument("--live", action="store_true",
@@ -107,6 +116,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stamp each WLI frame's index in its bottom-right corner at capture and read it back "
                              "from every output frame: overlay age and capture-to-output latency on the pixels")
     add_stabilise_arguments(parser)
+
+
+ENDOSCOPE_OPTIONS = ("nbi_memory", "view_gate", "content_area", "layout")
+
+
+def add_endoscope_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of one endoscope stream (`--endoscope`); shared with `bench`."""
+    from endofuse.realtime.pairing.nbi_memory import DEFAULT_NBI_MEMORY_S, DEFAULT_VIEW_GATE
+
+    group = parser.add_argument_group("one endoscope stream (--endoscope)")
+    group.add_argument("--nbi-memory", type=float, default=None, metavar="SECONDS",
+                       help=f"fuse WLI frames with the NBI view remembered from the last NBI look while it is at "
+                            f"most this old (default {DEFAULT_NBI_MEMORY_S:g})")
+    group.add_argument("--view-gate", type=float, default=None, metavar="SIMILARITY",
+                       help=f"least similarity of the WLI view to the one before the NBI look for fusing with the "
+                            f"memory, in [0, 1]; 0 disables the gate (default {DEFAULT_VIEW_GATE:g})")
+    group.add_argument("--content-area", default=None, metavar="auto|full|X,Y,W,H",
+                       help="where the endoscopic image sits in the output frame (default auto: detected, and "
+                            "again when the layout changes)")
+    group.add_argument("--layout", default=None, metavar="single|side-by-side[:nbi-left|:nbi-right]",
+                       help="single (default), or two views side by side on one output: true simultaneous pairs")
+
+
+def endoscope_config(args: argparse.Namespace):
+    """The EndoscopeConfig of `--endoscope` from the flags (checked: one line on a bad value); None without it."""
+    given = [f"--{name.replace('_', '-')}" for name in ENDOSCOPE_OPTIONS if getattr(args, name, None) is not None]
+    if getattr(args, "endoscope", None) is None:
+        if given:
+            raise EndofuseError(f"{given[0]} applies to one endoscope stream: use it with --endoscope SRC")
+        return None
+    from endofuse.realtime.pairing.endoscope import EndoscopeConfig
+
+    options = {"nbi_memory": "nbi_memory_s", "view_gate": "view_gate", "content_area": "content_area",
+               "layout": "layout"}
+    return EndoscopeConfig(**{field: getattr(args, name) for name, field in options.items()
+                              if getattr(args, name, None) is not None})
 
 
 class Stopped(KeyboardInterrupt):
@@ -177,7 +222,7 @@ def _path_inputs(args: argparse.Namespace) -> tuple[dict, list[str]]:
     )
 
     inputs, folders = {"--checkpoint": args.checkpoint, "--classifier": getattr(args, "classifier", None)}, []
-    for label, spec in (("--wli", args.wli), ("--nbi", args.nbi)):
+    for label, spec in (("--wli", args.wli), ("--nbi", args.nbi), ("--endoscope", getattr(args, "endoscope", None))):
         if spec is None:
             continue
         spec = str(spec).removeprefix(INTERLEAVED_PREFIX)
@@ -193,21 +238,22 @@ def check_run_outputs(args: argparse.Namespace) -> None:
     """Everything about the outputs that can fail, checked before a single frame is processed."""
     inputs, input_dirs = _path_inputs(args)
     outputs = {"--out": args.out, "--report": args.report, "--frames-dir": args.frames_dir,
-               "--frame-log": getattr(args, "frame_log", None)}
+               "--log": getattr(args, "log", None)}
     refuse_overlap(outputs, inputs, output_dirs=["--frames-dir"], input_dirs=input_dirs)
-    for flag, target in (("--report", args.report), ("--frame-log", getattr(args, "frame_log", None))):
-        if target:
-            check_output_file(target, flag)
+    for flag in ("--report", "--log"):
+        if outputs[flag]:
+            check_output_file(outputs[flag], flag)
     if args.frames_dir and Path(args.frames_dir).exists() and not Path(args.frames_dir).is_dir():
         raise EndofuseError(f"--frames-dir '{args.frames_dir}' is an existing file: give a folder")
-    endless = [s for s in (args.wli, args.nbi) if s is not None and str(s).startswith("synthetic")]
+    endless = [s for s in (args.wli, args.nbi, getattr(args, "endoscope", None))
+               if s is not None and str(s).startswith("synthetic")]
     if endless and args.frames is None and not args.display:
         raise EndofuseError(f"'{endless[0]}' is an endless source: give --frames N (or --display and stop with q)")
 
 
 def main(args: argparse.Namespace) -> int:
     quiet_opencv()
-    from endofuse.realtime.input.source_specs import open_source_pair
+    from endofuse.realtime.input.source_specs import open_endoscope_source, open_source_pair
     from endofuse.realtime.output.overlay import OverlayStyle
     from endofuse.realtime.output.sinks import WindowSink
     from endofuse.realtime.output.stabilise import config_from_args
@@ -216,8 +262,15 @@ def main(args: argparse.Namespace) -> int:
     if args.frames is not None and args.frames < 1:
         raise EndofuseError(f"--frames must be >= 1, got {args.frames}")
     check_fps(args.fps)
+    if getattr(args, "endoscope", None) is not None and args.nbi is not None:
+        raise EndofuseError("--nbi cannot be used with --endoscope: the endoscope stream carries both modes "
+                            "(use --wli and --nbi for two capture cards)")
+    endoscope = endoscope_config(args)
     check_run_outputs(args)
     if getattr(args, "runtime", "native") == "holoscan":
+        if endoscope is not None:
+            raise EndofuseError("--runtime holoscan does not take --endoscope yet: run it with the native runtime "
+                                "(leave out --runtime)")
         from endofuse.realtime.holoscan.run import run_holoscan
 
         return run_holoscan(args)
@@ -225,15 +278,20 @@ def main(args: argparse.Namespace) -> int:
     stabilise = config_from_args(args)
     with stop_on_signals() as signals:
         try:
-            wli, nbi = open_source_pair(args.wli, args.nbi, args.fps, args.frames, args.camera_timeout)
+            if endoscope is None:
+                wli, nbi = open_source_pair(args.wli, args.nbi, args.fps, args.frames, args.camera_timeout)
+            else:
+                wli, nbi = open_endoscope_source(args.endoscope, args.fps, args.frames, args.camera_timeout), None
         except Stopped as stop:
             return _stopped_code(stop)
         try:
             engine, sinks, classifier = open_run_parts(args, wli)
             wli.stamp_code = args.frame_code
-            pipeline = build_pipeline(wli, nbi, engine, args.live, style=style, frames=args.frames,
+            sources = {"wli_source": wli, "nbi_source": nbi} if endoscope is None else {
+                "endoscope": wli, "endoscope_config": endoscope}
+            pipeline = build_pipeline(engine=engine, live=args.live, style=style, frames=args.frames,
                                       warmup_frames=args.warmup, sinks=sinks, classifier=classifier,
-                                      stabilise=stabilise, overlay_timing=args.overlay_timing)
+                                      stabilise=stabilise, overlay_timing=args.overlay_timing, **sources)
             if args.display:
                 pipeline.sinks.append(WindowSink("endofuse", pipeline.stop))
             engine.warmup()
@@ -266,7 +324,7 @@ def open_pipeline_engine(args: argparse.Namespace):
 
 def open_run_parts(args: argparse.Namespace, wli) -> tuple:
     """(engine, file sinks, classifier or None) of a run, opened the same way by both runtimes."""
-    from endofuse.realtime.output.sinks import FrameLogSink, ImageFolderSink, VideoFileSink
+    from endofuse.realtime.output.sinks import ImageFolderSink, VideoFileSink
 
     engine = open_pipeline_engine(args)
     sinks = []
@@ -274,8 +332,10 @@ def open_run_parts(args: argparse.Namespace, wli) -> tuple:
         sinks.append(VideoFileSink(args.out, wli.fps))
     if args.frames_dir:
         sinks.append(ImageFolderSink(args.frames_dir, force=getattr(args, "force", False)))
-    if getattr(args, "frame_log", None):
-        sinks.append(FrameLogSink(args.frame_log))
+    if getattr(args, "log", None):
+        from endofuse.realtime.output.frame_log import FrameLogSink
+
+        sinks.append(FrameLogSink(args.log))
     classifier = None
     if getattr(args, "classifier", None):
         from endofuse.realtime.classifier import FrameClassifier
@@ -359,6 +419,10 @@ def summary_line(report: dict, out: str | None, report_path: Path | None) -> str
                      f"{_num(temporal['toggles_per_min'])} toggles/min")
     if overlay:
         parts.append(f"overlay {overlay['timing']}, age p50 {_num(overlay['age_frames']['p50'])} frames")
+    if "endoscope" in report:  # one endoscope stream: every mode, and the NBI looks that made FUSED-MEMORY
+        modes = ", ".join(f"{n} {mode}" for mode, n in report["modes"].items() if n)
+        parts[0] = f"{report['frames']} frames ({modes or 'none'}; {report['endoscope']['switches']} switches, " \
+                   f"{report['dropped']} dropped)"
     targets = [str(p) for p in (out, report_path) if p]
     for warning in report.get("warnings", []):
         print(f"endofuse run: warning: {warning}", file=sys.stderr)

@@ -9,6 +9,10 @@ Accepted strings (for `--wli` / `--nbi`):
 * a video file, or a folder of images (played at `--fps`);
 * `interleaved:SRC` for BOTH `--wli` and `--nbi` - one device/file whose frames
   alternate WLI, NBI, WLI, ... (even frames WLI, odd frames NBI).
+
+`--endoscope SRC` (one processor output switched by hand between WLI and NBI)
+takes the same forms except `interleaved:`; there `synthetic[:SEED]` is a
+synthetic processor output (`endofuse.model.synthetic_endoscope`).
 """
 from __future__ import annotations
 
@@ -71,6 +75,28 @@ class SyntheticSource(Source):
         if self.frames is not None and self._index >= self.frames:
             return None
         return self.shared.take(self._index, self.fps, self.side)
+
+
+class SyntheticEndoscopeSource(Source):
+    """A synthetic processor output (`model.synthetic_endoscope`): WLI -> NBI -> WLI, then the scope moves.
+
+    With `frames` the clip's timeline spans exactly that many frames; without, a 20-s clip loops.
+    """
+
+    LOOP_S = 20.0
+
+    def __init__(self, seed: int = 0, fps: float = DEFAULT_FPS, frames: int | None = None) -> None:
+        from endofuse.model.synthetic_endoscope import MIN_FRAMES, SyntheticEndoscope  # only synthetic runs need it
+
+        super().__init__(f"synthetic endoscope (seed {seed})", fps)
+        self.frames = frames
+        self.clip = SyntheticEndoscope(max(MIN_FRAMES, frames or int(self.LOOP_S * self.fps)), fps=self.fps,
+                                       seed=seed)
+
+    def _read(self) -> np.ndarray | None:
+        if self.frames is not None and self._index >= self.frames:
+            return None
+        return self.clip.render(self._index % self.clip.frames)[0]
 
 
 class InterleavedSplit:
@@ -171,6 +197,18 @@ def open_source(spec: str, role: str, fps: float = DEFAULT_FPS, frames: int | No
     if path.is_dir():
         return ImageFolderSource(path, role, fps).open()
     return VideoFileSource(path, role).open()
+
+
+def open_endoscope_source(spec: str, fps: float = DEFAULT_FPS, frames: int | None = None,
+                          camera_give_up_s: float = 30.0) -> Source:
+    """The one source of `run --endoscope SRC` (see the module docstring)."""
+    spec = str(spec).strip()
+    if spec.startswith(INTERLEAVED_PREFIX):
+        raise EndofuseError(f"--endoscope '{spec}': an endoscope stream switches modes by hand, not frame by frame; "
+                            "use --wli interleaved:SRC --nbi interleaved:SRC for an interleaved device")
+    if spec == "synthetic" or spec.startswith("synthetic:"):
+        return SyntheticEndoscopeSource(_synthetic_seed(spec, "endoscope"), fps, frames).open()
+    return open_source(spec, "endoscope", fps, frames, camera_give_up_s=camera_give_up_s)
 
 
 def _synthetic_seed(spec: str, role: str) -> int:

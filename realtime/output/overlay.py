@@ -15,7 +15,10 @@ import torch
 from endofuse.errors import InvalidOptionError
 from endofuse.kernels.mask_overlay import DEFAULT_ALPHA, DEFAULT_COLOR
 
-MODE_COLORS = {"FUSED": (0, 200, 0), "WLI-ONLY": (0, 165, 255)}
+# BGR; the endoscope modes (realtime/pairing/nbi_memory.py) too: a mask from a remembered NBI view in
+# teal, no mask (NBI view, HOLD) in grey.
+MODE_COLORS = {"FUSED": (0, 200, 0), "WLI-ONLY": (0, 165, 255), "FUSED-MEMORY": (200, 200, 0),
+               "NBI": (200, 200, 200), "HOLD": (160, 160, 160)}
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class HudInfo:
     latency_ms: float | None = None
     classification: str = ""  # "label 93%" when the pipeline runs a frame classifier
     overlay_age: str = ""  # "overlay age 2 fr 66 ms" (live timing) or "overlay sync"
+    mode_note: str = ""  # after the mode: the NBI memory's age, why a frame is held
 
     def lines(self) -> list[str]:
         numbers = []
@@ -50,7 +54,8 @@ class HudInfo:
             numbers.append(f"{self.fps:5.1f} fps")
         if self.latency_ms is not None:
             numbers.append(f"{self.latency_ms:5.1f} ms")
-        lines = [f"{self.mode}  " + "  ".join(numbers) if numbers else self.mode, self.engine]
+        mode = f"{self.mode} ({self.mode_note})" if self.mode_note else self.mode
+        lines = [f"{mode}  " + "  ".join(numbers) if numbers else mode, self.engine]
         if self.model_label:
             lines.append(self.model_label)
         if self.classification:

@@ -165,38 +165,3 @@ class CallbackSink:
 
     def close(self) -> None:
         pass
-
-
-FRAME_LOG_COLUMNS = ("frame", "shown_frame", "mode", "status", "latency_ms", "overlay_age_frames", "overlay_age_ms",
-                     "lesion_shown")
-
-
-class FrameLogSink:
-    """`--frame-log CSV`: one line per output frame (index, the frame drawn on, latency, overlay age, lesion shown).
-
-    Each line is flushed as it is written, so a crash or Ctrl-C keeps every frame logged so far.
-    """
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = check_output_file(path, "--frame-log")
-        try:
-            self._file = open(self.path, "w", encoding="utf-8", newline="")  # noqa: SIM115 - closed in close()
-        except OSError as exc:
-            raise WriteError(f"--frame-log '{self.path}': {exc.strerror}") from None
-        self._file.write(",".join(FRAME_LOG_COLUMNS) + "\n")
-        self.frames = 0
-
-    def write(self, result) -> None:
-        extras = result.extras
-        row = (result.index, extras.get("shown_index", result.index), result.mode, result.status,
-               f"{result.latency_ms:.3f}", extras.get("overlay_age_frames", 0),
-               f"{extras.get('overlay_age_ms', 0.0):.3f}", int(bool(result.mask.any())))
-        try:
-            self._file.write(",".join(str(v) for v in row) + "\n")
-            self._file.flush()
-        except OSError as exc:
-            raise WriteError(f"--frame-log '{self.path}': {exc.strerror} ({_disk_reason(self.path.parent)})") from None
-        self.frames += 1
-
-    def close(self) -> None:
-        self._file.close()

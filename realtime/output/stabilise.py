@@ -157,6 +157,13 @@ class StabiliseStage:
         self.stabiliser.update(tumour_probability(logits), flow)
         return self.stabiliser.display_logits(), flow
 
+    def reset(self) -> None:
+        """Forget the previous frames (an endoscope stream's NBI look, a new content area): the stabiliser and the
+        flow start afresh, and the temporal metrics do not compare across the gap."""
+        self.stabiliser.reset()
+        self.flow.reset()
+        self.metrics.break_sequence()
+
     def record(self, mask: np.ndarray, flow: np.ndarray | None, label: np.ndarray | None = None) -> None:
         self.metrics.add(mask, flow, label)
 

@@ -38,12 +38,13 @@ class OverlayTiming:
         self.code_age_frames, self.code_latency_ms = array("d"), array("d")
         self.codes_unreadable = self.codes_mismatched = 0
 
-    def place(self, logits, frame, newest, warp: bool) -> tuple:
+    def place(self, logits, frame, newest, warp: bool, view=None) -> tuple:
         """(logits to draw, the frame to draw them on, its age (frames, ms)); `warp`: move the mask onto a newer
-        frame by the flow between the two (`--stabilise flow`)."""
+        frame by the flow between the two (`--stabilise flow`); `view(image)`: the part of the frame the logits
+        cover (an endoscope stream's content area; default the whole frame)."""
         shown = self.target(frame, newest)
         if warp and shown is not frame:
-            logits = self.retarget(logits, frame, shown)
+            logits = self.retarget(logits, frame, shown, view)
         return logits, shown, self.age(frame, shown)
 
     def target(self, frame, newest):
@@ -53,12 +54,13 @@ class OverlayTiming:
         return frame
 
     @staticmethod
-    def retarget(logits: np.ndarray, frame, shown) -> np.ndarray:
-        """(C, h, w) logits of `frame` warped onto `shown` by the dense flow between the two frames."""
+    def retarget(logits: np.ndarray, frame, shown, view=None) -> np.ndarray:
+        """(C, h, w) logits of `frame` warped onto `shown` by the dense flow between the two frames (their
+        `view` parts)."""
         if shown is frame:
             return logits
-        size = logits.shape[-2:]
-        flow = backward_flow(flow_image(frame.image, size), flow_image(shown.image, size))
+        size, view = logits.shape[-2:], view or (lambda image: image)
+        flow = backward_flow(flow_image(view(frame.image), size), flow_image(view(shown.image), size))
         return np.stack([warp_previous(np.ascontiguousarray(plane), flow) for plane in logits])
 
     def age(self, frame, shown) -> tuple[int, float]:
@@ -69,10 +71,13 @@ class OverlayTiming:
     def hud_line(age: tuple[int, float], mode: str) -> str:
         return "overlay sync" if mode == "sync" else f"overlay age {age[0]} fr {age[1]:.0f} ms"
 
-    def record(self, frame, shown, age: tuple[int, float], output_image: np.ndarray, ready: float) -> None:
-        """Store the age; with frame codes, read the output's code: the age and latency on the pixels."""
-        self.age_frames.append(age[0])
-        self.age_ms.append(age[1])
+    def record(self, frame, shown, age: tuple[int, float], output_image: np.ndarray, ready: float,
+               has_overlay: bool = True) -> None:
+        """Store the age (of frames that carry a mask: not an endoscope stream's NBI/HOLD frames); with frame
+        codes, read the output's code: the age and latency on the pixels."""
+        if has_overlay:
+            self.age_frames.append(age[0])
+            self.age_ms.append(age[1])
         if not self.read_codes:
             return
         code = frame_code.read(output_image)

@@ -1,0 +1,38 @@
+"""The demo's "Endoscope recording" tab: one processor recording through the pipeline, same outputs as the
+video pair tab (preview, overlaid video, report.json, CDF, a status with the modes)."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import pytest
+
+pytest.importorskip("gradio")
+import gradio as gr  # noqa: E402
+
+from endofuse.demo.engines import BUNDLED_MODEL, EngineCache, model_choices  # noqa: E402
+from endofuse.demo.video import process_endoscope_video  # noqa: E402
+
+from conftest import ColourThresholdEngine  # noqa: E402
+
+
+def engines() -> EngineCache:
+    return EngineCache(model_choices(None), opener=lambda checkpoint, backend="auto": ColourThresholdEngine((32, 32)))
+
+
+def test_one_recording_gives_the_overlaid_video_and_a_report_with_the_modes(synthetic_endoscope_recording, tmp_path):
+    video, truth, _ = synthetic_endoscope_recording
+    steps = list(process_endoscope_video(engines(), str(video), 0.45, BUNDLED_MODEL, "torch", 40, tmp_path))
+    preview, overlay_video, report_path, _, status = steps[-1]
+    report = json.loads(open(report_path).read())
+    capture = cv2.VideoCapture(overlay_video)
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 40 == report["frames"]
+    capture.release()
+    # 40 of the 60 frames: WLI, then the NBI look (from frame 15), then back in WLI at the same place
+    assert report["modes"]["NBI"] > 0 and report["modes"]["FUSED-MEMORY"] > 0 and report["endoscope"]["switches"] == 2
+    assert "FUSED-MEMORY" in status and "2 WLI/NBI switches" in status
+
+
+def test_no_recording_is_a_message(tmp_path):
+    with pytest.raises(gr.Error, match="Upload a recording"):
+        list(process_endoscope_video(engines(), None, 0.45, BUNDLED_MODEL, "torch", 40, tmp_path))
