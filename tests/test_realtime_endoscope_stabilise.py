@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 
 import numpy as np
+from test_realtime_endoscope import BOX, FPS, NO_HUD, scripted_stream
 
 from endofuse.realtime.input.sources import MemorySource
 from endofuse.realtime.output.frame_log import FrameLogSink
@@ -15,7 +16,6 @@ from endofuse.realtime.pipeline import build_pipeline
 from endofuse.realtime.segment import WLI_ONLY
 
 from conftest import ColourThresholdEngine
-from test_realtime_endoscope import BOX, FPS, NO_HUD, scripted_stream
 
 # WLI, one dark frame inside the WLI run, WLI, the NBI look, WLI back at the same place
 SCRIPT = "WWWWWW" + "D" + "WWWW" + "DD" + "NNNNNNNN" + "DD" + "WWWWWWW"
