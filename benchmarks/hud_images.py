@@ -7,7 +7,8 @@ synthetic processor output (WLI -> NBI -> WLI at the same place -> WLI
 elsewhere, `model.synthetic_endoscope`) and on a side-by-side stream made of a
 synthetic WLI/NBI pair, and writes one frame per mode (the middle frame of the
 mode's first run of frames; for HOLD the first frame the quality gate held) as
-`endoscope-<mode>.png`, scaled to 800 px wide.
+`endoscope-<mode>.png`, scaled to 800 px wide. The stabiliser runs with `run`'s
+defaults; `--overlay-timing live` shows the overlay's age in the HUD.
 """
 from __future__ import annotations
 
@@ -60,10 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("docs/images"))
     parser.add_argument("--engine", default="onnxruntime")
+    parser.add_argument("--overlay-timing", default="sync", choices=("sync", "live"))
     args = parser.parse_args(argv)
     from endofuse.model.synthetic_endoscope import SyntheticEndoscope
     from endofuse.realtime.engines import open_engine
     from endofuse.realtime.input.sources import MemorySource
+    from endofuse.realtime.output.stabilise import StabiliseConfig
     from endofuse.realtime.pairing.endoscope import EndoscopeConfig
     from endofuse.realtime.pipeline import build_pipeline
 
@@ -73,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
             (MemorySource(side_by_side_frames(12), "side by side"), EndoscopeConfig(layout="side-by-side:nbi-left"))]
     picked = {}
     for source, config in runs:
-        pipeline = build_pipeline(engine=engine, endoscope=source, endoscope_config=config, warmup_frames=0)
+        pipeline = build_pipeline(engine=engine, endoscope=source, endoscope_config=config, warmup_frames=0,
+                                  stabilise=StabiliseConfig(), overlay_timing=args.overlay_timing)
         picked.update({m: r for m, r in first_runs(list(pipeline)).items() if m not in picked})
     args.out.mkdir(parents=True, exist_ok=True)
     for mode, result in sorted(picked.items()):

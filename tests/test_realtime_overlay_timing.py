@@ -120,6 +120,18 @@ def test_the_hud_shows_the_overlay_age():
     assert OverlayTiming.hud_line((0, 0.0), "sync") == "overlay sync"
 
 
+def test_the_hud_box_hides_bright_on_screen_text_under_it():
+    # a processor output's white on-screen text under the HUD must not read through the HUD's own lines
+    from endofuse.realtime.output.overlay import HudInfo, draw_hud
+
+    frame = np.full((360, 640, 3), 255, np.uint8)
+    x0, y0, x1, y1 = draw_hud(frame, HudInfo("FUSED-MEMORY", "engine", mode_note="NBI 0.4 s ago",
+                                             overlay_age="overlay age 2 fr 75 ms"))
+    box = frame[y0:y1, x0:x1]
+    assert np.median(box) <= 255 // 8  # the background under the text: white darkened to 1/8
+    assert box.max() >= 200  # the HUD text itself stays bright
+
+
 def test_live_flow_retargets_the_mask_onto_the_newer_frame():
     from types import SimpleNamespace
 
