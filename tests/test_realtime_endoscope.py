@@ -265,7 +265,7 @@ def test_bench_endoscope_measures_the_analysis_and_the_stream_beside_two_inputs(
     monkeypatch.setattr(engines, "open_engine", lambda *a, **k: FusingEngine((32, 32)))
     out = tmp_path / "bench.json"
     assert main(["bench", "--endoscope", str(video), "--frames", "20", "--warmup", "2", "--ring", "60",
-                 "--paced-fps", "100", "--json", str(out)]) == 0
+                 "--paced-fps", "100", "--json", str(out), "--stabilise", "ema", "--min-frames", "2"]) == 0
     result = json.loads(out.read_text())
     endo = result["endoscope"]
     assert endo["spec"] == str(video) and set(endo["modes"]) == {"max", "paced"}
@@ -275,6 +275,9 @@ def test_bench_endoscope_measures_the_analysis_and_the_stream_beside_two_inputs(
     for name, mode in endo["modes"].items():
         assert endo["vs_two_input"][name] == pytest.approx(mode["fps"] / result["modes"][name]["fps"])
         assert sum(mode["mode_counts"].values()) == mode["frames"]
+        # the stream runs the same stabiliser as the two-input pipeline it is compared with
+        assert mode["temporal"]["settings"] == result["modes"][name]["temporal"]["settings"]
+        assert mode["temporal"]["settings"]["stabilise"] == "ema" and mode["temporal"]["settings"]["min_frames"] == 2
     # max mode is lossless: the same modes as the pipeline run directly on the recording's first 22 frames
     fast = endo["modes"]["max"]
     assert fast["frames"] == 22 and fast["dropped"] == 0

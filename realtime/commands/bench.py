@@ -176,23 +176,26 @@ def time_endoscope_analysis(ring: list[np.ndarray], rounds: int = 3) -> dict:
     return {**analysis, "view_signature_ms": percentiles(view)}
 
 
-def bench_endoscope(engine, ring: list[np.ndarray], frames: int, warmup: int, live: bool, fps: float) -> dict:
-    """The whole pipeline on one endoscope stream replayed from memory."""
+def bench_endoscope(engine, ring: list[np.ndarray], frames: int, warmup: int, live: bool, fps: float,
+                    stage: dict | None = None) -> dict:
+    """The whole pipeline on one endoscope stream replayed from memory (`stage`: as in `bench_pipeline`, so the
+    comparison with the two-input pipeline runs the same stabiliser)."""
     from endofuse.realtime.input.sources import MemorySource
     from endofuse.realtime.pipeline import build_pipeline
 
     source = MemorySource(ring, "bench endoscope", fps, loops=None)
     pipeline = build_pipeline(engine=engine, endoscope=source, live=live, frames=frames + warmup,
-                              warmup_frames=warmup)
+                              warmup_frames=warmup, **(stage or {}))
     report = pipeline.run()
     return {**{key: report[key] for key in MODE_KEYS}, "mode_counts": report["modes"],
-            "source_fps": fps if live else None}
+            "source_fps": fps if live else None, "temporal": report["temporal"], "overlay": report["overlay"]}
 
 
 def run_endoscope_bench(args: argparse.Namespace, engine, two_input: dict) -> dict:
     ring, described = load_endoscope_ring(args.endoscope, max(1, args.ring))
     analysis = time_endoscope_analysis(ring)
-    modes = {name: bench_endoscope(engine, ring, args.frames, args.warmup, live, args.paced_fps)
+    stage = stage_from_args(args)
+    modes = {name: bench_endoscope(engine, ring, args.frames, args.warmup, live, args.paced_fps, stage)
              for name, live in (("max", False), ("paced", True))}
     return {"spec": args.endoscope, "source": described, "analysis_cpu_ms": analysis, "modes": modes,
             "vs_two_input": {name: modes[name]["fps"] / two_input[name]["fps"] for name in modes if name in two_input}}
