@@ -120,3 +120,34 @@ def test_the_stabilised_live_timed_overlay_stays_inside_the_content_area(tmp_pat
             age = r.extras["overlay_age_frames"]
             assert int(row["overlay_age_frames"]) == age == int(row["shown_frame"]) - r.index
         assert int(row["mask_pixels"]) == np.count_nonzero(r.mask)
+
+
+def test_evaluate_video_on_an_endoscope_recording_scores_the_masked_frames_in_the_content_area(
+        synthetic_endoscope_recording, tmp_path):
+    import shutil
+
+    import cv2
+    from test_realtime_endoscope import FusingEngine
+
+    from endofuse.model.metrics import overlap_metrics
+    from endofuse.realtime.commands.evaluate_video import evaluate_video
+
+    video, _, frames = synthetic_endoscope_recording
+    folder = tmp_path / "rec"
+    folder.mkdir()
+    for name in ("endoscope.mp4", "mask.mp4"):
+        shutil.copy(video.parent / name, folder / name)
+    metrics = evaluate_video(FusingEngine((32, 32)), folder, StabiliseConfig("off"))
+    # reference: the same stream run directly, the mask video decoded here, Dice on the content area's crop
+    results, _ = run(frames, StabiliseConfig("off"), FusingEngine((32, 32)))
+    capture = cv2.VideoCapture(str(folder / "mask.mp4"))
+    labels = [capture.read()[1].max(axis=2) > 127 for _ in frames]
+    capture.release()
+    masked = [r for r in results if r.mode not in (NBI_VIEW, HOLD)]
+    assert 0 < len(masked) < len(results)  # the recording has NBI and HOLD frames, left out
+    assert [row["frame"] for row in metrics["per_frame"]] == [r.index for r in masked]
+    for row, r in zip(metrics["per_frame"], masked, strict=True):
+        crop = r.extras["content_area"].crop
+        assert row["dice"] == overlap_metrics(crop(r.mask), crop(labels[r.index]))["dice"]
+    assert metrics["temporal"]["frames"] == len(masked)
+    assert sum(metrics["modes"].values()) == len(results)

@@ -3,13 +3,18 @@
     endofuse synth clips/ --video 10 --fps 30                       # wli.mp4, nbi.mp4, mask.mp4
     endofuse evaluate --video clips/ --out eval/                    # bundled demo weights, default stabiliser
     endofuse evaluate --video clips/ --checkpoint runs/tiny/best.pt --stabilise off --out eval/
+    endofuse synth rec/ --video 10 --endoscope && endofuse evaluate --video rec/ --out eval/   # endoscope.mp4
 
 The frames run losslessly through `build_pipeline` (the stage `run` and `bench`
 use, same flags), on the torch engine, so the masks are the ones `endofuse run`
 shows for the same frames and settings. metrics.json holds the per-frame Dice
 and IoU against the mask video (white = lesion) beside the temporal metrics of
 `model.temporal` and each lesion's delay from its first labelled frame to its
-first shown frame.
+first shown frame. A folder with `endoscope.mp4` (one processor output, as
+`synth --video S --endoscope` writes) and no `wli.mp4` runs as one endoscope
+stream (`run --endoscope`): only the frames that carry a mask (FUSED,
+FUSED-MEMORY, WLI-ONLY) are scored, inside the content area; NBI and HOLD
+frames are left out (listed by mode in metrics.json `modes`).
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from endofuse.errors import InvalidInputError, MissingFileError
 from endofuse.outputs import OutputFolder, finite_or_none, refuse_overlap, write_json
 
 VIDEO_FILES = ("wli.mp4", "nbi.mp4", "mask.mp4")
+ENDOSCOPE_VIDEO = "endoscope.mp4"
 
 
 class LabelVideo:
@@ -54,28 +60,39 @@ class LabelVideo:
 def evaluate_video(engine, folder: Path, stabilise, wli_only: bool = False) -> dict:
     """Metrics of one video folder (wli.mp4, nbi.mp4 unless `wli_only`, mask.mp4) through the pipeline."""
     from endofuse.realtime.output.overlay import OverlayStyle
-    from endofuse.realtime.pipeline import build_pipeline
+    from endofuse.realtime.pipeline import MASK_MODES, build_pipeline
 
     wli, nbi, mask = (folder / name for name in VIDEO_FILES)
+    endoscope = folder / ENDOSCOPE_VIDEO
+    if not wli.is_file() and endoscope.is_file():  # one processor output switched between WLI and NBI
+        wli, wli_only = endoscope, True
     for path in (wli, mask) if wli_only else (wli, nbi, mask):
         if not path.is_file():
             raise MissingFileError(f"--video '{folder}': no {path.name} (synth --video writes wli.mp4, nbi.mp4 and "
-                                   "mask.mp4)")
+                                   "mask.mp4; synth --video --endoscope endoscope.mp4 and mask.mp4)")
     capture = cv2.VideoCapture(str(wli))
     size = (int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)))
     capture.release()
     labels = LabelVideo(mask, size)
+    sources = {"endoscope": str(wli)} if wli == endoscope else {
+        "wli_source": str(wli), "nbi_source": None if wli_only else str(nbi)}
     try:
-        pipeline = build_pipeline(str(wli), None if wli_only else str(nbi), engine, live=False, warmup_frames=0,
-                                  style=OverlayStyle(hud=False), stabilise=stabilise, labels=labels)
-        report = pipeline.run()
+        pipeline = build_pipeline(engine=engine, live=False, warmup_frames=0, style=OverlayStyle(hud=False),
+                                  stabilise=stabilise, labels=labels, **sources)
+        try:  # the frames scored: those that carry a mask (every frame with two inputs)
+            scored = [r.index for r in pipeline if r.mode in MASK_MODES]
+        finally:
+            pipeline.close()
+        report = pipeline.report()
         metrics = pipeline.stabiliser.metrics
     finally:
         labels.close()
-    per_frame = [{"frame": i, "dice": d, "iou": u} for i, (d, u) in enumerate(zip(metrics.dice, metrics.iou,
-                                                                               strict=True))]
-    return {"video": str(folder), "nbi": not wli_only, "engine": report["engine"], "model": report["model"],
-            "fps": metrics.fps, "temporal": report["temporal"], "per_frame": per_frame}
+    per_frame = [{"frame": i, "dice": d, "iou": u} for i, d, u in zip(scored, metrics.dice, metrics.iou, strict=True)]
+    out = {"video": str(folder), "nbi": not wli_only or wli == endoscope, "engine": report["engine"],
+           "model": report["model"], "fps": metrics.fps, "temporal": report["temporal"], "per_frame": per_frame}
+    if wli == endoscope:
+        out["endoscope"], out["modes"] = str(endoscope), report["modes"]
+    return out
 
 
 def main(args: argparse.Namespace) -> int:
