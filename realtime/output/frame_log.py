@@ -8,8 +8,8 @@ NBI frame fused with it), `nbi_age_ms` (how much older that NBI frame is),
 `view_similarity` (against the view before the NBI look; empty when not
 gated), `quality_flags` (blur / glare / dark, `;`-separated), `status` (the
 pairing: paired / stale / missing / memory / no_mask), `shown_frame` (the
-frame the mask is drawn on: `frame` itself with `--overlay-timing sync`, the
-newest captured one with `live`), `overlay_age_frames` and `overlay_age_ms`
+frame written out, with the mask drawn on it: `frame` itself with
+`--overlay-timing sync`, the newest captured one with `live`), `overlay_age_frames` and `overlay_age_ms`
 (how much older the mask is than the frame it is drawn on; empty on NBI/HOLD
 frames, which carry no mask), `latency_ms`, `mask_pixels` (0: no lesion shown).
 Empty cells mean "does not apply".
