@@ -6,16 +6,12 @@
   (plain state dict, `{"state_dict": ...}`, `module.` prefixes, or OpenAI's
   TorchScript archive) into the towers; every tower key must be present with the
   right shape, the vision position table is resized when the grid differs.
-- `get_tokenizer()`: open_clip's `SimpleTokenizer` with the BPE vocabulary from
-  its wheel. The module is loaded from its file: `import open_clip` runs the
-  package `__init__`, which imports torchvision (not installable beside the CPU
-  torch used here), while `tokenizer.py` itself needs only ftfy, regex and torch.
+- `tokenize(texts, context_length)` / `get_tokenizer()`: CLIP's BPE tokenizer
+  (`endofuse.model.clip_tokenizer`, re-exported here for the towers' callers).
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
-import importlib.util
 import os
 import zipfile
 from pathlib import Path
@@ -25,36 +21,14 @@ import torch.nn.functional as F
 
 from endofuse import __version__
 from endofuse.errors import EndofuseError, MissingFileError
+from endofuse.model.clip_tokenizer import get_tokenizer as get_tokenizer  # re-exported
+from endofuse.model.clip_tokenizer import tokenize as tokenize  # re-exported
 from endofuse.model.entrep import ENTREP_CONFIGS, EntrepConfig, EntrepModel, build_entrep
 from endofuse.outputs import atomic_file
 
 FORMAT = "endofuse-classifier"
 FORMAT_VERSION = 1
-OPEN_CLIP_INSTALL = "pip install --no-deps open-clip-torch==3.3.0 ftfy regex"
 OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
-
-
-# ---- tokenizer ----
-@functools.lru_cache(maxsize=1)
-def _tokenizer_module():
-    spec = importlib.util.find_spec("open_clip")  # finds the folder without running its __init__
-    if spec is None or not spec.submodule_search_locations:
-        raise EndofuseError(f"the classifier's text tower needs open_clip's tokenizer: {OPEN_CLIP_INSTALL}")
-    path = Path(list(spec.submodule_search_locations)[0]) / "tokenizer.py"
-    module_spec = importlib.util.spec_from_file_location("endofuse_open_clip_tokenizer", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
-
-
-@functools.lru_cache(maxsize=4)
-def get_tokenizer(context_length: int = 77):
-    """open_clip's CLIP BPE tokenizer: `tok(list_of_texts)` -> (N, context_length) int64."""
-    return _tokenizer_module().SimpleTokenizer(context_length=context_length)
-
-
-def tokenize(texts: list[str], context_length: int) -> torch.Tensor:
-    return get_tokenizer(context_length)(list(texts))
 
 
 # ---- endofuse classifier checkpoints ----
