@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 import zipfile
 from pathlib import Path
 
@@ -29,6 +30,14 @@ from endofuse.outputs import atomic_file
 FORMAT = "endofuse-classifier"
 FORMAT_VERSION = 1
 OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+def load_failure(exc: Exception) -> str:
+    """torch.load's reason in one line (its weights_only refusal is a paragraph of advice to unpickle anyway)."""
+    if isinstance(exc, pickle.UnpicklingError) and "weights only load failed" in str(exc).lower():
+        return "it holds Python objects other than tensors, which are never unpickled (weights_only=True)"
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else 'unreadable'}"
 
 
 # ---- endofuse classifier checkpoints ----
@@ -65,7 +74,7 @@ def read_classifier(path: str | os.PathLike) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a damaged file can fail anywhere inside the unpickler
-        raise EndofuseError(f"{path}: not a readable checkpoint (truncated or corrupt?): {exc}") from exc
+        raise EndofuseError(f"{path}: not a readable checkpoint (truncated or corrupt?): {load_failure(exc)}") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         hint = " (a segmentation checkpoint? classification needs one from `endofuse train --task classify`)"
         raise EndofuseError(f"{path}: not an endofuse classifier checkpoint{hint}")
@@ -106,9 +115,13 @@ def _read_clip_state(path: Path) -> dict[str, torch.Tensor]:
         names = zipfile.ZipFile(path).namelist() if zipfile.is_zipfile(path) else []
         scripted = any(n.endswith("constants.pkl") for n in names)
         if not scripted:
-            raise EndofuseError(f"--pretrained {path}: not a readable CLIP checkpoint: {exc}") from exc
+            raise EndofuseError(f"--pretrained {path}: not a readable CLIP checkpoint: {load_failure(exc)}") from exc
         # OpenAI's own releases are TorchScript archives; torch.jit.load reads their tensors.
-        raw = torch.jit.load(str(path), map_location="cpu").state_dict()
+        try:
+            raw = torch.jit.load(str(path), map_location="cpu").state_dict()
+        except Exception as jit_exc:  # noqa: BLE001 - any failure means "not a readable archive"
+            raise EndofuseError(f"--pretrained {path}: not a readable CLIP checkpoint: "
+                                f"{load_failure(jit_exc)}") from jit_exc
     if isinstance(raw, dict):
         for key in ("state_dict", "model"):
             if isinstance(raw.get(key), dict):
