@@ -1,9 +1,10 @@
 """CLIP's byte-level BPE tokenizer over CLIP's own vocabulary (shipped in `clip_vocab/`).
 
-Token for token what OpenAI CLIP's and open_clip's `SimpleTokenizer` produce
-(tested against open_clip on a fixed caption list, and against ids it produced
-in `tests/data/clip_tokens.json`), without depending on open-clip-torch, whose
-torchvision requirement does not install beside the CPU torch:
+The same steps as open_clip's `SimpleTokenizer` (itself OpenAI CLIP's), checked
+token for token against open_clip 3.3.0 (`tests/test_classify_tokenizer.py`; the
+ids it gave for a fixed caption list are kept in `tests/data/clip_tokens.json`),
+without depending on open-clip-torch, whose torchvision requirement does not
+install beside the CPU torch:
 
 1. clean: ftfy's `fix_text`, HTML entities unescaped (twice, as CLIP does),
    runs of whitespace collapsed to one space, lower case;
