@@ -386,7 +386,8 @@ def test_a_refused_train_leaves_no_out_folder(data, tmp_path, capsys):
     assert err.count("\n") == 1 and "weights_only=False" not in err, err
 
 
-def test_refused_evaluates_and_segmentation_train_leave_no_out_folder(data, tmp_path, capsys):
+def test_other_refused_commands_leave_no_out_folder(data, tmp_path, capsys):
+    """The same for the segmentation commands that fill a folder (refused after the folder was prepared)."""
     from conftest import synth_dataset
 
     seg = synth_dataset(tmp_path / "seg", seed=0, size="32x32", pairs=2, test_pairs=1)
@@ -395,10 +396,13 @@ def test_refused_evaluates_and_segmentation_train_leave_no_out_folder(data, tmp_
     not_a_checkpoint.write_text("not a checkpoint")
     runs = [["evaluate", "--data", str(seg), "--checkpoint", str(not_a_checkpoint)],
             ["evaluate", "--task", "classify", "--data", str(data), "--checkpoint", str(not_a_checkpoint)],
-            ["train", "--data", str(tmp_path / "nothing-here"), "--epochs", "1"]]
+            ["train", "--data", str(tmp_path / "nothing-here"), "--epochs", "1"],
+            ["export", "--checkpoint", str(not_a_checkpoint), "--format", "triton-repo"],
+            ["synth", "--pairs", "2", "--test-pairs", "1", "--classes"]]
     for i, args in enumerate(runs):
         out = tmp_path / "new" / f"out{i}"
-        assert main(args + ["--out", str(out)]) == 1
+        out_args = [str(out)] if args[0] == "synth" else ["--out", str(out)]
+        assert main(args + out_args) == 1
         assert "Traceback" not in capsys.readouterr().err
         assert not (tmp_path / "new").exists(), args
     existing = tmp_path / "mine"  # a folder the user made stays, and gets no manifest
