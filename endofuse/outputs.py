@@ -221,7 +221,7 @@ _created_folders: list[Path] = []  # output folders this process created, parent
 
 
 def _remove_if_unused(folders: list[Path]) -> None:
-    """Remove each folder (deepest first) that holds no file; one with a file stops the walk up."""
+    """Remove each folder (deepest first) that holds no file, also in its sub-folders; leave the others."""
     for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
         if not folder.is_dir():
             continue

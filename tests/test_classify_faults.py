@@ -444,7 +444,7 @@ def test_reindexing_replaces_the_embedding_of_an_image_that_changed(data, checkp
     changed = copy / "cls_imgs" / "s0_00000_wli.png"
     shutil.copyfile(copy / "cls_imgs" / "s0_00002_nbi.png", changed)  # new content at the same path
     assert main(base) == 0
-    assert "re-embedded 1 changed image(s)" in capsys.readouterr().out
+    assert "updated 1 changed image(s)" in capsys.readouterr().out
     opened = Gallery.open(gallery)
     assert len(opened.items) == 6
     row = [i["image_path"] for i in opened.items].index(str(changed.resolve()))
@@ -454,6 +454,12 @@ def test_reindexing_replaces_the_embedding_of_an_image_that_changed(data, checkp
     np.testing.assert_allclose(opened.embeddings[row], expected, atol=1e-5)
     top = opened.search(expected[None], 1)[0][0]
     assert top["score"] == pytest.approx(1.0, abs=1e-5)
+    # a relabelled row (same file) is updated too, not kept stale
+    rewrite_csv(copy / "cls_train.csv", lambda lines: [lines[0], lines[1].replace(",normal,", ",small_lesion,"),
+                                                       *lines[2:]])
+    assert main(base) == 0
+    relabelled = Gallery.open(gallery)
+    assert len(relabelled.items) == 6 and relabelled.items[row]["label"] == "small_lesion"
 
 
 def test_a_second_index_racing_into_a_new_folder_is_told_another_index_is_writing(data, checkpoint, tmp_path,

@@ -14,8 +14,8 @@ disk at any point leaves `gallery.json` naming a complete generation, old or
 new; leftovers of an interrupted append are removed by the next one. One
 `endofuse index` at a time holds the folder's lock. Appending needs the same
 checkpoint (embeddings of two checkpoints are not comparable); an image already
-in the gallery is skipped when its file is unchanged and re-embedded in place
-when its content changed.
+in the gallery is skipped when its file, label and caption are unchanged, and
+its row is replaced in place when one of them changed.
 """
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ FORMAT = "endofuse-gallery"
 VERSION = 3  # 3: data-file checksums in gallery.json, image checksums in items
 META = "gallery.json"
 LOCK = ".gallery.lock"
+CHANGES = ("sha256", "label", "caption")  # an indexed image whose row differs in one of these is re-indexed
 DATA_FILE = re.compile(r"^(embeddings|items|index)-\d+\.(npy|json|faiss)$")
 
 
@@ -175,8 +176,9 @@ class Gallery:
     def add(self, embeddings: np.ndarray, items: list[dict]) -> tuple[int, int]:
         """Merge rows in memory (`save` writes them); returns (appended, replaced).
 
-        A new image_path is appended; a known one whose file changed (another `sha256`)
-        replaces its row in place, so no stale embedding stays; an unchanged one is skipped.
+        A new image_path is appended; a known one whose file (`sha256`), label or caption
+        changed replaces its row in place, so no stale embedding or label stays; an
+        unchanged one is skipped.
         """
         row_of = {item["image_path"]: row for row, item in enumerate(self.items)}
         appended, replaced, new_rows = 0, 0, []
@@ -188,7 +190,7 @@ class Gallery:
                 appended += 1
             elif row >= len(self.items):
                 continue  # listed twice in this call (CSVs are checked for that before)
-            elif self.items[row].get("sha256") != item.get("sha256"):
+            elif any(self.items[row].get(key) != item.get(key) for key in CHANGES):
                 self.embeddings[row] = embeddings[i]
                 self.items[row] = item
                 replaced += 1

@@ -1,9 +1,9 @@
 """`endofuse index`: embed every image of a classification folder's CSVs into a search gallery.
 
-An existing gallery in --out is appended to (same checkpoint only; an image whose
-file changed is re-embedded in place); the append is all or nothing (see
-`endofuse.train.gallery`). A new --out must be empty,
-new, or hold only files endofuse wrote (--force to write beside others).
+An existing gallery in --out is appended to (same checkpoint only; an indexed
+image whose file, label or caption changed gets its row replaced); the append is
+all or nothing (see `endofuse.train.gallery`). A new --out must be empty, new,
+or hold only files endofuse wrote (--force to write beside others).
 """
 from __future__ import annotations
 
@@ -69,6 +69,6 @@ def main(args: argparse.Namespace) -> int:
             gallery.save()
     finally:
         folder.commit()
-    changed = f", re-embedded {replaced} changed image(s)" if replaced else ""
+    changed = f", updated {replaced} changed image(s)" if replaced else ""
     print(f"indexed {added} new image(s){changed} from {', '.join(splits)} into {out} ({len(gallery.items)} in all)")
     return 0
