@@ -43,9 +43,8 @@ EXTRAS = {
     "demo": ["gradio>=6,<7", "gradio-client>=2", "matplotlib>=3.8"],
     # Holoscan 4.x Python operators; the CUDA runtime wheel lets it import on machines without CUDA.
     "holoscan": ["holoscan-cu12>=4.5,<5", "nvidia-cuda-runtime-cu12>=12.4", "pyyaml>=6"],
-    # Frame classification and retrieval: the faiss index and the CLIP tokenizer's dependencies. The tokenizer
-    # itself comes from open-clip-torch, installed with --no-deps (it would pull torchvision, which needs a
-    # matching torch build): pip install --no-deps open-clip-torch==3.3.0
+    # Frame classification and retrieval: the faiss index and what endofuse's own CLIP tokenizer needs (its
+    # BPE vocabulary ships in endofuse.model's package data).
     "classify": ["faiss-cpu>=1.8", "ftfy>=6", "regex>=2023"],
     "dev": ["pytest>=8", "pytest-timeout>=2", "playwright>=1.45", "scipy>=1.11", "matplotlib>=3.8", "ruff>=0.17"],
 }
@@ -65,7 +64,7 @@ setup(
     python_requires=">=3.10",
     packages=packages,
     package_dir=package_dir,
-    package_data={"endofuse.model": ["weights/*.pt"], "endofuse.demo": ["assets/*"],
+    package_data={"endofuse.model": ["weights/*.pt", "clip_vocab/*"], "endofuse.demo": ["assets/*"],
                   "endofuse.realtime.holoscan": ["app.yaml", "holohub/*/*/metadata.json"]},
     include_package_data=False,
     install_requires=[

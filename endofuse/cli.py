@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from endofuse import __version__
 from endofuse.errors import EndofuseError
+from endofuse.outputs import remove_unused_folders_on_error
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(modules[args.command].main(args) or 0)
+        with remove_unused_folders_on_error():  # a refused command leaves no empty --out behind
+            return int(modules[args.command].main(args) or 0)
     except KeyboardInterrupt:
         print(f"endofuse {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -8,7 +8,10 @@ Every command that writes files goes through this module so the same rules hold 
   any work, it raises one `EndofuseError` line.
 * `OutputFolder` - an existing output folder that holds files endofuse did not write is refused
   unless `force=True`. Files a command writes are listed in `.endofuse-outputs.json` inside the
-  folder, so running the same command again into it is allowed.
+  folder, so running the same command again into it is allowed. A command that is refused or fails
+  before writing a file leaves no folder behind: `commit` removes the folders `prepare` created
+  when they hold no file, and so does `remove_unused_folders_on_error` (the CLI runs every command
+  under it) for an error raised between the two.
 * `atomic_write_bytes` / `atomic_write_text` / `write_json` / `write_image` - temp file in the
   same folder, fsync, `os.replace`; an `OSError` (a full disk, a read-only folder) becomes a
   `WriteError` naming the file and the reason; the previous file is kept and the temp file removed.
@@ -214,6 +217,37 @@ def fsync_file(path: str | os.PathLike) -> None:
         raise WriteError(f"cannot write '{path}': {reason(exc)}") from None
 
 
+_created_folders: list[Path] = []  # output folders this process created, parents before children
+
+
+def _remove_if_unused(folders: list[Path]) -> None:
+    """Remove each folder (deepest first) that holds no file, also in its sub-folders; leave the others."""
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        if not folder.is_dir():
+            continue
+        if any(p.is_file() or p.is_symlink() for p in folder.rglob("*")):
+            continue
+        try:
+            for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+                os.rmdir(sub)  # empty sub-folders a command made before it failed
+            os.rmdir(folder)
+        except OSError:
+            continue  # something appeared meanwhile (another process): leave it
+
+
+@contextlib.contextmanager
+def remove_unused_folders_on_error() -> Iterator[None]:
+    """Run a command; when it raises, remove the output folders it created that still hold no file."""
+    start = len(_created_folders)
+    try:
+        yield
+    except BaseException:
+        _remove_if_unused(_created_folders[start:])
+        raise
+    finally:
+        del _created_folders[start:]
+
+
 class OutputFolder:
     """An output folder the command may fill: new, empty, or holding only files endofuse wrote.
 
@@ -222,16 +256,21 @@ class OutputFolder:
         folder.commit()           # list the new files in the manifest (also after a failure)
     """
 
-    def __init__(self, path: str | os.PathLike, what: str, force: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike, what: str, force: bool = False, own: Iterable[str] = ()) -> None:
+        """`own`: names the command keeps in the folder itself (a lock file), never counted as foreign."""
         self.path, self.what, self.force = Path(path), what, force
+        self.own = set(own)
         self._before: set[str] = set()
         self._owned: set[str] = set()
+        self._created: list[Path] = []  # the folder and parents prepare() made
+        self._had_manifest = False
 
     def _files(self) -> set[str]:
         if not self.path.is_dir():
             return set()
-        return {str(p.relative_to(self.path)) for p in self.path.rglob("*")
-                if (p.is_file() or p.is_symlink()) and p.name != MANIFEST}
+        names = {str(p.relative_to(self.path)) for p in self.path.rglob("*")
+                 if (p.is_file() or p.is_symlink()) and p.name != MANIFEST}
+        return names - self.own
 
     def _manifest(self) -> set[str]:
         try:
@@ -245,22 +284,36 @@ class OutputFolder:
         if self.path.exists() and not self.path.is_dir():
             raise EndofuseError(f"{self.what} '{self.path}' is an existing file: give a folder path")
         self._before = self._files()
+        self._had_manifest = (self.path / MANIFEST).is_file()
         self._owned = self._manifest() & self._before
         foreign = sorted(self._before - self._owned)
         if foreign and not self.force:
             raise EndofuseError(f"{self.what} '{self.path}' already holds {len(foreign)} file(s) endofuse did not "
                                 f"write (e.g. '{foreign[0]}'): choose an empty or new folder, or pass --force")
+        absent = [p for p in (self.path, *self.path.parents) if not p.exists()][::-1]  # parents first
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise WriteError(f"{self.what}: cannot create '{self.path}': {reason(exc)}") from None
-        check_writable_dir(self.path, self.what)
+        self._created = [p for p in absent if p.is_dir()]
+        _created_folders.extend(self._created)
+        try:
+            check_writable_dir(self.path, self.what)
+        except EndofuseError:
+            _remove_if_unused(self._created)
+            raise
         return self
 
     def commit(self) -> None:
-        """Record every file written since `prepare` (and those recorded before) as endofuse's."""
-        files = self._owned | (self._files() - self._before)
-        files = {f for f in files if (self.path / f).exists()}
+        """Record every file written since `prepare` (and those recorded before) as endofuse's.
+
+        Nothing written: no manifest is added, and the folders `prepare` created are removed.
+        """
+        new = self._files() - self._before
+        if not new and not self._had_manifest:
+            _remove_if_unused(self._created)
+            return
+        files = {f for f in self._owned | new if (self.path / f).exists()}
         try:
             write_json(self.path / MANIFEST, {"written_by": "endofuse", "files": sorted(files)})
         except WriteError:

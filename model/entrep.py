@@ -8,7 +8,7 @@ a CLIP text tower, written here in the OpenAI/open_clip state-dict layout
 (`endofuse.model.entrep_weights`). The towers are our own code rather than
 `open_clip.CLIP` because the method needs every layer's CLS token, LoRA inside
 the fused q/k/v projection and a plain-matmul attention that exports to ONNX;
-only open_clip's BPE tokenizer is used (`get_tokenizer`).
+the BPE tokenizer is endofuse's own over CLIP's vocabulary (`clip_tokenizer`).
 
 Blocks: LoRA (`LoRADelta`, merge/unmerge), multi-level CLS fusion (softmax
 weights over the post-LN CLS tokens of `cls_layers`), SLERP feature

@@ -6,17 +6,14 @@
   (plain state dict, `{"state_dict": ...}`, `module.` prefixes, or OpenAI's
   TorchScript archive) into the towers; every tower key must be present with the
   right shape, the vision position table is resized when the grid differs.
-- `get_tokenizer()`: open_clip's `SimpleTokenizer` with the BPE vocabulary from
-  its wheel. The module is loaded from its file: `import open_clip` runs the
-  package `__init__`, which imports torchvision (not installable beside the CPU
-  torch used here), while `tokenizer.py` itself needs only ftfy, regex and torch.
+- `tokenize(texts, context_length)` / `get_tokenizer()`: CLIP's BPE tokenizer
+  (`endofuse.model.clip_tokenizer`, re-exported here for the towers' callers).
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
-import importlib.util
 import os
+import pickle
 import zipfile
 from pathlib import Path
 
@@ -25,36 +22,22 @@ import torch.nn.functional as F
 
 from endofuse import __version__
 from endofuse.errors import EndofuseError, MissingFileError
+from endofuse.model.clip_tokenizer import get_tokenizer as get_tokenizer  # re-exported
+from endofuse.model.clip_tokenizer import tokenize as tokenize  # re-exported
 from endofuse.model.entrep import ENTREP_CONFIGS, EntrepConfig, EntrepModel, build_entrep
 from endofuse.outputs import atomic_file
 
 FORMAT = "endofuse-classifier"
 FORMAT_VERSION = 1
-OPEN_CLIP_INSTALL = "pip install --no-deps open-clip-torch==3.3.0 ftfy regex"
 OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 
-# ---- tokenizer ----
-@functools.lru_cache(maxsize=1)
-def _tokenizer_module():
-    spec = importlib.util.find_spec("open_clip")  # finds the folder without running its __init__
-    if spec is None or not spec.submodule_search_locations:
-        raise EndofuseError(f"the classifier's text tower needs open_clip's tokenizer: {OPEN_CLIP_INSTALL}")
-    path = Path(list(spec.submodule_search_locations)[0]) / "tokenizer.py"
-    module_spec = importlib.util.spec_from_file_location("endofuse_open_clip_tokenizer", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
-
-
-@functools.lru_cache(maxsize=4)
-def get_tokenizer(context_length: int = 77):
-    """open_clip's CLIP BPE tokenizer: `tok(list_of_texts)` -> (N, context_length) int64."""
-    return _tokenizer_module().SimpleTokenizer(context_length=context_length)
-
-
-def tokenize(texts: list[str], context_length: int) -> torch.Tensor:
-    return get_tokenizer(context_length)(list(texts))
+def load_failure(exc: Exception) -> str:
+    """torch.load's reason in one line (its weights_only refusal is a paragraph of advice to unpickle anyway)."""
+    if isinstance(exc, pickle.UnpicklingError) and "weights only load failed" in str(exc).lower():
+        return "it holds Python objects other than tensors, which are never unpickled (weights_only=True)"
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else 'unreadable'}"
 
 
 # ---- endofuse classifier checkpoints ----
@@ -91,7 +74,7 @@ def read_classifier(path: str | os.PathLike) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a damaged file can fail anywhere inside the unpickler
-        raise EndofuseError(f"{path}: not a readable checkpoint (truncated or corrupt?): {exc}") from exc
+        raise EndofuseError(f"{path}: not a readable checkpoint (truncated or corrupt?): {load_failure(exc)}") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         hint = " (a segmentation checkpoint? classification needs one from `endofuse train --task classify`)"
         raise EndofuseError(f"{path}: not an endofuse classifier checkpoint{hint}")
@@ -132,9 +115,13 @@ def _read_clip_state(path: Path) -> dict[str, torch.Tensor]:
         names = zipfile.ZipFile(path).namelist() if zipfile.is_zipfile(path) else []
         scripted = any(n.endswith("constants.pkl") for n in names)
         if not scripted:
-            raise EndofuseError(f"--pretrained {path}: not a readable CLIP checkpoint: {exc}") from exc
+            raise EndofuseError(f"--pretrained {path}: not a readable CLIP checkpoint: {load_failure(exc)}") from exc
         # OpenAI's own releases are TorchScript archives; torch.jit.load reads their tensors.
-        raw = torch.jit.load(str(path), map_location="cpu").state_dict()
+        try:
+            raw = torch.jit.load(str(path), map_location="cpu").state_dict()
+        except Exception as jit_exc:  # noqa: BLE001 - any failure means "not a readable archive"
+            raise EndofuseError(f"--pretrained {path}: not a readable CLIP checkpoint: "
+                                f"{load_failure(jit_exc)}") from jit_exc
     if isinstance(raw, dict):
         for key in ("state_dict", "model"):
             if isinstance(raw.get(key), dict):

@@ -282,3 +282,192 @@ def test_a_reader_racing_an_append_reads_the_new_generation(data, checkpoint, tr
     monkeypatch.setattr(np, "load", load_after_an_append)
     opened = Gallery.open(gallery)
     assert len(opened.items) == 10 and opened.meta["generation"] == 2
+
+
+# ---- issue 25: duplicates, bound gallery files, listed-image folders, no leftovers on refusal ----
+def copy_data(data, tmp_path):
+    return shutil.copytree(data, tmp_path / "data")
+
+
+def test_an_image_listed_twice_is_refused_by_evaluate_index_and_train(data, checkpoint, tmp_path, capsys):
+    copy = copy_data(data, tmp_path)
+    lines = (copy / "cls_test.csv").read_text().splitlines()
+    first = lines[1].split(",")
+    # the same file again, once verbatim and once through another spelling of its path
+    lines += [lines[1], ",".join(["./" + first[0].replace("/", "//"), *first[1:]])]
+    (copy / "cls_test.csv").write_text("\n".join(lines) + "\n")
+    commands = {"evaluate": ["evaluate", "--task", "classify", "--checkpoint", str(checkpoint)],
+                "index": ["index", "--checkpoint", str(checkpoint)],
+                "train": ["train", "--task", "classify", "--epochs", "1", "--no-progress"]}
+    for name, args in commands.items():
+        out = tmp_path / f"out-{name}"
+        assert main(args + ["--data", str(copy), "--out", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert "2 bad row(s)" in err, err
+        assert "cls_test.csv row 5 (line 6): the same image as row 1" in err
+        assert "cls_test.csv row 6 (line 7): the same image as row 1" in err
+        assert not out.exists()  # refused before the folder was made
+
+
+def swapped(gallery, kind, source):
+    """`gallery`'s data file of `kind` replaced by `source`'s (same rows, same width)."""
+    mine, theirs = (json.loads((g / "gallery.json").read_text())["files"][kind] for g in (gallery, source))
+    shutil.copyfile(source / theirs, gallery / mine)
+    return mine
+
+
+@pytest.mark.parametrize("kind", ["index", "embeddings", "items"])
+def test_a_data_file_swapped_in_from_another_gallery_is_one_line(kind, data, train_gallery, tmp_path, capsys):
+    torch.manual_seed(1)  # another checkpoint of the same shape: same rows, same width, other vectors
+    other_ckpt = save_classifier(tmp_path / "other.pt", build_entrep("entrep-tiny", list(CLASSES), **TINY))
+    other = tmp_path / "other"
+    assert main(["index", "--checkpoint", str(other_ckpt), "--data", str(data), "--split", "train",
+                 "--out", str(other)]) == 0
+    other_files = Gallery.open(other).meta["files"]
+    if kind == "items":  # a hand edit: the same rows with one label changed
+        items = json.loads((train_gallery / Gallery.open(train_gallery).meta["files"]["items"]).read_text())
+        items[0]["label"] = "large_lesion" if items[0]["label"] != "large_lesion" else "normal"
+        (other / other_files["items"]).write_text(json.dumps(items))
+    gallery = shutil.copytree(train_gallery, tmp_path / "g")
+    reference = Gallery.open(gallery)
+    assert reference.embeddings.shape == np.load(other / other_files["embeddings"]).shape
+    name = swapped(gallery, kind, other)
+    err = one_line(capsys, main(["search", "--gallery", str(gallery), "--text", "a lesion"]))
+    assert name in err and "SHA-256" in err
+    err = one_line(capsys, main(["index", "--checkpoint", str(reference.meta["checkpoint"]), "--data", str(data),
+                                 "--out", str(gallery)]))
+    assert name in err
+
+
+def test_force_never_writes_into_the_folder_of_the_listed_images(data, checkpoint, tmp_path, capsys):
+    images = data / "cls_imgs"
+    before = sorted(p.name for p in images.iterdir())
+    for args in (["index", "--checkpoint", str(checkpoint)], ["train", "--task", "classify", "--epochs", "1"]):
+        err = one_line(capsys, main(args + ["--data", str(data), "--out", str(images), "--force"]))
+        assert "contains the input" in err and ("_wli.png" in err or "_nbi.png" in err), err
+    assert sorted(p.name for p in images.iterdir()) == before
+
+
+def rewrite_csv(path, edit):
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(edit(lines)) + "\n")
+
+
+def test_a_refused_train_leaves_no_out_folder(data, tmp_path, capsys):
+    import argparse
+
+    cases = {}
+    cases["unknown test label"] = copy_data(data, tmp_path / "a")
+    rewrite_csv(cases["unknown test label"] / "cls_test.csv",
+                lambda lines: [lines[0], lines[1].replace(",normal,", ",polyp,"), *lines[2:]])
+    cases["missing image"] = copy_data(data, tmp_path / "b")
+    next((cases["missing image"] / "cls_imgs").glob("s0_00000_wli.png")).unlink()
+    cases["one class"] = copy_data(data, tmp_path / "c")
+    rewrite_csv(cases["one class"] / "cls_train.csv", lambda lines: [lines[0], *[ln for ln in lines[1:]
+                                                                                 if ",normal," in ln]])
+    not_a_checkpoint = tmp_path / "namespace.pt"
+    torch.save({"model": argparse.Namespace(a=1)}, not_a_checkpoint)  # a pickle torch will not load weights-only
+    expected = {"unknown test label": "'polyp' is not one of the trained classes",
+                "missing image": "image file missing", "one class": "only 1 distinct label",
+                "bad --pretrained": "never unpickled"}
+    for case, message in expected.items():
+        folder = cases.get(case, data)
+        out = tmp_path / "runs" / case.replace(" ", "_")
+        extra = ["--pretrained", str(not_a_checkpoint)] if case == "bad --pretrained" else []
+        assert main(["train", "--task", "classify", "--data", str(folder), "--epochs", "1", "--out", str(out),
+                     *extra]) == 1
+        err = capsys.readouterr().err
+        assert message in err, (case, err)
+        assert not out.exists() and not (tmp_path / "runs").exists(), case  # not even the parent folder
+    # the torch.load advice to unpickle anyway is not repeated: one line
+    assert main(["train", "--task", "classify", "--data", str(data), "--epochs", "1", "--out", str(tmp_path / "r"),
+                 "--pretrained", str(not_a_checkpoint)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "weights_only=False" not in err, err
+
+
+def test_other_refused_commands_leave_no_out_folder(data, tmp_path, capsys):
+    """The same for the segmentation commands that fill a folder (refused after the folder was prepared)."""
+    from conftest import synth_dataset
+
+    seg = synth_dataset(tmp_path / "seg", seed=0, size="32x32", pairs=2, test_pairs=1)
+    capsys.readouterr()
+    not_a_checkpoint = tmp_path / "notes.pt"
+    not_a_checkpoint.write_text("not a checkpoint")
+    runs = [["evaluate", "--data", str(seg), "--checkpoint", str(not_a_checkpoint)],
+            ["evaluate", "--task", "classify", "--data", str(data), "--checkpoint", str(not_a_checkpoint)],
+            ["train", "--data", str(tmp_path / "nothing-here"), "--epochs", "1"],
+            ["export", "--checkpoint", str(not_a_checkpoint), "--format", "triton-repo"],
+            ["synth", "--pairs", "2", "--test-pairs", "1", "--classes"]]
+    for i, args in enumerate(runs):
+        out = tmp_path / "new" / f"out{i}"
+        out_args = [str(out)] if args[0] == "synth" else ["--out", str(out)]
+        assert main(args + out_args) == 1
+        assert "Traceback" not in capsys.readouterr().err
+        assert not (tmp_path / "new").exists(), args
+    existing = tmp_path / "mine"  # a folder the user made stays, and gets no manifest
+    existing.mkdir()
+    assert main(runs[0] + ["--out", str(existing)]) == 1
+    assert existing.is_dir() and list(existing.iterdir()) == []
+
+
+def test_output_folder_made_by_a_failed_command_is_removed(tmp_path):
+    from endofuse.outputs import MANIFEST, OutputFolder, remove_unused_folders_on_error
+
+    out = tmp_path / "a" / "b"
+    with pytest.raises(RuntimeError), remove_unused_folders_on_error():
+        OutputFolder(out, "test --out").prepare()
+        (out / "empty-sub").mkdir()
+        raise RuntimeError("failed before writing")
+    assert not (tmp_path / "a").exists()
+    folder = OutputFolder(out, "test --out").prepare()
+    folder.commit()  # nothing written: no manifest, no folder
+    assert not (tmp_path / "a").exists()
+    folder = OutputFolder(out, "test --out").prepare()
+    (out / "result.txt").write_text("x")
+    with pytest.raises(RuntimeError), remove_unused_folders_on_error():
+        raise RuntimeError("failed after writing")
+    folder.commit()
+    assert json.loads((out / MANIFEST).read_text())["files"] == ["result.txt"]
+
+
+def test_reindexing_replaces_the_embedding_of_an_image_that_changed(data, checkpoint, tmp_path, capsys):
+    import torch.nn.functional as F
+
+    from endofuse.model.entrep_weights import load_classifier
+    from endofuse.train.classify_data import image_tensor
+
+    copy = copy_data(data, tmp_path)
+    gallery = tmp_path / "g"
+    base = ["index", "--checkpoint", str(checkpoint), "--data", str(copy), "--split", "train", "--out", str(gallery)]
+    assert main(base) == 0
+    changed = copy / "cls_imgs" / "s0_00000_wli.png"
+    shutil.copyfile(copy / "cls_imgs" / "s0_00002_nbi.png", changed)  # new content at the same path
+    assert main(base) == 0
+    assert "updated 1 changed image(s)" in capsys.readouterr().out
+    opened = Gallery.open(gallery)
+    assert len(opened.items) == 6
+    row = [i["image_path"] for i in opened.items].index(str(changed.resolve()))
+    model = load_classifier(checkpoint)
+    with torch.no_grad():
+        expected = F.normalize(model.encode_image(image_tensor(changed, model.img_size)), dim=-1)[0].numpy()
+    np.testing.assert_allclose(opened.embeddings[row], expected, atol=1e-5)
+    top = opened.search(expected[None], 1)[0][0]
+    assert top["score"] == pytest.approx(1.0, abs=1e-5)
+    # a relabelled row (same file) is updated too, not kept stale
+    rewrite_csv(copy / "cls_train.csv", lambda lines: [lines[0], lines[1].replace(",normal,", ",small_lesion,"),
+                                                       *lines[2:]])
+    assert main(base) == 0
+    relabelled = Gallery.open(gallery)
+    assert len(relabelled.items) == 6 and relabelled.items[row]["label"] == "small_lesion"
+
+
+def test_a_second_index_racing_into_a_new_folder_is_told_another_index_is_writing(data, checkpoint, tmp_path,
+                                                                                  capsys):
+    new = tmp_path / "new-gallery"
+    new.mkdir()
+    base = ["index", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(new)]
+    with locked(new):  # the first index made the folder and holds its lock, nothing else written yet
+        err = one_line(capsys, main(base))
+    assert "another endofuse index is writing" in err
+    assert main(base) == 0 and len(Gallery.open(new).items) == 10  # and then it can

@@ -103,4 +103,6 @@ def test_wheel_maps_folders_under_endofuse(tmp_path, repo_root):
     assert {t for t in top if not t.endswith(".dist-info")} == {"endofuse"}
     for sub in ("kernels", "model", "train", "realtime", "demo"):
         assert f"endofuse/{sub}/__init__.py" in names
+    # the CLIP tokenizer's vocabulary ships with its licence ([classify] needs no other package for it)
+    assert {"endofuse/model/clip_vocab/bpe_simple_vocab_16e6.txt.gz", "endofuse/model/clip_vocab/LICENSE"} <= set(names)
     assert "endofuse/__main__.py" in names and "endofuse/cli.py" in names

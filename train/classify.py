@@ -32,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from endofuse.checks import check_device
 from endofuse.errors import EndofuseError, InvalidOptionError, MissingFileError
 from endofuse.model.entrep import EntrepModel, build_entrep, same_class_partners, slerp
 from endofuse.model.entrep_weights import (
@@ -187,14 +188,22 @@ class ClassifyTrainer:
             raise InvalidOptionError(f"--batch-size must be >= 1, got {self.batch_size}")
         self.run = Path(options.out)
         self.last_path, self.best_path = self.run / "last.pt", self.run / "best.pt"
+        if self.run.exists() and not self.run.is_dir():
+            raise EndofuseError(f"--out '{self.run}' is an existing file: give a run folder (e.g. runs/cls)")
+        check_device(options.device)
+        # every input is read and checked before the run folder is made: a refusal leaves nothing behind
+        self.payload, train_records, val_records = self._read_inputs()
         # before the process group: every rank refuses the same bad --out in one line; only rank 0 judges
         # foreign files (another rank could list rank 0's write probe as one)
         main_rank = int(os.environ.get("RANK", "0")) == 0
+        images = {f"{r.where} image": r.image for r in (*train_records, *val_records)}
         self.output = check_run_folder(self.run, options.data, options.pretrained, options.resume,
-                                       options.force or not main_rank)
+                                       options.force or not main_rank, images=images)
         self.d = ddp.setup(options.device)
+        self.records = train_records, val_records
 
-    def _setup(self) -> dict | None:
+    def _read_inputs(self) -> tuple[dict | None, list, list]:
+        """last.pt when resuming, both CSVs (every row), the model with its --pretrained weights."""
         payload = None
         if self.o.resume:
             if not self.last_path.is_file():
@@ -217,6 +226,12 @@ class ClassifyTrainer:
             self.model = build_entrep(self.o.model, classes, **self.o.overrides)
             if self.o.pretrained is not None:
                 load_clip_weights(self.model, self.o.pretrained)
+        return payload, train_records, val_records
+
+    def _setup(self) -> dict | None:
+        payload = self.payload
+        train_records, val_records = self.records
+        classes = self.model.classes
         self.model.to(self.d.device).train()
         prompts = prompts_of(self.model)
         size = self.model.img_size

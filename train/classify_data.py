@@ -3,6 +3,8 @@
 Columns are found by name in the header (caption optional), paths are relative to
 the folder, files may be UTF-8 or GBK, like the segmentation CSVs; the whole CSV
 is validated before anything runs and every bad row is reported in one error.
+An image listed twice in one CSV (also through another spelling of its path or
+a link) is a bad row: a duplicate would retrieve itself and be indexed twice.
 Rows without a caption get one of the class's prompt templates.
 """
 from __future__ import annotations
@@ -90,10 +92,19 @@ def load_classify_split(root: Path, split: str, classes: Sequence[str] | None = 
                                 f"with image_path,label,caption; `endofuse synth OUT --pairs N --classes` writes one)")
     records, problems = read_classify_csv(path)
     known = set(classes) if classes is not None else None
+    first_row: dict[tuple[int, int], ImageRecord] = {}  # (device, inode): another spelling or link is the same file
     for record in records:
-        problems.extend(record_problems(record))
+        found = record_problems(record)
+        problems.extend(found)
         if known is not None and record.label not in known:
             problems.append(f"{record.where}: label {record.label!r} is not one of the trained classes {sorted(known)}")
+        if found:
+            continue
+        stat = record.image.stat()
+        first = first_row.setdefault((stat.st_dev, stat.st_ino), record)
+        if first is not record:  # a duplicate would find itself in retrieval and be indexed twice: refused
+            problems.append(f"{record.where}: the same image as row {first.row} ({record.image}); "
+                            "list each image once")
     if problems:
         raise EndofuseError(f"{path}: {len(problems)} bad row(s):\n  " + "\n  ".join(problems))
     if not records:

@@ -34,8 +34,8 @@ def main(args: argparse.Namespace) -> int:
 
         return evaluate_main(args)
     records = load_split(args.data, args.split)
+    model = load_checkpoint(args.checkpoint)  # every input checked before the output folder is made
     folder = check_eval_outputs(args, records)
-    model = load_checkpoint(args.checkpoint)
     try:
         metrics = evaluate_model(model, records, args.out, wli_only=args.wli_only)
         metrics.update({"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split,

@@ -1,18 +1,21 @@
 """A case library for retrieval: unit image embeddings + metadata + a faiss inner-product index.
 
 Folder layout: `gallery.json` (model, classes, checkpoint path and SHA-256,
-count, and the names of the data files), and one generation of data files:
-`embeddings-G.npy` (N, E) float32 unit rows, `items-G.json` (per row:
-image_path, label, caption, split), `index-G.faiss` (exact `IndexFlatIP`:
-cosine similarity on unit vectors).
+count, and the names and SHA-256 of the data files), and one generation of data
+files: `embeddings-G.npy` (N, E) float32 unit rows, `items-G.json` (per row:
+image_path, label, caption, split, sha256 of the image file), `index-G.faiss`
+(exact `IndexFlatIP`: cosine similarity on unit vectors). The checksums bind the
+three files to each other: a data file swapped in from another gallery (same
+rows and width) is refused by name instead of returning wrong neighbours.
 
 Appending writes generation G+1 beside G, then replaces `gallery.json` (one
 atomic rename: the commit point), then deletes generation G. A crash or a full
 disk at any point leaves `gallery.json` naming a complete generation, old or
 new; leftovers of an interrupted append are removed by the next one. One
 `endofuse index` at a time holds the folder's lock. Appending needs the same
-checkpoint (embeddings of two checkpoints are not comparable); images already
-in the gallery are skipped.
+checkpoint (embeddings of two checkpoints are not comparable); an image already
+in the gallery is skipped when its file, label and caption are unchanged, and
+its row is replaced in place when one of them changed.
 """
 from __future__ import annotations
 
@@ -31,13 +34,18 @@ from pathlib import Path
 import numpy as np
 
 from endofuse.errors import EndofuseError
-from endofuse.outputs import atomic_write_bytes, reason, write_json
+from endofuse.outputs import atomic_write_bytes, dumps_json, reason, write_json
 
 FORMAT = "endofuse-gallery"
-VERSION = 2
+VERSION = 3  # 3: data-file checksums in gallery.json, image checksums in items
 META = "gallery.json"
 LOCK = ".gallery.lock"
+CHANGES = ("sha256", "label", "caption")  # an indexed image whose row differs in one of these is re-indexed
 DATA_FILE = re.compile(r"^(embeddings|items|index)-\d+\.(npy|json|faiss)$")
+
+
+def bytes_sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def file_sha256(path: Path) -> str:
@@ -128,10 +136,19 @@ class Gallery:
             raise EndofuseError(f"{meta_path}: gallery version {meta.get('version')} is not the one this endofuse "
                                 f"reads ({VERSION}); rebuild it with endofuse index")
         files = {k: folder / meta["files"].get(k, "") for k in ("embeddings", "items", "index")}
+        checksums = meta.get("sha256") if isinstance(meta.get("sha256"), dict) else {}
+
+        def read(kind: str) -> bytes:
+            data = files[kind].read_bytes()
+            if bytes_sha256(data) != checksums.get(kind):
+                raise EndofuseError(f"{folder}: {files[kind].name} is not the file {META} was written with (its "
+                                    f"SHA-256 differs: replaced or edited by hand?); rebuild the gallery")
+            return data
+
         try:
-            embeddings = np.load(files["embeddings"], allow_pickle=False)
-            items = json.loads(files["items"].read_text(encoding="utf-8"))
-            index_bytes = np.fromfile(files["index"], dtype=np.uint8)
+            embeddings = np.load(io.BytesIO(read("embeddings")), allow_pickle=False)
+            items = json.loads(read("items").decode("utf-8"))
+            index_bytes = np.frombuffer(read("index"), dtype=np.uint8)
         except FileNotFoundError as exc:
             if _meta_changed(meta_path, meta):
                 raise _Replaced from None
@@ -156,14 +173,31 @@ class Gallery:
             raise EndofuseError(f"{self.folder}: built with another checkpoint ({self.meta['checkpoint']}); "
                                 f"append with that one or index into a new --out")
 
-    def add(self, embeddings: np.ndarray, items: list[dict]) -> int:
-        """Append rows whose image_path is new (in memory; `save` writes them); returns how many."""
-        known = {item["image_path"] for item in self.items}
-        keep = [i for i, item in enumerate(items) if item["image_path"] not in known]
-        if keep:
-            self.embeddings = np.concatenate([self.embeddings, embeddings[keep].astype(np.float32)])
-            self.items.extend(items[i] for i in keep)
-        return len(keep)
+    def add(self, embeddings: np.ndarray, items: list[dict]) -> tuple[int, int]:
+        """Merge rows in memory (`save` writes them); returns (appended, replaced).
+
+        A new image_path is appended; a known one whose file (`sha256`), label or caption
+        changed replaces its row in place, so no stale embedding or label stays; an
+        unchanged one is skipped.
+        """
+        row_of = {item["image_path"]: row for row, item in enumerate(self.items)}
+        appended, replaced, new_rows = 0, 0, []
+        for i, item in enumerate(items):
+            row = row_of.get(item["image_path"])
+            if row is None:
+                row_of[item["image_path"]] = len(self.items) + len(new_rows)
+                new_rows.append(i)
+                appended += 1
+            elif row >= len(self.items):
+                continue  # listed twice in this call (CSVs are checked for that before)
+            elif any(self.items[row].get(key) != item.get(key) for key in CHANGES):
+                self.embeddings[row] = embeddings[i]
+                self.items[row] = item
+                replaced += 1
+        if new_rows:
+            self.embeddings = np.concatenate([self.embeddings, embeddings[new_rows].astype(np.float32)])
+            self.items.extend(items[i] for i in new_rows)
+        return appended, replaced
 
     def save(self) -> None:
         """Write the next generation, commit it by replacing gallery.json, then drop the old files.
@@ -180,10 +214,12 @@ class Gallery:
         buf = io.BytesIO()
         np.save(buf, self.embeddings, allow_pickle=False)
         self.index_bytes = faiss.serialize_index(index)
-        atomic_write_bytes(self.folder / names["embeddings"], buf.getvalue())
-        write_json(self.folder / names["items"], self.items)
-        atomic_write_bytes(self.folder / names["index"], self.index_bytes.tobytes())
-        meta = {**self.meta, "count": len(self.items), "generation": generation, "files": names}
+        data = {"embeddings": buf.getvalue(), "items": dumps_json(self.items).encode("utf-8"),
+                "index": self.index_bytes.tobytes()}
+        for kind, content in data.items():
+            atomic_write_bytes(self.folder / names[kind], content)
+        meta = {**self.meta, "count": len(self.items), "generation": generation, "files": names,
+                "sha256": {kind: bytes_sha256(content) for kind, content in data.items()}}
         write_json(self.folder / META, meta)  # the commit point
         self.meta = meta
         self.remove_stale()

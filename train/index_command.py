@@ -1,8 +1,9 @@
 """`endofuse index`: embed every image of a classification folder's CSVs into a search gallery.
 
-An existing gallery in --out is appended to (same checkpoint only); the append
-is all or nothing (see `endofuse.train.gallery`). A new --out must be empty,
-new, or hold only files endofuse wrote (--force to write beside others).
+An existing gallery in --out is appended to (same checkpoint only; an indexed
+image whose file, label or caption changed gets its row replaced); the append is
+all or nothing (see `endofuse.train.gallery`). A new --out must be empty, new,
+or hold only files endofuse wrote (--force to write beside others).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def main(args: argparse.Namespace) -> int:
     from endofuse.outputs import OutputFolder, refuse_overlap
     from endofuse.train.classify import embed_images, prompts_of
     from endofuse.train.classify_data import ImageDataset, classify_csv_path, load_classify_split
-    from endofuse.train.gallery import META, Gallery, locked
+    from endofuse.train.gallery import LOCK, META, Gallery, file_sha256, locked
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -37,16 +38,18 @@ def main(args: argparse.Namespace) -> int:
     splits = [s for s in SPLITS[args.split] if args.split != "all" or classify_csv_path(args.data, s).is_file()]
     if not splits:
         raise EndofuseError(f"{args.data}: no cls_train.csv or cls_test.csv to index")
-    inputs = {"--checkpoint": args.checkpoint, "--data": args.data}
-    inputs.update({f"{classify_csv_path(args.data, s).name}": classify_csv_path(args.data, s) for s in splits})
-    refuse_overlap({"--out": out}, inputs, output_dirs=["--out"])
     model = load_classifier(args.checkpoint)
     records = {split: load_classify_split(args.data, split, model.classes) for split in splits}  # all rows checked
+    inputs = {"--checkpoint": args.checkpoint, "--data": args.data}
+    inputs.update({f"{classify_csv_path(args.data, s).name}": classify_csv_path(args.data, s) for s in splits})
+    inputs.update({f"{r.where} image": r.image for rows in records.values() for r in rows})
+    refuse_overlap({"--out": out}, inputs, output_dirs=["--out"])
     appending = (out / META).is_file()
     if appending:
         Gallery.open(out).check_checkpoint(args.checkpoint)  # before any work; a damaged gallery is one line
-    # an existing gallery is endofuse's own folder (like train --resume); a new one follows the owned-folder rule
-    folder = OutputFolder(out, "index --out", force=args.force or appending).prepare()
+    # an existing gallery is endofuse's own folder (like train --resume); a new one follows the owned-folder rule;
+    # the lock file is index's own, also while another index holds it in a folder it has just made
+    folder = OutputFolder(out, "index --out", force=args.force or appending, own=[LOCK]).prepare()
     try:
         with locked(out):
             if (out / META).is_file():  # re-read under the lock: another index may have appended meanwhile
@@ -54,15 +57,18 @@ def main(args: argparse.Namespace) -> int:
                 gallery.check_checkpoint(args.checkpoint)
             else:
                 gallery = Gallery.empty(out, args.checkpoint, model.name, model.classes, model.config.embed_dim)
-            added = 0
+            added = replaced = 0
             for split, rows in records.items():
                 dataset = ImageDataset(rows, model.img_size, model.classes, prompts_of(model))
                 embeddings, _ = embed_images(model, dataset)
+                # the file's checksum tells a changed image at a known path from an unchanged one
                 items = [{"image_path": str(r.image.resolve()), "label": r.label, "caption": r.caption,
-                          "split": split} for r in rows]
-                added += gallery.add(embeddings, items)
+                          "split": split, "sha256": file_sha256(r.image)} for r in rows]
+                counts = gallery.add(embeddings, items)
+                added, replaced = added + counts[0], replaced + counts[1]
             gallery.save()
     finally:
         folder.commit()
-    print(f"indexed {added} new image(s) from {', '.join(splits)} into {out} ({len(gallery.items)} in all)")
+    changed = f", updated {replaced} changed image(s)" if replaced else ""
+    print(f"indexed {added} new image(s){changed} from {', '.join(splits)} into {out} ({len(gallery.items)} in all)")
     return 0

@@ -20,15 +20,18 @@ RUN_DEFINING = {"data": "--data", "model": "--model", "img_size": "--img-size", 
                 "options (--fusion, --negatives, --mir, --distill, --dtm)"}
 
 
-def check_run_folder(out: Path, data: Path, pretrained: Path | None, resume: bool, force: bool) -> OutputFolder | None:
-    """Refuse a file as --out, a run folder that is or holds the dataset, and (new runs) a foreign folder.
+def check_run_folder(out: Path, data: Path, pretrained: Path | None, resume: bool, force: bool,
+                     images: dict[str, Path] | None = None) -> OutputFolder | None:
+    """Refuse a file as --out, a run folder that is or holds the dataset or a listed image (`images`:
+    label -> path), and (new runs) a foreign folder.
 
     Returns the prepared folder of a new run (its files are recorded as endofuse's when it ends).
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise EndofuseError(f"--out '{out}' is an existing file: give a run folder (e.g. runs/tiny)")
-    refuse_overlap({"--out": out}, {"--data": data, "--pretrained": pretrained}, output_dirs=["--out"])
+    inputs = {"--data": data, "--pretrained": pretrained, **(images or {})}
+    refuse_overlap({"--out": out}, inputs, output_dirs=["--out"])
     if resume:
         return None  # continuing a run: its folder is the run's own
     return OutputFolder(out, "train --out", force=force).prepare()
