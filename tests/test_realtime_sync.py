@@ -6,6 +6,8 @@ import pytest
 
 from endofuse.realtime.pairing.sync import MISSING, PAIRED, STALE, Synchroniser, SyncPolicy
 
+from conftest import brute_force
+
 FPS = 30.0
 POLICY = SyncPolicy.for_fps(FPS)  # tolerance 1/60 s, staleness 3/30 s
 
@@ -14,20 +16,6 @@ POLICY = SyncPolicy.for_fps(FPS)  # tolerance 1/60 s, staleness 3/30 s
 class Stamp:
     index: int
     sync_time: float
-
-
-def brute_force(wli_time: float, nbi_times: list[float], policy: SyncPolicy):
-    """Reference decision: nearest NBI time (ties to the earlier), then the two thresholds."""
-    if not nbi_times:
-        return MISSING, None
-    nearest = min(abs(t - wli_time) for t in nbi_times)
-    best = min(t for t in nbi_times if abs(t - wli_time) <= nearest + 1e-9)  # a tie within float noise too
-    skew = best - wli_time
-    if abs(skew) <= policy.tolerance_s + 1e-9:
-        return PAIRED, best
-    if abs(skew) <= policy.staleness_s + 1e-9:
-        return STALE, best
-    return MISSING, None
 
 
 def run_lossless(wli_times, nbi_times, policy=POLICY):
