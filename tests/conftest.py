@@ -135,6 +135,40 @@ def write_video(path, frames: list[np.ndarray], fps: float = 30.0, fourcc: str =
     writer.release()
 
 
+def brute_force(wli_time: float, nbi_times: list[float], policy):
+    """Reference pairing of one WLI frame with every NBI frame of a recording: (status, NBI time or None).
+
+    The nearest NBI time (ties, within float noise, to the earlier), then the policy's two thresholds.
+    """
+    from endofuse.realtime.pairing.sync import MISSING, PAIRED, STALE
+
+    if not len(nbi_times):
+        return MISSING, None
+    nearest = min(abs(t - wli_time) for t in nbi_times)
+    best = min(t for t in nbi_times if abs(t - wli_time) <= nearest + 1e-9)
+    skew = best - wli_time
+    if abs(skew) <= policy.tolerance_s + 1e-9:
+        return PAIRED, best
+    if abs(skew) <= policy.staleness_s + 1e-9:
+        return STALE, best
+    return MISSING, None
+
+
+def child_env(**extra: str) -> dict:
+    """The environment of a `python -c` child that imports from conftest (its stand-ins)."""
+    tests_dir = str(Path(__file__).resolve().parent)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [tests_dir, os.environ.get("PYTHONPATH")])),
+            **extra}
+
+
+@pytest.fixture
+def stand_in_engine(monkeypatch):
+    """`open_engine` replaced by the deterministic stand-in: for tests about a command, not the model."""
+    import endofuse.realtime.engines as engines
+
+    monkeypatch.setattr(engines, "open_engine", lambda *a, **k: ColourThresholdEngine((32, 40), threshold=0.7))
+
+
 class ScriptedCapture:
     """A fake `cv2.VideoCapture` that serves `frames` frames and can refuse to open, for camera tests."""
 

@@ -1,5 +1,11 @@
-"""`endofuse run` against hostile paths, full disks, signals and bad option values (docs/faults.md)."""
+"""`endofuse run` against hostile paths, full disks, signals and bad option values (docs/faults.md).
+
+Every failure found while the run runs (write errors, damaged inputs, signals) is tested on both runtimes:
+`--runtime holoscan` must end exactly as the native one. Checks made before the runtime starts (outputs
+against inputs, option values) are shared code and run once.
+"""
 import errno
+import importlib.util
 import json
 import os
 import signal
@@ -15,15 +21,12 @@ import pytest
 from endofuse import cli
 from endofuse.model.synthetic import SyntheticScene
 
-from conftest import ColourThresholdEngine, write_video
+from conftest import child_env, write_video
 
-
-@pytest.fixture
-def stand_in_engine(monkeypatch):
-    """`open_engine` replaced by the deterministic stand-in: these tests are about the command, not the model."""
-    import endofuse.realtime.engines as engines
-
-    monkeypatch.setattr(engines, "open_engine", lambda *a, **k: ColourThresholdEngine((32, 40), threshold=0.7))
+# A Holoscan graph that hangs must fail the test, not CI: each holoscan case has its own time limit.
+RUNTIMES = ["native", pytest.param("holoscan", marks=[
+    pytest.mark.skipif(importlib.util.find_spec("holoscan") is None, reason="the [holoscan] extra is not installed"),
+    pytest.mark.timeout(120)])]
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +104,9 @@ def test_frames_dir_with_foreign_files_needs_force_and_a_rerun_is_allowed(stand_
 
 
 # -- 2. exit codes and reports that are true ----------------------------------------------------------------
-def test_report_write_failure_is_one_line_and_keeps_the_previous_report(stand_in_engine, clip, tmp_path, capsys,
-                                                                         monkeypatch):
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_report_write_failure_is_one_line_and_keeps_the_previous_report(runtime, stand_in_engine, clip, tmp_path,
+                                                                         capsys, monkeypatch):
     import endofuse.outputs as outputs
 
     report = tmp_path / "report.json"
@@ -112,7 +116,7 @@ def test_report_write_failure_is_one_line_and_keeps_the_previous_report(stand_in
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(outputs.os, "fsync", full_disk)
-    rc = cli.main(["run", "--wli", str(clip), "--report", str(report)])
+    rc = cli.main(["run", "--runtime", runtime, "--wli", str(clip), "--report", str(report)])
     err = one_line_error(capsys, rc)
     assert str(report) in err and "no space left on device" in err
     assert json.loads(report.read_text()) == {"previous": True}
@@ -131,26 +135,35 @@ def tiny_filesystem(tmp_path):
     subprocess.run(["umount", str(mount)], check=False)
 
 
-def test_full_disk_video_is_exit_1_naming_the_file_and_keeps_the_old_video(stand_in_engine, tiny_filesystem,
-                                                                           capsys):
-    out = tiny_filesystem / "overlay.mp4"
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_full_disk_video_is_exit_1_naming_the_file_and_keeps_the_old_video(runtime, stand_in_engine,
+                                                                           tiny_filesystem, tmp_path, capsys):
+    out, report = tiny_filesystem / "overlay.mp4", tmp_path / "r.json"
     out.write_bytes(b"previous good video")
-    rc = cli.main(["run", "--wli", "synthetic", "--frames", "30", "--out", str(out)])
+    rc = cli.main(["run", "--runtime", runtime, "--wli", "synthetic", "--frames", "30", "--out", str(out),
+                   "--report", str(report)])
     err = one_line_error(capsys, rc)
     assert str(out) in err and "no space left on device" in err
     assert out.read_bytes() == b"previous good video"
     assert sorted(p.name for p in tiny_filesystem.iterdir()) == ["overlay.mp4"]
+    data = json.loads(report.read_text())
+    assert data["complete"] is False and data["error"] == err.strip().split("error: ", 1)[1]
+    assert data["frames"] == data["stopped_after_frames"] == 30 and "partial_video" not in data
 
 
-def test_full_disk_frames_dir_is_exit_1_naming_the_file(stand_in_engine, tiny_filesystem, capsys):
-    rc = cli.main(["run", "--wli", "synthetic", "--frames", "30", "--frames-dir", str(tiny_filesystem / "f")])
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_full_disk_frames_dir_is_exit_1_naming_the_file(runtime, stand_in_engine, tiny_filesystem, capsys):
+    rc = cli.main(["run", "--runtime", runtime, "--wli", "synthetic", "--frames", "30", "--frames-dir",
+                   str(tiny_filesystem / "f")])
     err = one_line_error(capsys, rc)
     assert "overlay_0000" in err and "no space left on device" in err
 
 
-def test_report_is_strict_json_with_null_and_a_reason_when_all_frames_are_warm_up(stand_in_engine, clip, tmp_path):
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_report_is_strict_json_with_null_and_a_reason_when_all_frames_are_warm_up(runtime, stand_in_engine, clip,
+                                                                                  tmp_path):
     report = tmp_path / "r.json"
-    assert cli.main(["run", "--wli", str(clip), "--report", str(report), "--warmup", "20"]) == 0
+    assert cli.main(["run", "--runtime", runtime, "--wli", str(clip), "--report", str(report), "--warmup", "20"]) == 0
 
     def no_constants(name):
         raise AssertionError(f"non-standard JSON constant {name}")
@@ -160,13 +173,15 @@ def test_report_is_strict_json_with_null_and_a_reason_when_all_frames_are_warm_u
     assert "warm-up" in data["statistics_note"]
 
 
-def test_mid_stream_decode_error_leaves_a_partial_video_and_a_report_saying_where(stand_in_engine, tmp_path, capsys):
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_mid_stream_decode_error_leaves_a_partial_video_and_a_report_saying_where(runtime, stand_in_engine, tmp_path,
+                                                                                  capsys):
     full = tmp_path / "full.avi"
     write_video(full, [np.full((40, 48, 3), 8 * i, np.uint8) for i in range(30)], fourcc="MJPG")
     cut = tmp_path / "cut.avi"
     cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
     out, report = tmp_path / "out.mp4", tmp_path / "r.json"
-    rc = cli.main(["run", "--wli", str(cut), "--out", str(out), "--report", str(report)])
+    rc = cli.main(["run", "--runtime", runtime, "--wli", str(cut), "--out", str(out), "--report", str(report)])
     err = one_line_error(capsys, rc)
     assert "truncated or corrupt" in err
     data = json.loads(report.read_text())
@@ -185,15 +200,14 @@ STAND_IN_RUN = textwrap.dedent("""
 """)
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143),
                                        pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow)])
-def test_sigterm_and_sigint_finalise_the_video_and_a_true_report(sig, code, tmp_path):
+def test_sigterm_and_sigint_finalise_the_video_and_a_true_report(sig, code, runtime, tmp_path):
     out, report = tmp_path / "live.mp4", tmp_path / "r.json"
-    cmd = [sys.executable, "-c", STAND_IN_RUN, "run", "--wli", "synthetic", "--nbi", "synthetic", "--live",
-           "--frames", "100000", "--out", str(out), "--report", str(report), "--warmup", "2"]
-    tests_dir = os.path.dirname(os.path.abspath(__file__))  # the stand-in engine lives in conftest.py
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [tests_dir, os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    cmd = [sys.executable, "-c", STAND_IN_RUN, "run", "--runtime", runtime, "--wli", "synthetic", "--nbi",
+           "synthetic", "--live", "--frames", "100000", "--out", str(out), "--report", str(report), "--warmup", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
     partial = tmp_path / ".live.partial.mp4"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None and not (partial.exists()
@@ -222,17 +236,34 @@ VideoFileSink.write = write_then_signal
 sys.exit(""")
 
 
-def test_a_signal_inside_the_output_stage_still_gives_a_video_matching_the_report(tmp_path):
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_signal_inside_the_output_stage_still_gives_a_video_matching_the_report(runtime, tmp_path):
     out, report = tmp_path / "o.mp4", tmp_path / "r.json"
-    tests_dir = os.path.dirname(os.path.abspath(__file__))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [tests_dir, os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, "-c", SIGNAL_WHILE_WRITING, "run", "--wli", "synthetic", "--nbi",
-                           "synthetic", "--frames", "100000", "--out", str(out), "--report", str(report)],
-                          capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", SIGNAL_WHILE_WRITING, "run", "--runtime", runtime, "--wli",
+                           "synthetic", "--nbi", "synthetic", "--frames", "100000", "--out", str(out), "--report",
+                           str(report)],
+                          capture_output=True, text=True, env=child_env(), timeout=120)
     assert proc.returncode == 143, proc.stderr
     data = json.loads(report.read_text())
     assert data["interrupted"] is True and frames_in(out)[0] == data["frames"] >= 5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.mp4", "r.json"]
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_signal_during_a_run_whose_video_cannot_be_written_is_exit_1_with_both_in_the_report(runtime,
+                                                                                               tiny_filesystem,
+                                                                                               tmp_path):
+    (tiny_filesystem / "filler").write_bytes(b"x" * 56 * 1024)  # the 8 KiB left cannot hold the video
+    out, report = tiny_filesystem / "o.mp4", tmp_path / "r.json"
+    proc = subprocess.run([sys.executable, "-c", SIGNAL_WHILE_WRITING, "run", "--runtime", runtime, "--wli",
+                           "synthetic", "--nbi", "synthetic", "--frames", "100000", "--out", str(out), "--report",
+                           str(report)], capture_output=True, text=True, env=child_env(), timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.count("\n") == 1 and str(out) in proc.stderr and "no space left on device" in proc.stderr
+    data = json.loads(report.read_text())
+    assert data["interrupted"] is True and data["signal"] == "SIGTERM" and data["complete"] is False
+    assert data["error"] in proc.stderr and data["frames"] == data["stopped_after_frames"] >= 5
+    assert sorted(p.name for p in tiny_filesystem.iterdir()) == ["filler"]
 
 
 # -- 4. plausible but wrong inputs ---------------------------------------------------------------------------
@@ -243,10 +274,11 @@ def test_non_finite_or_non_positive_fps_is_one_line(fps, stand_in_engine, tmp_pa
     assert not list(tmp_path.iterdir())
 
 
-def test_a_png_named_mp4_is_refused(stand_in_engine, tmp_path, capsys):
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_png_named_mp4_is_refused(runtime, stand_in_engine, tmp_path, capsys):
     fake = tmp_path / "clip.mp4"
     fake.write_bytes(cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes())
-    rc = cli.main(["run", "--wli", str(fake)])
+    rc = cli.main(["run", "--runtime", runtime, "--wli", str(fake)])
     err = one_line_error(capsys, rc)
     assert str(fake) in err and "PNG image, not a video" in err
 
@@ -256,10 +288,12 @@ def test_synthetic_without_frames_is_refused(stand_in_engine, capsys):
     assert "--frames" in one_line_error(capsys, rc)
 
 
-def test_odd_sized_input_keeps_its_size_in_frames_dir(stand_in_engine, tmp_path):
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_odd_sized_input_keeps_its_size_in_frames_dir(runtime, stand_in_engine, tmp_path):
     folder = image_folder(tmp_path / "odd", n=3, size=(41, 53))
     frames, out = tmp_path / "frames", tmp_path / "o.mp4"
-    assert cli.main(["run", "--wli", str(folder), "--frames-dir", str(frames), "--out", str(out)]) == 0
+    assert cli.main(["run", "--runtime", runtime, "--wli", str(folder), "--frames-dir", str(frames),
+                     "--out", str(out)]) == 0
     assert cv2.imread(str(frames / "overlay_000000.png")).shape[:2] == (41, 53)
     count, size = frames_in(out)
     assert count == 3 and size == (40, 52)  # documented: video encoders round odd sizes down to even

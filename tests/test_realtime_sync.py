@@ -6,6 +6,8 @@ import pytest
 
 from endofuse.realtime.pairing.sync import MISSING, PAIRED, STALE, Synchroniser, SyncPolicy
 
+from conftest import brute_force
+
 FPS = 30.0
 POLICY = SyncPolicy.for_fps(FPS)  # tolerance 1/60 s, staleness 3/30 s
 
@@ -14,19 +16,6 @@ POLICY = SyncPolicy.for_fps(FPS)  # tolerance 1/60 s, staleness 3/30 s
 class Stamp:
     index: int
     sync_time: float
-
-
-def brute_force(wli_time: float, nbi_times: list[float], policy: SyncPolicy):
-    """Reference decision: nearest NBI time (ties to the earlier), then the two thresholds."""
-    if not nbi_times:
-        return MISSING, None
-    best = min(nbi_times, key=lambda t: (abs(t - wli_time), t))
-    skew = best - wli_time
-    if abs(skew) <= policy.tolerance_s + 1e-9:
-        return PAIRED, best
-    if abs(skew) <= policy.staleness_s + 1e-9:
-        return STALE, best
-    return MISSING, None
 
 
 def run_lossless(wli_times, nbi_times, policy=POLICY):
@@ -88,6 +77,23 @@ def test_different_fps_nbi_at_half_rate_alternates_paired_and_stale():
     statuses = [d.status for d in decisions]
     assert statuses[:6] == [PAIRED, STALE] * 3
     assert sync.summary()["paired"] == 30 and sync.summary()["stale_pairs"] == 30
+
+
+@pytest.mark.parametrize("wli_fps, nbi_fps", [(30.0, 25.0), (60.0, 25.0)])  # rate pairs with exact ties
+def test_two_rates_tie_to_the_earlier_nbi_frame_on_any_epoch(wli_fps, nbi_fps):
+    # Every 0.1 s (30 vs 25 fps) a WLI frame lies exactly between two NBI frames. On a timeline
+    # epoch + index / fps the epoch's rounding must not decide which one it gets: the reference
+    # works in exact fractions (ties to the earlier frame) and ignores the epoch.
+    from fractions import Fraction
+
+    for epoch in (0.0, 1234.567, 98765.4321):
+        wli = [epoch + k / wli_fps for k in range(60)]
+        nbi = [epoch + j / nbi_fps for j in range(80)]  # NBI covers the whole WLI clip at every rate pair
+        _, decisions = run_lossless(wli, nbi, SyncPolicy.for_fps(wli_fps))
+        for k, decision in enumerate(decisions):
+            t = Fraction(k) / Fraction(wli_fps)
+            nearest = min(range(80), key=lambda j: (abs(Fraction(j) / Fraction(nbi_fps) - t), j))
+            assert decision.nbi.index == nearest, (epoch, k)
 
 
 def test_nbi_faster_than_wli_picks_the_nearest():

@@ -75,6 +75,7 @@ class EndofuseApp(Application):
                 raise EndofuseError(f"config section '{section}': unknown key(s) {', '.join(sorted(unknown))}; "
                                     f"expected {', '.join(sorted(SECTION_KEYS[section]))}")
         self.tracker = None
+        self.stop_requested = False  # request_stop() may come before run() has composed the graph
         self.errors: list[Exception] = []  # user errors raised inside operators (see EndofuseOperator)
 
     def compose(self) -> None:
@@ -112,25 +113,59 @@ class EndofuseApp(Application):
         self.add_flow(self.sync_op, self.inference_op, {("pair", "pair")})
         self.add_flow(self.inference_op, self.overlay_op, {("segmented", "segmented")})
         self.add_flow(self.overlay_op, self.recorder_op, {("result", "result")})
+        if self.stop_requested:
+            self._stop_sources()
 
     @staticmethod
     def _gate_lossless(wli: EndofuseSourceOp, nbi: EndofuseSourceOp, sync: EndofuseSyncOp) -> None:
-        """Recordings run lossless and pair as natively, whatever the scheduler.
+        """Recordings run lossless and pair as natively, at any two frame rates and on any scheduler.
 
-        A WLI frame leaves its source only once the synchroniser holds the NBI frame
-        at or after its time (or NBI has ended): checking what the synchroniser
-        holds, not what the NBI source sent, matters on a multi-threaded scheduler,
-        where the WLI frame could otherwise reach the sync op first. NBI runs at
-        most one frame ahead, so the synchroniser's buffer stays small.
+        Each source reads its next frame and holds it until its gate opens; the gates
+        compare the frames' own times, so no frame period is assumed:
+
+        * a WLI frame at time t leaves once NBI has sent a frame at or after t (or
+          ended) and the sync op has taken every NBI frame sent. Checking the sync
+          op, not only the NBI source, matters on a multi-threaded scheduler, where
+          the WLI frame could otherwise reach the sync op first;
+        * an NBI frame leaves while the previous one sent is before the held WLI
+          frame's time (or WLI has ended), so NBI runs at most one frame past WLI.
+
+        Whenever WLI waits at t, NBI has sent nothing at or after t, so NBI's gate is
+        open: the two never wait on each other.
         """
-        period = 1.0 / wli.source.fps
-        wli.gate = lambda t: nbi.finished or sync.sync.ready_for(t)
+
+        def wli_gate(t: float) -> bool:
+            sent = nbi.last_sync_time  # read before `emitted`: the NBI op writes them in the other order
+            reached = nbi.finished or (sent is not None and sent >= t)
+            return reached and sync.nbi_seen >= nbi.emitted
 
         def nbi_gate(t: float) -> bool:
-            reached = wli.epoch if wli.last_sync_time is None else wli.last_sync_time
-            return wli.finished or (reached is not None and reached >= t - 1.5 * period)  # 1.5: float-safe
+            held = wli.pending
+            if wli.finished:
+                return True
+            if held is None:
+                return False  # WLI has not read its next frame yet: it will, on its next tick
+            sent = nbi.last_sync_time
+            return sent is None or sent < held.sync_time
 
-        nbi.gate = nbi_gate
+        wli.gate, nbi.gate = wli_gate, nbi_gate
+
+    def request_stop(self) -> None:
+        """Stop between two frames (thread-safe, idempotent): the sources end and the graph drains and stops.
+
+        Stopping the sources, not the graph, lets the recorder finalise the frames
+        already in flight, so the video holds exactly the frames the report counts.
+        """
+        self.stop_requested = True  # before looking for the ops: compose() makes them, then reads this
+        self._stop_sources()
+
+    def _stop_sources(self) -> None:
+        recorder = getattr(self, "recorder_op", None)
+        if recorder is not None:
+            recorder.interrupted = True
+        for op in (getattr(self, "wli_op", None), getattr(self, "nbi_op", None)):
+            if op is not None:
+                op.source.stop()  # a read (or a camera's reconnect wait) then returns no frame: the op ends
 
     def holoscan_report(self) -> dict:
         """The Holoscan part of the report: scheduler and data-flow-tracking latency per path."""
@@ -173,7 +208,8 @@ def make_scheduler(app: Application, kind: str = "greedy", workers: int = 1):
 def run_app(app: EndofuseApp, handle_signals: bool = True) -> dict:
     """Run to the end; Ctrl-C / SIGTERM stop the graph, finalise the video and mark the report interrupted.
 
-    Returns the report (also written to the recorder's `report` path).
+    Returns the report (also written to the recorder's `report` path). A user error from an operator,
+    or a video that could not be finalised, is raised once the graph has stopped, also after a signal.
     """
     cfg = app.sections.get("scheduler", {})
     app.scheduler(make_scheduler(app, cfg.get("kind", "greedy"), cfg.get("workers", 1)))
@@ -182,33 +218,46 @@ def run_app(app: EndofuseApp, handle_signals: bool = True) -> dict:
         warmup = int(app.sections.get("recorder", {}).get("warmup_frames", 10))
         app.tracker = app.track(num_start_messages_to_skip=warmup, num_last_messages_to_discard=0)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if handle_signals and _main_thread() else None
+    interrupted = None
     future = app.run_async()
     try:
-        _wait(future)
-    except KeyboardInterrupt:
-        recorder = getattr(app, "recorder_op", None)
-        if recorder is not None:
-            recorder.interrupted = True
-        app.stop_execution()
-        try:
-            future.result(timeout=30)
-        finally:
-            if recorder is not None:
-                recorder.close()
-        raise
+        _wait(future, app)
+    except KeyboardInterrupt as exc:
+        interrupted = exc
+        app.request_stop()
+        future.result(timeout=30)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    app.recorder_op.close()
+    try:
+        app.recorder_op.close()  # done already by the recorder's stop() unless the graph never stopped it
+    except Exception as exc:  # noqa: BLE001 - raised below, after any earlier error
+        app.errors.append(exc)
     if app.errors:
         raise app.errors[0]
+    if interrupted is not None:
+        raise interrupted
     return app.recorder_op.report()
 
 
-def _wait(future: concurrent.futures.Future) -> None:
-    while True:  # a short timeout keeps the main thread in Python, where signals are handled
+def _wait(future: concurrent.futures.Future, app: EndofuseApp) -> None:
+    """Wait for the graph in Python (where signals are handled), with endofuse's signal handlers in charge.
+
+    Holoscan installs its own SIGINT/SIGTERM handler when a process first runs a graph (before
+    any operator starts), and it interrupts the graph at once and logs GXF errors. endofuse stops
+    between two frames instead (`request_stop`), so its handlers are put back once the graph runs.
+    """
+    handlers_back = not _main_thread()  # signal handlers can only be set from the main thread
+    while True:
+        wli = getattr(app, "wli_op", None)  # compose() runs inside run_async()
+        if not handlers_back and wli is not None and wli.epoch is not None:  # the WLI source has started
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                handler = signal.getsignal(signum)
+                if handler is not None:  # None: not set from Python, nothing to put back
+                    signal.signal(signum, handler)
+            handlers_back = True
         try:
-            return future.result(timeout=0.2)
+            return future.result(timeout=0.2 if handlers_back else 0.01)
         except concurrent.futures.TimeoutError:
             continue
 

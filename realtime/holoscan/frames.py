@@ -149,6 +149,11 @@ class FrameStamper:
         self.count = self.lost = 0
         self._seq: int | None = None
 
+    @property
+    def seen(self) -> int:
+        """Frames with a `seq` up to the newest received, those lost at the port included."""
+        return 0 if self._seq is None else self._seq + 1
+
     def __call__(self, value) -> tuple[Frame, str]:
         """The frame and the channel order it arrived in (endofuse frames are BGR)."""
         self.count += 1

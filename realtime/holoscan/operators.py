@@ -36,7 +36,7 @@ from endofuse.realtime.holoscan.frames import (  # noqa: E402
     from_bgr,
 )
 from endofuse.realtime.input.source_specs import open_source  # noqa: E402
-from endofuse.realtime.input.sources import Source, SourceLost  # noqa: E402
+from endofuse.realtime.input.sources import Frame, Source, SourceLost  # noqa: E402
 from endofuse.realtime.output.overlay import HudInfo, OverlayStyle  # noqa: E402
 from endofuse.realtime.pairing.sync import Synchroniser, SyncPolicy  # noqa: E402
 from endofuse.realtime.pipeline import FrameResult  # noqa: E402
@@ -58,11 +58,15 @@ class EndofuseOperator(Operator):
         try:
             self._compute(op_input, op_output)
         except EndofuseError as exc:
-            errors = getattr(self.fragment, "errors", None)
-            if errors is None:
-                raise
-            errors.append(exc)
+            self._fail(exc)
             self.fragment.stop_execution()
+
+    def _fail(self, exc: Exception) -> None:
+        """Hand `exc` to the `EndofuseApp` (raised by `run_app`); in any other graph, raise it here."""
+        errors = getattr(self.fragment, "errors", None)
+        if errors is None:
+            raise exc
+        errors.append(exc)
 
     def _compute(self, op_input, op_output) -> None:
         raise NotImplementedError
@@ -75,8 +79,10 @@ class EndofuseSourceOp(EndofuseOperator):
     camera: a frame is due every 1/fps, and frames that fell due while the graph
     was busy are skipped and counted in `dropped` (a camera does not wait).
     `gate` (lossless runs of recordings): a function of a frame's sync time; the
-    frame is emitted only once it returns True, so pairing does not depend on
-    scheduling (`EndofuseApp` gates each source on the other's progress).
+    frame is read, held as `pending` and emitted only once the gate returns True,
+    so pairing does not depend on scheduling (`EndofuseApp` gates each source on
+    the other's progress). The gate sees the frame's own time, not one predicted
+    from the frame rate, so variable frame rates gate correctly.
     `stop_with`: end when that source op has ended (an endless NBI source next
     to a finite WLI one); `epoch_from`: share that source op's timeline origin.
     The source ends the operator; with the WLI source ended, the graph drains
@@ -100,7 +106,8 @@ class EndofuseSourceOp(EndofuseOperator):
         self.gate, self.stop_with, self.epoch_from = gate, stop_with, epoch_from
         self.epoch: float | None = None
         self.emitted = self.dropped = 0
-        self.last_sync_time: float | None = None
+        self.last_sync_time: float | None = None  # of the newest frame emitted
+        self.pending: Frame | None = None  # read, waiting for the gate
         self.finished = False
         self.warnings: list[str] = []
         if self.live:  # tick once per frame period instead of spinning
@@ -128,30 +135,37 @@ class EndofuseSourceOp(EndofuseOperator):
         if self.finished:
             return
         limit = math.inf if self.max_frames is None else self.max_frames  # frames read, skipped ones included
-        if self.emitted + self.dropped >= limit or (self.stop_with is not None and self.stop_with.finished):
+        if self.stop_with is not None and self.stop_with.finished:
             return self._end()
-        if self.live and not self.source.live:
-            due = min(math.floor((now() - self.epoch) * self.source.fps), limit - 1)
-            if self.emitted + self.dropped > due:
-                return  # not due yet
-            while self.emitted + self.dropped < due and self.source.next_frame() is not None:
-                self.dropped += 1
-        elif self.gate is not None and not self.gate(self.epoch + (self.emitted + self.dropped) / self.source.fps):
+        if self.pending is None:
+            if self.emitted + self.dropped >= limit:
+                return self._end()
+            if self.live and not self.source.live:
+                due = min(math.floor((now() - self.epoch) * self.source.fps), limit - 1)
+                if self.emitted + self.dropped > due:
+                    return  # not due yet
+                while self.emitted + self.dropped < due and self.source.next_frame() is not None:
+                    self.dropped += 1
+            self.pending = self._read()
+            if self.pending is None:
+                return self._end()
+        if self.gate is not None and not self.gate(self.pending.sync_time):
             return  # lossless: the other stream has not reached this frame's time yet
+        frame, self.pending = self.pending, None
+        # the sync op counts gaps in `seq` as frames lost at its port; `thread` feeds the hand-off counts
+        frame.extras.update(seq=self.emitted, thread=threading.get_ident())
+        self.emitted += 1  # before last_sync_time: the other source's gate reads them in that order
+        self.last_sync_time = frame.sync_time
+        op_output.emit(frame, "frame")
+
+    def _read(self) -> Frame | None:
         try:
-            frame = self.source.next_frame()
+            return self.source.next_frame()
         except SourceLost as exc:
             if self.role == "wli":
                 raise
             self.warnings.append(f"{exc}; continuing WLI-only")
-            frame = None
-        if frame is None:
-            return self._end()
-        # the sync op counts gaps in `seq` as frames lost at its port; `thread` feeds the hand-off counts
-        frame.extras.update(seq=self.emitted, thread=threading.get_ident())
-        self.emitted += 1
-        self.last_sync_time = frame.sync_time
-        op_output.emit(frame, "frame")
+            return None
 
     def stop(self) -> None:
         self.source.close()
@@ -216,6 +230,11 @@ class EndofuseSyncOp(EndofuseOperator):
     @property
     def wli_dropped(self) -> int:
         return self._wli.lost
+
+    @property
+    def nbi_seen(self) -> int:
+        """NBI frames of an `EndofuseSourceOp` this op has accounted for (taken in, or lost at the port)."""
+        return self._nbi.seen
 
 
 def resolve_engine(engine, backend: str = "auto", device: str | None = None, model: str = "tiny"):

@@ -74,25 +74,34 @@ class EndofuseRecorderOp(EndofuseOperator):
         self._last_size = size
 
     def stop(self) -> None:
-        self.close()
+        try:
+            self.close()
+        except Exception as exc:  # noqa: BLE001 - Holoscan would only log it: run_app raises it instead
+            self._fail(exc)
 
     def close(self) -> None:
-        """Finalise the video and write the report (idempotent; also called by the app on Ctrl-C)."""
+        """Finalise the video and write the report (idempotent; also called by the app on Ctrl-C).
+
+        Every sink is closed; the first failure (a video that could not be written) is raised after.
+        """
         if self._closed:
             return
         self._closed = True
         errors = getattr(self.fragment, "errors", None)
+        failure = None
         for sink in self.sinks:
             if errors and hasattr(sink, "mark_partial"):
                 sink.mark_partial(str(errors[0]))  # keep what was written, under a name saying so
-        try:
-            for sink in self.sinks:
+            try:
                 sink.close()
-        finally:
-            if self.report_path is not None:
-                from endofuse.realtime.commands.run import write_report
+            except Exception as exc:  # noqa: BLE001 - close every sink, raise the first failure
+                failure = failure or exc
+        if self.report_path is not None:
+            from endofuse.realtime.commands.run import write_report
 
-                write_report(self.report(), self.report_path)
+            write_report(self.report(), self.report_path)
+        if failure is not None:
+            raise failure
 
     def report(self) -> dict:
         summary = self.stats.summary()

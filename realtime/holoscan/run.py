@@ -44,7 +44,7 @@ def run_holoscan(args: argparse.Namespace) -> int:
                             "add a HolovizOp after EndofuseOverlayOp in your own graph (see docs/holoscan.md)")
     OverlayStyle(alpha=args.alpha)  # checks alpha before any work, as natively
     quiet_holoscan_logs()
-    with stop_on_signals():
+    with stop_on_signals() as signals:
         try:
             wli, nbi = open_source_pair(args.wli, args.nbi, args.fps, args.frames, args.camera_timeout)
         except Stopped as stop:
@@ -60,15 +60,14 @@ def run_holoscan(args: argparse.Namespace) -> int:
                 "scheduler": default_scheduler(wli, nbi),
             }
             app = EndofuseApp(sections, engine=engine, sinks=sinks)
+            signals.stop_by(app.request_stop)  # last: until here a signal raises Stopped, no frame is in flight
         except BaseException as exc:
             return abandon_setup(exc, wli, nbi)
         try:
-            # a signal raises Stopped in this (main) thread while it waits for the graph, never inside an
-            # operator; run_app then stops the graph and finalises the video before re-raising it
-            report = run_app(app, handle_signals=False)
-        except Stopped as stop:
-            return finish_interrupted(app.recorder_op.report(), stop.signum, sinks, args)
+            report = run_app(app, handle_signals=False)  # a signal ends it between two frames, as natively
         except EndofuseError as exc:
-            report_failure(app.recorder_op.report(), exc, app.recorder_op.frames, sinks, args)
+            report_failure(app.recorder_op.report(), exc, app.recorder_op.frames, sinks, args, signals.signum)
             raise
+        if signals.signum is not None:
+            return finish_interrupted(report, signals.signum, sinks, args)
     return finish_run(report, args)

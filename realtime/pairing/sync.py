@@ -162,10 +162,13 @@ class Synchroniser:
         if not self._times:
             return None
         i = bisect.bisect_left(self._times, t)
-        candidates = [j for j in (i - 1, i) if 0 <= j < len(self._times)]
-        # Ties go to the earlier frame: it was certainly captured when the WLI frame was.
-        best = min(candidates, key=lambda j: (abs(self._times[j] - t), self._times[j]))
-        return self._frames[best]
+        if i == 0 or i == len(self._times):
+            return self._frames[min(i, len(self._times) - 1)]
+        # Ties go to the earlier frame: it was certainly captured when the WLI frame was. A tie within
+        # EPSILON_S counts: on a timeline epoch + index / fps, two rates (30 and 25 fps at 0.1 s) tie
+        # exactly, and the epoch's rounding would otherwise pick either frame.
+        earlier, later = self._times[i - 1], self._times[i]
+        return self._frames[i - 1 if t - earlier <= later - t + EPSILON_S else i]
 
     def _prune(self, horizon: float) -> None:
         self._horizon = max(self._horizon, horizon)
