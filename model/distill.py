@@ -7,8 +7,13 @@ missing-NBI path (student) learns from these terms.
 
 * `relation_distill`: covariance consistency, global and local. Tokens are
   L2-normalised; local = per-sample channel covariance over the tokens, global =
-  channel covariance over the batch of token-mean features; the loss is
-  0.5 * (mean_b ||C_s,b - C_t,b||_F^2 + ||G_s - G_t||_F^2).
+  channel covariance over the batch of token-mean features; each gap is relative,
+  gap(S, T) = ||S - T||_F^2 / (||S||_F^2 + ||T||_F^2), and the loss is
+  0.5 * (mean_b gap(C_s,b, C_t,b) + gap(G_s, G_t)), in [0, 2]: 0 for matched
+  relations, 1 when either side's tokens collapse to one vector. Relative because
+  trained fused tokens share a large common vector (their spread over positions is
+  1-5 % of their norm): after L2 normalisation the absolute gap is ~1e-9 even for
+  a fully collapsed student, too small to teach or to read in the log.
 * `prototype_distill`: class prototypes of the teacher taught to the student.
   Each token's class weights are the label fractions inside its 16 x 16 patch;
   a prototype is the weighted mean feature of a class over the batch; the loss
@@ -26,11 +31,19 @@ def _covariance(x: torch.Tensor) -> torch.Tensor:
     return centered.transpose(-2, -1) @ centered / x.shape[-2]
 
 
+def _relative_gap(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """||s - t||^2 / (||s||^2 + ||t||^2) over the last two dims (0 when both are zero)."""
+    energy = s.pow(2).sum(dim=(-2, -1)) + t.pow(2).sum(dim=(-2, -1))
+    return (s - t).pow(2).sum(dim=(-2, -1)) / energy.clamp(min=1e-30)
+
+
 def relation_distill(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Global-local covariance consistency between (B, N, D) token maps (teacher detached)."""
-    s, t = F.normalize(student, dim=-1), F.normalize(teacher.detach(), dim=-1)
-    local = (_covariance(s) - _covariance(t)).pow(2).sum(dim=(-2, -1)).mean()
-    global_ = (_covariance(s.mean(dim=1)) - _covariance(t.mean(dim=1))).pow(2).sum()
+    """Global-local relative covariance gap between (B, N, D) token maps (teacher detached), in [0, 2]."""
+    # float32: the covariance energies of normalised tokens underflow in half precision
+    s = F.normalize(student.float(), dim=-1)
+    t = F.normalize(teacher.detach().float(), dim=-1)
+    local = _relative_gap(_covariance(s), _covariance(t)).mean()
+    global_ = _relative_gap(_covariance(s.mean(dim=1)), _covariance(t.mean(dim=1)))
     return 0.5 * (local + global_)
 
 

@@ -58,10 +58,33 @@ def test_relation_distill_matches_loops():
     torch.manual_seed(2)
     s, t = torch.randn(3, 5, 4), torch.randn(3, 5, 4)
     sn, tn = F.normalize(s, dim=-1), F.normalize(t, dim=-1)
-    local = sum(float(((loop_covariance(sn[b]) - loop_covariance(tn[b])) ** 2).sum()) for b in range(3)) / 3
-    global_ = float(((loop_covariance(sn.mean(1)) - loop_covariance(tn.mean(1))) ** 2).sum())
+
+    def gap(a, b):
+        return float(((a - b) ** 2).sum() / ((a ** 2).sum() + (b ** 2).sum()))
+
+    local = sum(gap(loop_covariance(sn[b]), loop_covariance(tn[b])) for b in range(3)) / 3
+    global_ = gap(loop_covariance(sn.mean(1)), loop_covariance(tn.mean(1)))
     assert float(relation_distill(s, t)) == pytest.approx(0.5 * (local + global_), rel=1e-5)
     assert float(relation_distill(t, t)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_relation_distill_by_hand_and_collapse_is_one_whatever_the_common_vector():
+    # one sample, two tokens (1, 0) and (0, 1): C_t = [[.25, -.25], [-.25, .25]]; a student whose
+    # tokens are both (1, 0) has C_s = 0, so the local gap is 1; one sample: global covariances are 0 -> 0
+    teacher = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    student = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])
+    assert float(relation_distill(student, teacher)) == pytest.approx(0.5)
+    # trained fused tokens: a large common vector + a small spread over positions (1-5 % of the norm).
+    # A student collapsed to the per-sample token mean (no spatial structure) must still read as a full gap.
+    torch.manual_seed(3)
+    common = torch.randn(1, 1, 32) * 50
+    teacher = common + torch.randn(4, 16, 32)
+    collapsed = teacher.mean(dim=1, keepdim=True).expand_as(teacher)
+    noisy = teacher + 0.01 * torch.randn_like(teacher)
+    value = float(relation_distill(collapsed, teacher))
+    # the local gap is exactly 1 (C_s = 0); the global one is small (the means still match)
+    assert 0.5 <= value < 0.55
+    assert float(relation_distill(noisy, teacher)) < 1e-3 * value
 
 
 def test_prototype_distill_by_hand():
