@@ -306,3 +306,10 @@ def test_split_side_by_side_reads_which_half_is_nbi(sample_images):
         split_side_by_side(np.hstack([wli, wli]), Layout("side-by-side"))
     with pytest.raises(InvalidOptionError, match="side-by-side layout"):
         split_side_by_side(np.hstack([wli, nbi]), Layout("single"))
+
+
+def test_a_given_box_is_checked_against_each_new_frame_size():
+    tracker = ContentAreaTracker("10,10,100,100")
+    assert tracker.update(np.zeros((200, 300, 3), np.uint8)) == ContentArea(10, 10, 100, 100)
+    with pytest.raises(InvalidInputError, match="outside the 90x80 frame \\(frame 2\\)"):
+        tracker.update(np.zeros((80, 90, 3), np.uint8))

@@ -156,10 +156,11 @@ class ContentAreaTracker:
         self.frames += 1
         shape = frame_bgr.shape[:2]
         if isinstance(self._fixed, ContentArea):
-            if not self._fixed.fits(shape):
-                raise InvalidInputError(f"--content-area {self.spec} lies outside the {shape[1]}x{shape[0]} frame "
-                                        f"(frame {self.frames})")
-            self._set(self._fixed, shape)
+            if shape != self._shape:
+                if not self._fixed.fits(shape):
+                    raise InvalidInputError(f"--content-area {self.spec} lies outside the {shape[1]}x{shape[0]} "
+                                            f"frame (frame {self.frames})")
+                self._set(self._fixed, shape)
         elif self._fixed == "full":
             if shape != self._shape:
                 self._set(full_frame(shape), shape)
@@ -192,7 +193,8 @@ class ContentAreaTracker:
         if self.area is not None and area != self.area:
             self.changes += 1
         self.area, self._shape, self._strikes = area, shape, 0
-        self._bands = _check_bands(area, shape)
+        if self._fixed == "auto":  # only auto re-detects, so only it reads the bands
+            self._bands = _check_bands(area, shape)
 
     def _layout_changed(self, frame_bgr: np.ndarray) -> bool:
         def lit(band) -> float:
