@@ -9,8 +9,6 @@ import os
 os.environ.setdefault("TRITON_INTERPRET", "1")
 # Two cores: keep torch from oversubscribing when pytest and a subprocess run at once.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
-# torch.compile's C++ build imports setuptools, whose distutils override fails once anything has probed for `pip`
-# (setuptools' import hook then hands out the stdlib distutils); importing it first makes the override happen early.
 import contextlib  # noqa: E402
 import importlib.util  # noqa: E402
 import subprocess  # noqa: E402
@@ -22,6 +20,9 @@ from types import ModuleType  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+# torch.compile's C++ build imports setuptools, whose distutils override fails once anything has probed for `pip`
+# (setuptools' import hook then hands out the stdlib distutils); importing it first makes the override happen early.
 import setuptools  # noqa: E402, F401
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
