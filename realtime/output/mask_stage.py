@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from endofuse.realtime.output.overlay import HudInfo, OverlayStyle
 from endofuse.realtime.output.stabilise import StabiliseConfig, StabiliseStage
@@ -93,7 +94,7 @@ class MaskStage:
         if has_mask:  # the temporal metrics are over the frames that carry a mask
             label = None if self.labels is None else self.labels(shown.index)
             if decided is None:
-                self.stabiliser.record(mask, flow, label)
+                self.stabiliser.record(host(mask), flow, label)
             else:  # at the content area's crop, where the flow was taken
                 crop = decided.area.crop
                 self.stabiliser.record(crop(mask), flow, None if label is None else crop(label))
@@ -109,7 +110,7 @@ class MaskStage:
         """(logits to draw, flow, the frame to draw on, the overlay's age)."""
         warp = self.config.mode == "flow"
         if decided is None:
-            logits, flow = self.stabiliser(logits, frame.image)
+            logits, flow = self.stabiliser(logits, host(frame.image))
             return self._placed(logits, flow, frame, newest, warp)
         if decided.mode == NBI_VIEW or decided.area != self._stabilised_area:
             self.stabiliser.reset()
@@ -125,9 +126,15 @@ class MaskStage:
         return self._placed(logits, flow, frame, target, warp, view=area.crop)
 
     def _placed(self, logits, flow, frame, newest, warp: bool, view=None) -> tuple:
+        view = view or host  # the flow for a warp is taken on the host, for frames kept on the GPU too
         logits, shown, age = self.timing.place(logits, frame, newest, warp, view)
         return logits, flow, shown, age
 
     def summary(self) -> dict:
         """The report's `temporal` and `overlay` sections."""
         return {"temporal": self.stabiliser.summary(), "overlay": self.timing.summary()}
+
+
+def host(image):
+    """A numpy array for the flow and the temporal metrics (a frame kept on the GPU is copied to the host)."""
+    return image.cpu().numpy() if isinstance(image, torch.Tensor) else image
