@@ -114,3 +114,25 @@ def test_display_is_refused_in_one_line(capsys):
     assert main(["run", "--runtime", "holoscan", "--endoscope", "synthetic", "--frames", "3", "--display"]) == 1
     err = capsys.readouterr().err.strip()
     assert "--display is not available with --runtime holoscan" in err and len(err.splitlines()) == 1
+
+
+def test_holohub_style_app_takes_an_endoscope_section(tmp_path, stand_in_engine, capfd):
+    from endofuse.realtime.holoscan.app import main as app_main  # what `python -m ...app` runs
+
+    config = tmp_path / "app.yaml"
+    config.write_text(f"""
+wli_source: {{source: synthetic, frames: 24}}
+endoscope: {{nbi_memory_s: 5, layout: single}}
+overlay: {{stabilise: ema, min_frames: 2, overlay_timing: live}}
+recorder: {{report: "{tmp_path / 'r.json'}", warmup_frames: 2}}
+""")
+    assert app_main(["--config", str(config)]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["frames"] == 24 == sum(report["modes"].values()) and report["nbi"] is None
+    assert report["endoscope"]["memory"]["nbi_memory_s"] == 5 and report["overlay"]["timing"] == "live"
+    assert report["temporal"]["settings"]["stabilise"] == "ema" and report["temporal"]["settings"]["min_frames"] == 2
+    config.write_text('wli_source: {source: synthetic, frames: 5}\nnbi_source: {source: synthetic}\nendoscope: {}\n')
+    capfd.readouterr()
+    assert app_main(["--config", str(config)]) == 1
+    err = capfd.readouterr().err.strip()
+    assert "an 'endoscope' section takes one stream" in err and len(err.splitlines()) == 1

@@ -33,6 +33,8 @@ from endofuse.realtime.holoscan.operators import (  # noqa: E402
     EndofuseSyncOp,
 )
 from endofuse.realtime.holoscan.recorder import EndofuseRecorderOp  # noqa: E402
+from endofuse.realtime.input.source_specs import open_endoscope_source  # noqa: E402
+from endofuse.realtime.input.sources import Source  # noqa: E402
 
 SCHEDULERS = ("greedy", "event", "multi_thread")
 SECTIONS = ("wli_source", "nbi_source", "sync", "endoscope", "inference", "overlay", "recorder", "scheduler",
@@ -94,6 +96,9 @@ class EndofuseApp(Application):
                                 "modes; remove nbi_source")
         live = bool(wli_cfg.get("live", False))
         fps = float(wli_cfg.get("fps", 30.0))
+        if endoscope and wli_cfg.get("source") is not None and not isinstance(wli_cfg["source"], Source):
+            # as `run --endoscope SRC`: `synthetic` is a synthetic processor output, not a WLI scene
+            wli_cfg["source"] = open_endoscope_source(str(wli_cfg["source"]), fps, wli_cfg.get("frames"))
         self.wli_op = EndofuseSourceOp(self, role="wli", name="wli_source", **wli_cfg)
         live = live or self.wli_op.live
         self.nbi_op = None

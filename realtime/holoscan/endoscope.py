@@ -15,6 +15,7 @@ import threading
 
 import torch
 
+from endofuse.errors import EndofuseError
 from endofuse.realtime.holoscan._runtime import import_holoscan
 
 import_holoscan()
@@ -50,6 +51,9 @@ class EndofuseEndoscopeOp(EndofuseOperator):
                  **kwargs) -> None:
         if config is None:  # checked before any frame: one line on a bad value
             config = EndoscopeConfig(float(nbi_memory_s), float(view_gate), str(content_area), str(layout))
+        elif not isinstance(config, EndoscopeConfig):
+            raise EndofuseError("endoscope: config must be an EndoscopeConfig (in YAML give nbi_memory_s, view_gate, "
+                                "content_area, layout)")
         self.stage = EndoscopeStage(config)
         self.input_size, self.device = tuple(input_size), device
         self.channel_order = check_channel_order(channel_order)
