@@ -136,3 +136,39 @@ recorder: {{report: "{tmp_path / 'r.json'}", warmup_frames: 2}}
     assert app_main(["--config", str(config)]) == 1
     err = capfd.readouterr().err.strip()
     assert "an 'endoscope' section takes one stream" in err and len(err.splitlines()) == 1
+
+
+def test_endoscope_op_alone_decides_as_the_native_stage_on_third_party_rgb_frames(synthetic_endoscope_recording):
+    """Scripted RGB numpy frames of an odd size (as a capture card's converter emits them) through the operator
+    alone; the reference is `EndoscopeStage` fed the same frames in BGR, as the native capture thread feeds it."""
+    from test_holoscan_operators import CollectOp, ScriptOp, run_graph
+
+    from endofuse.realtime.holoscan.endoscope import EndofuseEndoscopeOp
+    from endofuse.realtime.input.sources import Frame
+    from endofuse.realtime.pairing.endoscope import EndoscopeConfig, EndoscopeStage
+
+    _, _, frames = synthetic_endoscope_recording
+    bgr = [cv2.resize(f, (427, 241), interpolation=cv2.INTER_AREA) for f in frames[:40]]
+
+    def build(app):
+        source = ScriptOp(app, name="capture", items=[np.ascontiguousarray(f[:, :, ::-1]) for f in bgr])
+        endoscope = EndofuseEndoscopeOp(app, name="endoscope", input_size=(24, 40), channel_order="rgb")
+        collect = CollectOp(app, name="collect", port="pair")
+        app.add_flow(source, endoscope, {("out", "frame")})
+        app.add_flow(endoscope, collect, {("pair", "pair")})
+        return collect
+
+    pairs = run_graph(build).got
+    stage = EndoscopeStage(EndoscopeConfig())
+    expected = [stage.prepare(Frame(i, i / 30, i / 30, f), (24, 40)) for i, f in enumerate(bgr)]
+    assert len(pairs) == len(expected)
+    for pair, want in zip(pairs, expected, strict=True):
+        got = pair.endoscope
+        assert (got.mode, got.modality, got.area, got.nbi_index, got.quality_flags) == \
+               (want.mode, want.modality, want.area, want.nbi_index, want.quality_flags)
+        assert pair.pairing.status == want.status and pair.channel_order == "rgb"
+        np.testing.assert_array_equal(pair.wli.image, bgr[pair.wli.index])
+        for name in ("wli_input", "nbi_input"):
+            a, b = getattr(got, name), getattr(want, name)
+            assert (a is None) == (b is None) and (a is None or np.array_equal(a, b))
+    assert {p.endoscope.mode for p in pairs} >= {WLI_ONLY, NBI_VIEW, HOLD}

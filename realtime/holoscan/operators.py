@@ -6,10 +6,14 @@
         EndofuseOverlayOp --overlay--> (HolovizOp, a recorder, ...)
                           --result---> EndofuseRecorderOp (or any operator taking a FrameResult)
 
-Each `compute` calls the same endofuse functions the native pipeline runs
+One endoscope stream: EndofuseSourceOp --frame--> EndofuseEndoscopeOp --pair--> EndofuseInferenceOp
+(endoscope.py) in place of the sync op.
+
+Each `compute` calls the same endofuse code the native pipeline runs
 (`Synchroniser`, `segment.preprocess`, `engine.infer`, the frame classifier,
-`segment.finish_frame`), so both runtimes give the same masks for the same
-pairs and an adapter for another Holoscan API stays a thin shell. Frames that
+`MaskStage`: stabiliser, overlay timing, `segment.finish_frame`), so both
+runtimes give the same masks for the same input and an adapter for another
+Holoscan API stays a thin shell. Frames that
 arrive on the GPU stay there (device.py).
 """
 from __future__ import annotations
