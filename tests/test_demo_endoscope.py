@@ -61,3 +61,22 @@ def test_the_recording_is_stabilised_with_the_run_defaults_and_shows_the_overlay
                          stabilise=StabiliseConfig("off"))
     assert masks != [int(result.mask.sum()) for result in off]  # the stabiliser changes what is shown here
     assert report["temporal"] == json.loads(json.dumps(reference.report()["temporal"]))
+
+
+def test_the_video_pair_tab_uses_the_same_stabiliser(tmp_path):
+    import numpy as np
+
+    from endofuse.demo.video import process_video_pair
+    from endofuse.realtime.output.stabilise import StabiliseConfig
+
+    from conftest import write_video
+
+    rng = np.random.default_rng(0)
+    for name in ("wli", "nbi"):
+        images = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(8)]
+        write_video(tmp_path / f"{name}.avi", images, fourcc="MJPG")
+    steps = list(process_video_pair(engines(), str(tmp_path / "wli.avi"), str(tmp_path / "nbi.avi"), 0.45,
+                                    BUNDLED_MODEL, "torch", 8, tmp_path))
+    report = json.loads(open(steps[-1][2]).read())
+    assert report["temporal"]["settings"]["stabilise"] == StabiliseConfig().mode == "flow"
+    assert report["overlay"]["timing"] == "sync" and "overlay sync, age p50 0 frames" in steps[-1][4]
