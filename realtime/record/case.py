@@ -164,13 +164,13 @@ class CaseRecorder:
     """A pipeline sink that writes the case folder (see the module docstring)."""
 
     def __init__(self, folder: str | os.PathLike, fps: float, min_frames: int, info: dict | None = None,
-                 style: OverlayStyle = OverlayStyle(), force: bool = False) -> None:
+                 style: OverlayStyle | None = None, force: bool = False) -> None:
         from endofuse.realtime.output.sinks import VideoFileSink
 
         self.folder = Path(folder)
         self.output = OutputFolder(self.folder, "--case", force=force).prepare()
         (self.folder / KEY_FRAME_DIR).mkdir(exist_ok=True)
-        self.fps, self.style, self.info = fps, style, dict(info or {})
+        self.fps, self.style, self.info = fps, style or OverlayStyle(), dict(info or {})
         self.tracker = EventTracker(min_frames, fps)
         self.log = FrameLogSink(self.folder / CASE_LOG, "--case frame log")
         self.video = VideoFileSink(self.folder / CASE_VIDEO, fps)

@@ -11,12 +11,15 @@ import base64
 import html
 from pathlib import Path
 
+import cv2
+
 from endofuse.outputs import atomic_write_text
 
 ELS_CHOICES = ("", "longitudinal vessels (benign pattern)", "perpendicular vessels (suspicious pattern)",
                "not assessable")
 NI_CHOICES = ("", "I", "II", "III", "IV", "Va", "Vb", "Vc")
 TIMELINE_WIDTH = 800
+THUMBNAIL_HEIGHT = 240
 
 STYLE = """
 body{font:14px system-ui,sans-serif;margin:24px;color:#222;max-width:1100px}
@@ -40,9 +43,15 @@ function saveFindings(){
 """
 
 
-def _image(folder: Path, name: str) -> str:
-    data = base64.b64encode((folder / name).read_bytes()).decode("ascii")
-    return f"data:image/png;base64,{data}"
+def _thumbnail(folder: Path, name: str) -> str:
+    """A JPEG thumbnail inline (the page stays small and self-contained; the PNG beside it is the record)."""
+    image = cv2.imread(str(folder / name), cv2.IMREAD_COLOR)
+    scale = THUMBNAIL_HEIGHT / image.shape[0]
+    if scale < 1:
+        image = cv2.resize(image, (max(1, round(image.shape[1] * scale)), THUMBNAIL_HEIGHT),
+                           interpolation=cv2.INTER_AREA)
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    return f"data:image/jpeg;base64,{base64.b64encode(data.tobytes()).decode('ascii')}"
 
 
 def _select(cls: str, choices) -> str:
@@ -84,7 +93,8 @@ def render_review_page(folder: str | Path, record: dict) -> str:
             for part in ("raw", "overlay", "mask"):
                 if part in key:
                     caption = f"{key['kind'].upper()} {part}, frame {key['frame']} ({key['time_s']:.2f} s)"
-                    figures.append(f'<figure><img alt="{html.escape(caption)}" src="{_image(folder, key[part])}">'
+                    figures.append(f'<figure><a href="{html.escape(key[part])}"><img alt="{html.escape(caption)}" '
+                                   f'src="{_thumbnail(folder, key[part])}"></a>'
                                    f"<figcaption>{html.escape(caption)}</figcaption></figure>")
         parts.append(
             f'<div class="event" data-id="{event["id"]}"><h2>Event {event["id"]}: {event["start_s"]:.2f}-'
