@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -35,6 +36,7 @@ VL_ENDOSCOPIC = "1.2.840.10008.5.1.4.1.1.77.1.1"
 VIDEO_ENDOSCOPIC = "1.2.840.10008.5.1.4.1.1.77.1.1.1"
 H264_HIGH_41 = "1.2.840.10008.1.2.4.102"  # MPEG-4 AVC/H.264 High Profile / Level 4.1
 H264_MAX_SIZE = (1920, 1080)  # level 4.1 at up to 30 frames/s
+UID_PATTERN = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+")
 PLACEHOLDER_NAME = "DEIDENTIFIED^ENDOFUSE"
 # --anatomic-region: the examined region's SNOMED CT code (from pydicom's code dictionary, CID 4040)
 ANATOMIC_REGIONS = {"larynx": "Larynx", "pharynx": "Pharynx", "hypopharynx": "Hypopharynx",
@@ -81,9 +83,7 @@ class StudyInfo:
         return info
 
     def check(self) -> None:
-        from pydicom.uid import UID
-
-        if self.study_uid is not None and not UID(self.study_uid).is_valid:
+        if self.study_uid is not None and not (len(self.study_uid) <= 64 and UID_PATTERN.fullmatch(self.study_uid)):
             raise InvalidOptionError(f"--study-uid {self.study_uid!r} is not a valid DICOM UID (digits and dots, "
                                      "at most 64 characters)")
         if self.patient_birth_date is not None:
