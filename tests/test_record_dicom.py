@@ -164,11 +164,10 @@ def test_placeholders_and_stable_uids(tmp_path):
     (["--patient-birth-date", "1970-01-01"], "--patient-birth-date '1970-01-01' must be YYYYMMDD"),
     (["--send", "pacs"], "--send must be HOST:PORT"),
 ])
-def test_bad_options_are_one_line(tmp_path, capsys, argv, message):
-    make_case(tmp_path / "case")
+def test_bad_options_are_one_line(exported, tmp_path, capsys, argv, message):
     study_json = tmp_path / "study.json"
     study_json.write_text(json.dumps({"patient_nmae": "x"}))
     argv = [a.replace("{json}", str(study_json)) for a in argv]
-    assert main(["dicom", str(tmp_path / "case"), "--out", str(tmp_path / "out"), *argv]) == 1
+    assert main(["dicom", str(exported[0] / "case"), "--out", str(tmp_path / "out"), *argv]) == 1
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and not (tmp_path / "out").exists()
