@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from endofuse.errors import EndofuseError
 from endofuse.outputs import OutputFolder, refuse_overlap
 
 STUDY_OPTIONS = ("patient_name", "patient_id", "patient_birth_date", "patient_sex", "study_uid", "accession_number",
@@ -38,7 +39,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     send.add_argument("--timeout", type=float, default=10.0, help="network timeout in seconds (default 10)")
 
 
+def check_dicom_extra() -> None:
+    """One line instead of an ImportError when the [dicom] extra is missing."""
+    import importlib.util
+
+    missing = [m for m in ("pydicom", "highdicom", "pynetdicom", "av") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise EndofuseError(f"endofuse dicom needs {', '.join(missing)}: pip install 'endofuse[dicom]'")
+
+
 def main(args: argparse.Namespace) -> int:
+    check_dicom_extra()
     from endofuse.realtime.record.case import load_case
     from endofuse.realtime.record.dicom import StudyInfo, write_case_dicom
     from endofuse.realtime.record.pacs import parse_node, send_files
