@@ -146,3 +146,24 @@ def test_holoscan_runtime_refuses_case(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 1 and "--runtime holoscan does not record --case" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "case").exists()
+
+
+def test_a_crash_keeps_every_finished_event_and_close_finishes_the_open_one(tmp_path):
+    rng = np.random.default_rng(1)
+    area = ContentArea(120, 20, 160, 160)
+    recorder = CaseRecorder(tmp_path / "case", fps=30.0, min_frames=3)
+    for i, shown in enumerate([1, 1, 1, 0, 1, 1, 1]):
+        frame = _processor_frame(rng, sharp=True)
+        mask = np.zeros(frame.shape[:2], np.uint8)
+        mask[60:100, 150:200] = shown
+        recorder.write(FrameResult(i, frame.copy(), mask, WLI_ONLY, {}, 1.0, frame, "missing",
+                                   extras={"time_s": i / 30, "modality": "WLI", "quality_flags": (),
+                                           "content_area": area}))
+    # a crash now (no close): the first event, ended by frame 3, is on disk with its key frames
+    on_disk = json.loads((tmp_path / "case" / "case.json").read_text())
+    assert [(e["start_frame"], e["end_frame"]) for e in on_disk["events"]] == [(0, 2)]
+    assert all((tmp_path / "case" / on_disk["events"][0]["key_frames"][0][part]).is_file()
+               for part in ("raw", "overlay", "mask"))
+    recorder.close()  # what Ctrl-C / SIGTERM do through the pipeline's close: the open event is finished too
+    assert [(e["start_frame"], e["end_frame"]) for e in load_case(tmp_path / "case")["events"]] == [(0, 2), (4, 6)]
+    assert (tmp_path / "case" / "review.html").is_file()
