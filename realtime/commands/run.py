@@ -398,14 +398,15 @@ def finish_interrupted(report: dict, signum: int, sinks: list, args: argparse.Na
     report_path = Path(args.report) if args.report else None
     report = report | {"interrupted": True, "signal": signal.Signals(signum).name}
     write_report(report, report_path)
-    print(summary_line(report, _written(sinks, args.out), report_path), file=sys.stderr)
+    print(summary_line(report, _written(sinks, args.out), report_path, getattr(args, "case", None)),
+          file=sys.stderr)
     return _stopped_code(Stopped(signum))
 
 
 def finish_run(report: dict, args: argparse.Namespace) -> int:
     report_path = Path(args.report) if args.report else None
     write_report(report, report_path)
-    print(summary_line(report, args.out, report_path))
+    print(summary_line(report, args.out, report_path, getattr(args, "case", None)))
     return 0
 
 
@@ -431,7 +432,7 @@ def _num(value, unit: str = "") -> str:
     return "n/a" if value is None or value != value else f"{value:.1f}{unit}"  # None/NaN: no statistics
 
 
-def summary_line(report: dict, out: str | None, report_path: Path | None) -> str:
+def summary_line(report: dict, out: str | None, report_path: Path | None, case: str | None = None) -> str:
     latency = report["latency_ms"]
     fused = report["paired"] + report["stale_pairs"]
     parts = [
@@ -450,7 +451,7 @@ def summary_line(report: dict, out: str | None, report_path: Path | None) -> str
         modes = ", ".join(f"{n} {mode}" for mode, n in report["modes"].items() if n)
         parts[0] = f"{report['frames']} frames ({modes or 'none'}; {report['endoscope']['switches']} switches, " \
                    f"{report['dropped']} dropped)"
-    targets = [str(p) for p in (out, report_path) if p]
+    targets = [str(p) for p in (out, report_path) if p] + ([f"case {case}"] if case else [])
     for warning in report.get("warnings", []):
         print(f"endofuse run: warning: {warning}", file=sys.stderr)
     return "endofuse run: " + ", ".join(parts) + (f" -> {', '.join(targets)}" if targets else "")
