@@ -151,15 +151,6 @@ class Candidate:
         return self.mask_pixels > other.mask_pixels
 
 
-def choose_key_frame(candidates) -> Candidate | None:
-    """The best of `candidates` (see `Candidate.better_than`); None for none."""
-    best = None
-    for candidate in candidates:
-        if candidate.better_than(best):
-            best = candidate
-    return best
-
-
 class CaseRecorder:
     """A pipeline sink that writes the case folder (see the module docstring)."""
 
