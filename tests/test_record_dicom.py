@@ -158,6 +158,18 @@ def test_placeholders_and_stable_uids(tmp_path):
     assert pydicom.uid.UID(a.StudyInstanceUID).is_valid
 
 
+def test_dcmdump_reads_every_object(exported):
+    root, _, objects = exported
+    tool = shutil.which("dcmdump")
+    if tool is None:
+        pytest.skip("dcmdump (Debian package dcmtk) is not installed")
+    for name in objects:
+        out = subprocess.run([tool, str(root / "out" / name)], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0 and "E: " not in out.stderr, (name, out.stderr)
+        if name == "video.dcm":  # the offset table and the stream: one fragment
+            assert "PixelSequence #=2" in out.stdout and "MPEG-4 AVC/H.264 High Profile / Level 4.1" in out.stdout
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--study-json", "{json}"], "unknown key 'patient_nmae'"),
     (["--study-uid", "1.2.abc"], "--study-uid '1.2.abc' is not a valid DICOM UID"),
