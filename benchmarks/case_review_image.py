@@ -18,12 +18,12 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-b
                  "--disable-component-update", "--disable-sync"]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("case", type=Path, help="a case folder of `endofuse run --case`")
     parser.add_argument("--out", type=Path, default=Path("docs/images/case-review.png"))
     parser.add_argument("--height", type=int, default=900, help="viewport height in px (the top of the page)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     from playwright.sync_api import sync_playwright
 
     page_path = (args.case / "review.html").resolve()
