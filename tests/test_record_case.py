@@ -167,3 +167,17 @@ def test_a_crash_keeps_every_finished_event_and_close_finishes_the_open_one(tmp_
     recorder.close()  # what Ctrl-C / SIGTERM do through the pipeline's close: the open event is finished too
     assert [(e["start_frame"], e["end_frame"]) for e in load_case(tmp_path / "case")["events"]] == [(0, 2), (4, 6)]
     assert (tmp_path / "case" / "review.html").is_file()
+
+
+def test_a_case_folder_with_foreign_files_is_refused(tmp_path, capsys, monkeypatch):
+    from endofuse.cli import main
+    from endofuse.realtime.commands import run as run_command
+
+    monkeypatch.setattr(run_command, "open_pipeline_engine", lambda args: FusingEngine((32, 32)))
+    case = tmp_path / "case"
+    case.mkdir()
+    (case / "notes.txt").write_text("the clinician's")
+    assert main(["run", "--wli", "synthetic", "--frames", "2", "--case", str(case)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "already holds 1 file(s) endofuse did not write (e.g. 'notes.txt')" in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in case.iterdir()) == ["notes.txt"]
