@@ -46,6 +46,9 @@ EXTRAS = {
     # Frame classification and retrieval: the faiss index and what endofuse's own CLIP tokenizer needs (its
     # BPE vocabulary ships in endofuse.model's package data).
     "classify": ["faiss-cpu>=1.8", "ftfy>=6", "regex>=2023"],
+    # `endofuse dicom`: DICOM objects (pydicom, highdicom's SEG), C-ECHO/C-FIND/C-STORE (pynetdicom) and the H.264
+    # encoder of the video object (PyAV's wheels bundle FFmpeg with libx264; OpenCV's wheel has no H.264 encoder).
+    "dicom": ["pydicom>=3,<4", "highdicom>=0.28", "pynetdicom>=3,<4", "av>=14"],
     "dev": ["pytest>=8", "pytest-timeout>=2", "playwright>=1.45", "scipy>=1.11", "matplotlib>=3.8", "ruff>=0.17"],
 }
 EXTRAS["all"] = sorted({r for k, reqs in EXTRAS.items() if k != "gpu" for r in reqs})

@@ -1,4 +1,4 @@
-"""The Gradio 6 app: tabs "Image pair", "Video pair", "Endoscope recording" and "Live", a model/engine
+"""The Gradio 6 app: tabs "Image pair", "Video pair", "Endoscope recording", "Case" and "Live", a model/engine
 picker, an overlay opacity slider and an about box.
 
 `build_app` only lays out components and wires events; the work is done by the
@@ -13,6 +13,7 @@ from pathlib import Path
 import gradio as gr
 from starlette.middleware import Middleware
 
+from endofuse.demo.case import export_case, show_case
 from endofuse.demo.engines import EngineCache, EngineOpener, available_backends, model_choices
 from endofuse.demo.examples import write_example_pairs
 from endofuse.demo.pair import remember_nbi_frame, segment_live_frame, segment_uploaded_pair
@@ -94,13 +95,16 @@ def build_app(checkpoint: str | None = None, engine: str = "auto", *, opener: En
         # the session's latest segmented WLI frame, server-side, for "use the current overlay frame"
         latest = gr.State(None, time_to_live=UPLOAD_MAX_AGE_S) if search is not None else None
 
+        case = gr.State(None, time_to_live=UPLOAD_MAX_AGE_S)  # the session's last recorded case folder
         with gr.Tabs():
             with gr.Tab("Image pair", id="image_pair"):
                 _image_pair_tab(engines, picker, examples, latest, keep)
             with gr.Tab("Video pair", id="video_pair"):
                 _video_pair_tab(engines, picker, out_root, build_pipeline)
             with gr.Tab("Endoscope recording", id="endoscope_recording"):
-                _endoscope_tab(engines, picker, out_root, build_pipeline)
+                _endoscope_tab(engines, picker, out_root, build_pipeline, case)
+            with gr.Tab("Case", id="case"):
+                _case_tab(case, out_root)
             with gr.Tab("Live", id="live"):
                 _live_tab(engines, picker, latest, keep)
             with gr.Tab("Classify & search", id="classify_search"):
@@ -191,7 +195,7 @@ def _video_outputs(prefix: str = "") -> list:
     return [preview, video, report, cdf]
 
 
-def _endoscope_tab(engines: EngineCache, picker: list, out_root: Path, build_pipeline) -> None:
+def _endoscope_tab(engines: EngineCache, picker: list, out_root: Path, build_pipeline, case) -> None:
     gr.Markdown("One recording of the processor's output, switched by hand between WLI and NBI: each WLI frame "
                 "is fused with the NBI view remembered from the last NBI look (FUSED-MEMORY) while the scope "
                 "stays at the same place, WLI-ONLY elsewhere; NBI and held frames get no mask.")
@@ -202,13 +206,36 @@ def _endoscope_tab(engines: EngineCache, picker: list, out_root: Path, build_pip
     status = gr.Textbox(label="Status", elem_id="endoscope_status", lines=3, interactive=False)
     outputs = _video_outputs("endoscope_")
     handler = functools.partial(_endoscope_handler, engines, out_root, build_pipeline)
-    button.click(handler, inputs=[recording, *picker, max_frames], outputs=[*outputs, status],
+    button.click(handler, inputs=[recording, *picker, max_frames], outputs=[*outputs, status, case],
                  api_name="process_endoscope", concurrency_limit=1)
 
 
 def _endoscope_handler(engines, out_root, build_pipeline, recording, alpha, model_label, backend, max_frames):
-    yield from process_endoscope_video(engines, recording, alpha, model_label, backend, int(max_frames), out_root,
-                                       build_pipeline=build_pipeline)
+    cases: list = []  # the run's case folder, once it has finished
+    for step in process_endoscope_video(engines, recording, alpha, model_label, backend, int(max_frames), out_root,
+                                        build_pipeline=build_pipeline, cases=cases):
+        yield (*step, str(cases[-1]) if cases else gr.skip())
+
+
+def _case_tab(case, out_root: Path) -> None:
+    gr.Markdown("The case record of the last recording processed in the \"Endoscope recording\" tab: every lesion "
+                "the overlay showed for the minimum on-time, its key frames (the endoscopic image only, never the "
+                "processor's on-screen text) and the review page. The DICOM export carries de-identified "
+                "placeholders; `endofuse dicom` sets patient data and sends to a PACS (docs/case.md).")
+    show = gr.Button("Show the case", elem_id="case_show_button")
+    timeline = gr.HTML(elem_id="case_timeline")
+    events = gr.Markdown(elem_id="case_events")
+    key_frames = gr.Gallery(label="Key frames", elem_id="case_key_frames", columns=4, height=320, format="png",
+                            interactive=False)
+    with gr.Row():
+        review = gr.File(label="review.html", elem_id="case_review_file", interactive=False)
+        export = gr.Button("Export DICOM", elem_id="case_export_button")
+        dicom = gr.File(label="DICOM objects (zip)", elem_id="case_dicom_file", interactive=False)
+    outputs = [timeline, key_frames, events, review]
+    show.click(show_case, inputs=case, outputs=outputs, api_name="show_case")
+    case.change(show_case, inputs=case, outputs=outputs, api_visibility="private")
+    export.click(functools.partial(export_case, out_root=out_root), inputs=case, outputs=dicom,
+                 api_name="export_case_dicom", concurrency_limit=1)
 
 
 def _video_handler(engines, out_root, build_pipeline, wli, nbi, alpha, model_label, backend, max_frames):

@@ -114,28 +114,49 @@ def process_video_pair(engines: EngineCache, wli_video: str | None, nbi_video: s
 
 
 def process_endoscope_video(engines: EngineCache, video: str | None, alpha: float, model_label: str, backend: str,
-                            max_frames: int, out_root: Path, build_pipeline=None):
+                            max_frames: int, out_root: Path, build_pipeline=None, cases: list | None = None):
     """Generator for the "Endoscope recording" tab: one processor output, WLI and NBI switched by hand
-    (`build_pipeline(endoscope=...)`: content area, modality, quality gate, NBI memory); same outputs."""
+    (`build_pipeline(endoscope=...)`: content area, modality, quality gate, NBI memory); same outputs.
+
+    `cases`: a list that gets the recording's case folder (`run --case`: events, key frames, review page) appended
+    once the run has finished; None records none."""
     path = check_video_upload(video, "Endoscope recording")
     if path is None:
         raise gr.Error("Upload a recording of the processor output first.")
     yield from _process(engines, model_label, backend, path, out_root, build_pipeline,
-                        lambda build, engine: build(engine=engine, endoscope=path, live=False, alpha=float(alpha),
-                                                    frames=int(max_frames), stabilise=STABILISE,
-                                                    overlay_timing=OVERLAY_TIMING))
+                        lambda build, engine, sinks=(): build(engine=engine, endoscope=path, live=False,
+                                                              alpha=float(alpha), frames=int(max_frames),
+                                                              stabilise=STABILISE, overlay_timing=OVERLAY_TIMING,
+                                                              sinks=sinks), cases=cases, alpha=float(alpha))
+
+
+def _case_recorder(folder: Path, fps: float, engine, alpha: float):
+    """The `run --case` recorder with the pipeline's default stabiliser settings."""
+    from endofuse.realtime.output.overlay import OverlayStyle
+    from endofuse.realtime.output.stabilise import StabiliseConfig
+    from endofuse.realtime.record.case import CaseRecorder
+    from endofuse.realtime.segment import engine_label
+
+    info = {"model": getattr(engine, "model_label", ""), "engine": engine_label(engine), "input": "endoscope",
+            "checkpoint": "demo"}
+    return CaseRecorder(folder, fps, StabiliseConfig().min_frames, info, OverlayStyle(alpha=alpha))
 
 
 def _process(engines: EngineCache, model_label: str, backend: str, video_path: str, out_root: Path, build_pipeline,
-             make_pipeline):
-    """Run `make_pipeline(build_pipeline, engine)` to the end; yields what the video tabs show."""
+             make_pipeline, cases: list | None = None, alpha: float = 0.45):
+    """Run `make_pipeline(build_pipeline, engine[, sinks])` to the end; yields what the video tabs show."""
     out_dir = Path(tempfile.mkdtemp(prefix="video-", dir=out_root))
-    writer = OverlayVideoWriter(out_dir / f"overlay{VIDEO_SUFFIX}", video_fps(video_path))
+    fps = video_fps(video_path)
+    writer = OverlayVideoWriter(out_dir / f"overlay{VIDEO_SUFFIX}", fps)
     latencies: list[float] = []
     last_preview = 0.0
     try:
         engine = engines.get(model_label, backend)
-        pipeline = make_pipeline(build_pipeline or default_build_pipeline(), engine)
+        build = build_pipeline or default_build_pipeline()
+        if cases is None:
+            pipeline = make_pipeline(build, engine)
+        else:
+            pipeline = make_pipeline(build, engine, sinks=[_case_recorder(out_dir / "case", fps, engine, alpha)])
         for result in pipeline:  # iterating to the end also closes the pipeline
             writer.write(result.overlay)
             latencies.append(float(result.latency_ms))
@@ -150,6 +171,8 @@ def _process(engines: EngineCache, model_label: str, backend: str, video_path: s
         writer.close()
     if not latencies:
         raise gr.Error(f"video '{Path(video_path).name}' gave no frames")
+    if cases is not None:
+        cases.append(out_dir / "case")
     report_path = out_dir / "report.json"
     write_json(report_path, finite_or_none(report))  # strict JSON: null where a statistic is undefined
     # The CDF shows the frames the report's percentiles count (warm-up frames excluded).

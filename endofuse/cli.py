@@ -35,6 +35,7 @@ SUBCOMMANDS = [
     Subcommand("export", "endofuse.realtime.engines.export_command",
                "export to ONNX / INT8 / TensorRT / Triton server"),
     Subcommand("run", "endofuse.realtime.commands.run", "segment a live or recorded WLI/NBI pair with overlay"),
+    Subcommand("dicom", "endofuse.realtime.commands.dicom", "export a case folder as DICOM, store it into a PACS"),
     Subcommand("bench", "endofuse.realtime.commands.bench", "measure engine and pipeline latency"),
     Subcommand("demo", "endofuse.demo.demo_command", "serve the browser demo"),
 ]
@@ -46,6 +47,7 @@ examples:
   endofuse evaluate --data data/synthetic --checkpoint runs/tiny/best.pt --out eval/
   endofuse export --checkpoint runs/tiny/best.pt --format onnx --out tiny.onnx
   endofuse run --wli synthetic --nbi synthetic --out overlay.mp4 --report report.json
+  endofuse run --endoscope rec.mp4 --case case/ && endofuse dicom case/ --out dicom/ --send pacs:104
   endofuse bench --model tiny --engine onnxruntime --frames 600
   endofuse demo --port 7860
 

@@ -94,6 +94,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write one CSV row per output frame: index, time, modality, mode, NBI frame used and "
                              "its age, view similarity, quality flags, pairing status, the frame drawn on and the "
                              "overlay's age, latency, mask pixels")
+    parser.add_argument("--case", default=None, metavar="DIR",
+                        help="record a case folder: lesion events with their key frames (content-area crops), "
+                             "the overlaid video, case.json and review.html (see docs/case.md)")
     parser.add_argument("--frames", type=int, default=None, metavar="N",
                         help="stop after N WLI frames (needed for cameras and synthetic sources)")
     parser.add_argument("--live", action="store_true",
@@ -238,13 +241,15 @@ def check_run_outputs(args: argparse.Namespace) -> None:
     """Everything about the outputs that can fail, checked before a single frame is processed."""
     inputs, input_dirs = _path_inputs(args)
     outputs = {"--out": args.out, "--report": args.report, "--frames-dir": args.frames_dir,
-               "--log": getattr(args, "log", None)}
-    refuse_overlap(outputs, inputs, output_dirs=["--frames-dir"], input_dirs=input_dirs)
+               "--log": getattr(args, "log", None), "--case": getattr(args, "case", None)}
+    refuse_overlap(outputs, inputs, output_dirs=["--frames-dir", "--case"], input_dirs=input_dirs)
     for flag in ("--report", "--log"):
         if outputs[flag]:
             check_output_file(outputs[flag], flag)
     if args.frames_dir and Path(args.frames_dir).exists() and not Path(args.frames_dir).is_dir():
         raise EndofuseError(f"--frames-dir '{args.frames_dir}' is an existing file: give a folder")
+    if getattr(args, "case", None) and Path(args.case).exists() and not Path(args.case).is_dir():
+        raise EndofuseError(f"--case '{args.case}' is an existing file: give a folder")
     endless = [s for s in (args.wli, args.nbi, getattr(args, "endoscope", None))
                if s is not None and str(s).startswith("synthetic")]
     if endless and args.frames is None and not args.display:
@@ -268,6 +273,9 @@ def main(args: argparse.Namespace) -> int:
     endoscope = endoscope_config(args)
     check_run_outputs(args)
     if getattr(args, "runtime", "native") == "holoscan":
+        if getattr(args, "case", None):
+            raise EndofuseError("--runtime holoscan does not record --case yet: run it with the native runtime "
+                                "(leave out --runtime)")
         from endofuse.realtime.holoscan.run import run_holoscan
 
         return run_holoscan(args, endoscope)
@@ -333,12 +341,31 @@ def open_run_parts(args: argparse.Namespace, wli) -> tuple:
         from endofuse.realtime.output.frame_log import FrameLogSink
 
         sinks.append(FrameLogSink(args.log))
+    if getattr(args, "case", None):
+        sinks.append(case_recorder(args, engine, wli))
     classifier = None
     if getattr(args, "classifier", None):
         from endofuse.realtime.classifier import FrameClassifier
 
         classifier = FrameClassifier.open(args.classifier)
     return engine, sinks, classifier
+
+
+def case_recorder(args: argparse.Namespace, engine, wli):
+    """The `--case DIR` sink, with what case.json says about the run."""
+    from endofuse.realtime.output.overlay import OverlayStyle
+    from endofuse.realtime.record.case import CaseRecorder
+    from endofuse.realtime.segment import engine_label
+
+    settings = {name: getattr(args, name, None) for name in (
+        "stabilise", "on_threshold", "off_threshold", "min_frames", "overlay_timing", "alpha", "live",
+        *ENDOSCOPE_OPTIONS)}
+    info = {"model": getattr(engine, "model_label", ""), "engine": engine_label(engine),
+            "checkpoint": args.checkpoint or "bundled demo weights",
+            "input": "endoscope" if getattr(args, "endoscope", None) is not None else "wli+nbi",
+            "settings": {k: v for k, v in settings.items() if v is not None}}
+    return CaseRecorder(args.case, wli.fps, args.min_frames, info, OverlayStyle(alpha=args.alpha),
+                        force=getattr(args, "force", False))
 
 
 def abandon_setup(exc: BaseException, *sources) -> int:
@@ -368,14 +395,15 @@ def finish_interrupted(report: dict, signum: int, sinks: list, args: argparse.Na
     report_path = Path(args.report) if args.report else None
     report = report | {"interrupted": True, "signal": signal.Signals(signum).name}
     write_report(report, report_path)
-    print(summary_line(report, _written(sinks, args.out), report_path), file=sys.stderr)
+    print(summary_line(report, _written(sinks, args.out), report_path, getattr(args, "case", None)),
+          file=sys.stderr)
     return _stopped_code(Stopped(signum))
 
 
 def finish_run(report: dict, args: argparse.Namespace) -> int:
     report_path = Path(args.report) if args.report else None
     write_report(report, report_path)
-    print(summary_line(report, args.out, report_path))
+    print(summary_line(report, args.out, report_path, getattr(args, "case", None)))
     return 0
 
 
@@ -401,7 +429,7 @@ def _num(value, unit: str = "") -> str:
     return "n/a" if value is None or value != value else f"{value:.1f}{unit}"  # None/NaN: no statistics
 
 
-def summary_line(report: dict, out: str | None, report_path: Path | None) -> str:
+def summary_line(report: dict, out: str | None, report_path: Path | None, case: str | None = None) -> str:
     latency = report["latency_ms"]
     fused = report["paired"] + report["stale_pairs"]
     parts = [
@@ -420,7 +448,7 @@ def summary_line(report: dict, out: str | None, report_path: Path | None) -> str
         modes = ", ".join(f"{n} {mode}" for mode, n in report["modes"].items() if n)
         parts[0] = f"{report['frames']} frames ({modes or 'none'}; {report['endoscope']['switches']} switches, " \
                    f"{report['dropped']} dropped)"
-    targets = [str(p) for p in (out, report_path) if p]
+    targets = [str(p) for p in (out, report_path) if p] + ([f"case {case}"] if case else [])
     for warning in report.get("warnings", []):
         print(f"endofuse run: warning: {warning}", file=sys.stderr)
     return "endofuse run: " + ", ".join(parts) + (f" -> {', '.join(targets)}" if targets else "")
