@@ -7,7 +7,11 @@ clock, the mode), the scene moving, and a timeline of
 
     WLI (scene A) -> transition -> NBI (scene A) -> transition -> WLI (scene A) -> WLI (scene B: the scope moved)
 
-with a transition of `TRANSITION_FRAMES` frames at each switch (a blended frame,
+with the scope held almost still while the clinician looks in NBI (the
+camera moves at `NBI_LOOK_SPEED` of its pace there and for `NBI_LOOK_BACK_S`
+after switching back, as at a real NBI look, so the WLI view after the switch
+is the place NBI saw, and then the scope drifts away),
+a transition of `TRANSITION_FRAMES` frames at each switch (a blended frame,
 two near-black frames, a frame already near the new mode) and a few
 uninformative frames (blurred, dark, glare-spotted). The mode colours are
 matched to the real sample's means (`REAL_MEAN_BGR`), so the R/G ratio of the
@@ -37,6 +41,9 @@ BLUR, GLARE, DARK = "blur", "glare", "dark"
 # Mean BGR of the image (black border excluded) over the 5 real sample pairs: R/G 1.69 in WLI, 0.84 in NBI.
 REAL_MEAN_BGR = {WLI: (118.4, 118.3, 200.0), NBI: (104.3, 117.2, 98.9)}
 TRANSITION_FRAMES = 4
+# The camera's pace during an NBI look (its transitions and the first NBI_LOOK_BACK_S back in WLI), relative to
+# its pace elsewhere.
+NBI_LOOK_SPEED, NBI_LOOK_BACK_S = 0.1, 1.0
 # The recording's blurred frames: a heavy (motion) blur, so they still measure as blurred after mp4v compression,
 # whose block noise adds fine detail back (at 360x640 and above; smaller clips are too coarse for the gate).
 RECORDING_BLUR_SIGMA = 0.025
@@ -137,6 +144,7 @@ class SyntheticEndoscope:
         n = self.frames
         starts = [int(round(f * n)) for f, _, _ in SEGMENTS]
         rows = []
+        camera_t, look_back = 0.0, int(round(NBI_LOOK_BACK_S * self.fps))
         for i in range(n):
             k = max(j for j, s in enumerate(starts) if s <= i)
             _, modality, scene = SEGMENTS[k]
@@ -147,7 +155,10 @@ class SyntheticEndoscope:
                          "modality": TRANSITION if in_transition else modality,
                          "x": box[0], "y": box[1], "w": box[2], "h": box[3],
                          "informative": 0 if in_transition else 1, "defect": "",
-                         "_scene": scene, "_from": previous, "_to": modality, "_step": i - starts[k]})
+                         "_scene": scene, "_from": previous, "_to": modality, "_step": i - starts[k],
+                         "_camera_t": camera_t})
+            nbi_look = modality == NBI or (previous == NBI and i - starts[k] < TRANSITION_FRAMES + look_back)
+            camera_t += (NBI_LOOK_SPEED if nbi_look else 1.0) / self.fps
         for start, count, defect in DEFECTS:
             for i in range(int(round(start * n)), min(n, int(round(start * n)) + count)):
                 if rows[i]["modality"] != TRANSITION:
@@ -164,8 +175,9 @@ class SyntheticEndoscope:
         box = (row["x"], row["y"], row["w"], row["h"])
         s = self._scene(row["_scene"], box)
         t = i / self.fps
-        wli, nbi, mask = s.scene.frame(t)
-        gain = cv2.warpAffine(s.texture, s.scene.camera(t)[:2], (box[2], box[3]), flags=cv2.INTER_LINEAR,
+        camera_t = row["_camera_t"]
+        wli, nbi, mask = s.scene.frame(camera_t)
+        gain = cv2.warpAffine(s.texture, s.scene.camera(camera_t)[:2], (box[2], box[3]), flags=cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_REFLECT)[..., None]
         views = {m: cv2.LUT(np.clip(v * gain, 0, 255).astype(np.uint8), s.luts[m]) for m, v in ((WLI, wli), (NBI, nbi))}
         if row["modality"] == TRANSITION:

@@ -142,3 +142,27 @@ def test_too_short_a_clip_is_one_clear_line(tmp_path):
         SyntheticEndoscope(59)
     assert cli.main(["synth", str(tmp_path / "x"), "--video", "1", "--endoscope"]) != 0
     assert not (tmp_path / "x").exists()
+
+
+def test_nbi_look_returns_to_the_same_view_then_the_scope_drifts_away():
+    """The recording's WLI view right after the NBI look is the place NBI saw (the default view gate passes), and a
+    couple of seconds later the scope has moved on (the gate fails): both NBI-memory outcomes occur with defaults."""
+    from endofuse.realtime.pairing.nbi_memory import DEFAULT_VIEW_GATE, view_signature, view_similarity
+
+    scope = SyntheticEndoscope(300, size=(360, 640), fps=30.0, seed=3)
+    truth = scope.truth_rows()
+    modality = [row["modality"] for row in truth]
+    first_switch = modality.index(TRANSITION)
+    back = max(i for i, m in enumerate(modality) if m == NBI) + 1
+    back = next(i for i in range(back, len(truth)) if modality[i] == WLI and truth[i]["informative"])
+    later = back + 75  # 2.5 s on, still the same scene before the scope moves to scene B
+
+    def signature(i):
+        row = truth[i]
+        frame, _ = scope.render(i)
+        return view_signature(frame[row["y"]:row["y"] + row["h"], row["x"]:row["x"] + row["w"]])
+
+    before = signature(first_switch - 1)
+    assert modality[first_switch - 1] == WLI and modality[later] == WLI
+    assert view_similarity(before, signature(back)) >= DEFAULT_VIEW_GATE
+    assert view_similarity(before, signature(later)) < DEFAULT_VIEW_GATE
