@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass
 
 from endofuse import __version__
+from endofuse.checks import check_thread_options
 from endofuse.errors import EndofuseError
 from endofuse.outputs import remove_unused_folders_on_error
 
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         with remove_unused_folders_on_error():  # a refused command leaves no empty --out behind
+            check_thread_options(args)  # before any engine or thread pool starts
             return int(modules[args.command].main(args) or 0)
     except KeyboardInterrupt:
         print(f"endofuse {args.command}: interrupted", file=sys.stderr)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from endofuse import __version__
-from endofuse.checks import check_device
+from endofuse.checks import check_device, check_threads
 from endofuse.errors import EndofuseError, InvalidOptionError, MissingFileError
 from endofuse.realtime.engines.base import Engine
 from endofuse.realtime.engines.cache import cache_entry, file_sha256
@@ -100,6 +100,7 @@ def open_engine(checkpoint_or_model_file: str | os.PathLike | nn.Module | None =
     "int8") and `calibration`, a dataset folder whose frames calibrate INT8 (default: synthetic pairs).
     """
     device = check_device(device, torch_cuda=False)  # "banana": one line, before any model is loaded
+    threads = check_threads(threads, "threads")  # 10000 would start 10000 OS threads in ONNX Runtime
     source = _resolve_source(checkpoint_or_model_file, model_name)
     backend = resolve_backend(backend, source, device)
     if backend == "torch":

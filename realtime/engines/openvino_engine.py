@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from endofuse.checks import check_threads
 from endofuse.errors import EndofuseError
 from endofuse.realtime.engines.base import Engine
 from endofuse.realtime.engines.cache import cache_dir
@@ -140,8 +141,7 @@ class OpenVinoEngine(Engine):
     def set_threads(self, threads: int) -> None:
         """Compile both graphs again for `threads` inference threads, e.g. to leave a core to the live
         pipeline's own stages (the files are read again rather than kept: a model's weights stay out of memory)."""
-        if threads < 1:
-            raise EndofuseError(f"OpenVINO threads must be >= 1, got {threads}")
+        check_threads(threads, "OpenVINO threads")
         config = compile_config(self.requested_precision, threads, self._cache)
         compiled = self._compile(read_model(self.core, self.path)[0], config, self.path)
         other = None
