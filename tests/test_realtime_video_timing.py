@@ -2,6 +2,7 @@
 rates pair by the true times), by the documented 30 fps where a file's durations are 0, and the report says
 which timing each stream got."""
 import csv
+import importlib.util
 import json
 
 import numpy as np
@@ -103,3 +104,22 @@ def test_the_report_names_nominal_and_endoscope_timing(stand_in_engine, tmp_path
     write_mkv(tmp_path / "scope.mkv", frames(6), [0, 30, 70, 100, 150, 160])
     assert cli.main(["run", "--endoscope", str(tmp_path / "scope.mkv"), "--report", str(report)]) == 0
     assert json.loads(report.read_text())["timing"] == {"endoscope": "container"}
+
+
+@pytest.mark.timeout(120)
+def test_the_holoscan_runtime_times_and_reports_as_natively(stand_in_engine, tmp_path):
+    if importlib.util.find_spec("holoscan") is None:
+        pytest.skip("the [holoscan] extra is not installed")
+    write_mkv(tmp_path / "wli.mkv", frames(30, 1), variable_times_ms(30, seed=5))
+    write_zero_duration_mp4(tmp_path / "nbi.mp4", frames(20, 2))
+    reports = {}
+    for runtime in ("native", "holoscan"):
+        out = tmp_path / f"{runtime}.json"
+        assert cli.main(["run", "--runtime", runtime, "--wli", str(tmp_path / "wli.mkv"), "--nbi",
+                         str(tmp_path / "nbi.mp4"), "--report", str(out)]) == 0
+        reports[runtime] = json.loads(out.read_text())
+    assert reports["holoscan"]["timing"] == reports["native"]["timing"] == {"wli": "container",
+                                                                             "nbi": "fallback-fps"}
+    for key in ("frames", "paired", "stale_pairs", "nbi_missing"):
+        assert reports["holoscan"][key] == reports["native"][key], key
+    assert reports["holoscan"]["skew_mean_ms"] == pytest.approx(reports["native"]["skew_mean_ms"], abs=1e-6)
