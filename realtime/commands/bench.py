@@ -330,13 +330,11 @@ def endoscope_table(endo: dict) -> list[str]:
     return lines
 
 
-def threads_note(fitted: dict | None) -> str:
-    """' | engine threads: 1 (fit: 6.1 ms at 2, 5.8 ms at 1)' or '' when the engine has no thread count."""
-    if not fitted or not fitted.get("threads"):
+def threads_note(choice: dict | None) -> str:
+    """' | engine threads: 2 (--threads)' or '' when the engine has no thread count."""
+    if not choice or not choice.get("threads"):
         return ""
-    note = f" | engine threads: {fitted['threads']} ({fitted['chosen_by']}"
-    measured = ", ".join(f"{ms:.1f} ms at {n}" for n, ms in (fitted.get("pair_ms") or {}).items())
-    return note + (f": {measured})" if measured else ")")
+    return f" | engine threads: {choice['threads']} ({choice['chosen_by']})"
 
 
 def format_table(result: dict) -> str:
