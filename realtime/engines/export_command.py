@@ -32,8 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "default: synthetic pairs")
     group.add_argument("--calibration-pairs", type=int, default=32, help="how many pairs calibrate INT8")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="CPU threads of the export and the INT8 calibration, from 1 to the CPUs this process "
-                             "may use (default: torch's choice)")
+                        help="CPU threads torch uses for the export, from 1 to the CPUs this process may use "
+                             "(default: torch's choice)")
     group = parser.add_argument_group("triton-repo / tensorrt")
     group.add_argument("--max-batch-size", type=int, default=8, help="largest batch served / in the TRT profile")
     group.add_argument("--queue-delay-us", type=int, default=500, help="Triton dynamic batching max queue delay")

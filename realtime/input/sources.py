@@ -201,7 +201,9 @@ class VideoFileSource(Source):
         if times is not None and len(times) > 1:
             if strictly_increasing(times):
                 self._times, self._timing = times, CONTAINER
-                self.fps = _valid_fps((len(times) - 1) / times[-1])  # the average rate, for writers and sync
+                average = (len(times) - 1) / times[-1]  # a variable rate's average, for writers and sync
+                if not math.isclose(self.fps, average, rel_tol=0.01):
+                    self.fps = _valid_fps(average)
             else:  # durations of 0: the decoder's rate and timestamps are invented from them
                 self.fps, self._timing = DEFAULT_FPS, FALLBACK_FPS
 
