@@ -18,11 +18,15 @@ from endofuse.demo.pair import USER_ERRORS
 from endofuse.demo.plots import latency_cdf_figure
 from endofuse.demo.uploads import bgr_to_rgb, check_video_upload
 from endofuse.outputs import finite_or_none, write_json
+from endofuse.realtime.output.stabilise import StabiliseConfig
 
 # The preview only needs to look live; sending every frame to the browser would
 # make the JPEG encode + websocket the bottleneck on fast engines.
 PREVIEW_INTERVAL_S = 1 / 15
 DEFAULT_FPS = 30.0
+# The stabiliser and overlay timing of `endofuse run`'s defaults: the demo shows what a run would show.
+STABILISE = StabiliseConfig()
+OVERLAY_TIMING = "sync"
 # VP8 in WebM: every browser plays it and OpenCV's bundled FFmpeg writes it
 # (its H.264 encoder is not available in the pip wheels).
 VIDEO_FOURCC, VIDEO_SUFFIX = "VP80", ".webm"
@@ -82,6 +86,13 @@ def summary_text(report: dict, video_name: str) -> str:
         lines.append(f"pairs: {report['paired']} fused, {report.get('stale_pairs', 0)} stale, "
                      f"{report.get('nbi_missing', 0)} without NBI (WLI-ONLY); "
                      f"fps {report.get('fps', float('nan')):.1f}")
+    temporal, overlay = report.get("temporal"), report.get("overlay")
+    if temporal and overlay:  # the stabiliser's setting and the overlay's age, as `endofuse run` prints them
+        age = overlay["age_ms"].get("p50")
+        lines.append(f"stabilise {temporal['settings']['stabilise']} (min {temporal['settings'].get('min_frames', 1)} "
+                     f"frames); overlay {overlay['timing']}, age p50 "
+                     + ("n/a" if age is None or age != age else f"{overlay['age_frames']['p50']:.0f} frames "
+                        f"{age:.0f} ms"))
     return "\n".join(lines)
 
 
@@ -98,7 +109,8 @@ def process_video_pair(engines: EngineCache, wli_video: str | None, nbi_video: s
     nbi_path = check_video_upload(nbi_video, "NBI video")
     yield from _process(engines, model_label, backend, wli_path, out_root, build_pipeline,
                         lambda build, engine: build(wli_path, nbi_path, engine, live=False, alpha=float(alpha),
-                                                    frames=int(max_frames)))
+                                                    frames=int(max_frames), stabilise=STABILISE,
+                                                    overlay_timing=OVERLAY_TIMING))
 
 
 def process_endoscope_video(engines: EngineCache, video: str | None, alpha: float, model_label: str, backend: str,
@@ -110,7 +122,8 @@ def process_endoscope_video(engines: EngineCache, video: str | None, alpha: floa
         raise gr.Error("Upload a recording of the processor output first.")
     yield from _process(engines, model_label, backend, path, out_root, build_pipeline,
                         lambda build, engine: build(engine=engine, endoscope=path, live=False, alpha=float(alpha),
-                                                    frames=int(max_frames)))
+                                                    frames=int(max_frames), stabilise=STABILISE,
+                                                    overlay_timing=OVERLAY_TIMING))
 
 
 def _process(engines: EngineCache, model_label: str, backend: str, video_path: str, out_root: Path, build_pipeline,

@@ -26,16 +26,13 @@ from endofuse.realtime.input.frame_times import timing_report
 from endofuse.realtime.input.source_specs import open_source_pair
 from endofuse.realtime.input.sources import DEFAULT_FPS, Source
 from endofuse.realtime.operators import CaptureOp, InferenceOp, Inferred
+from endofuse.realtime.output.mask_stage import MaskStage
 from endofuse.realtime.output.overlay import HudInfo, OverlayStyle
-from endofuse.realtime.output.stabilise import StabiliseConfig, StabiliseStage
-from endofuse.realtime.output.timing import OverlayTiming
-from endofuse.realtime.pairing.nbi_memory import FUSED_MEMORY, NBI_VIEW
+from endofuse.realtime.output.stabilise import StabiliseConfig
 from endofuse.realtime.pairing.sync import MISSING, PAIRED, STALE, Synchroniser, SyncPolicy
 from endofuse.realtime.queues import BLOCK, LATEST, Closed, FrameQueue, Timeout
-from endofuse.realtime.segment import FUSED, WLI_ONLY, engine_label, finish_frame
+from endofuse.realtime.segment import FUSED, WLI_ONLY, engine_label
 from endofuse.realtime.tracing import LatencyStats, now
-
-MASK_MODES = (FUSED, FUSED_MEMORY, WLI_ONLY)  # the modes whose frames carry a mask
 
 
 @dataclass
@@ -108,10 +105,8 @@ class Pipeline:
         self._last_size: tuple[int, int] | None = None
         self._started = self._closed = False
         # the stabiliser stage and the overlay timing; `labels(index)`: the true mask of a WLI frame (evaluate)
-        self.stabiliser = StabiliseStage(self.config.stabilise, wli.fps)
-        self.timing = OverlayTiming(self.config.overlay_timing, read_codes=wli.stamp_code)
-        self.labels = labels
-        self._stabilised_area = None  # the content area the stabiliser's state belongs to (one endoscope stream)
+        self.mask_stage = MaskStage(self.config.stabilise, self.config.overlay_timing, wli.fps,
+                                    read_codes=wli.stamp_code, endoscope=endoscope, labels=labels)
         self.compose()
 
     # -- graph -------------------------------------------------------------
@@ -188,56 +183,32 @@ class Pipeline:
         return self.report()
 
     def _output(self, item: Inferred) -> FrameResult:
-        """Postprocess, overlay, HUD, sinks: the output stage, in the caller's thread."""
+        """Stabilise, postprocess, overlay, HUD, sinks: the output stage, in the caller's thread."""
         trace, frame = item.wli.trace, item.wli.frame
         trace.add("queue", item.enqueued)
         decided = item.wli.endoscope
         if decided is None:
             mode = FUSED if item.pairing.nbi is not None else WLI_ONLY
+            newest = self.operators[0].latest  # the newest captured WLI frame (live timing draws on it)
         else:
-            mode = decided.mode
-        started = now()
-        logits, flow, shown, age = self._stabilise(item.logits, frame, decided)
-        trace.add("stabilise", started)
-        age_line = self.timing.hud_line(age, self.timing.mode) if logits is not None else ""
-
-        def hud() -> HudInfo:
-            info = self._hud(mode, trace, item.classification, age_line)
-            return info if decided is None else self.endoscope.hud_info(decided, info)
-
-        if decided is None:
-            mask, overlay, post_ms, overlay_ms = finish_frame(logits, shown.image, self.config.style, hud)
-        else:  # the mask and overlay only inside the content area; none on NBI/HOLD frames
-            mask, overlay, post_ms, overlay_ms = self.endoscope.finish(decided, logits, shown.image,
-                                                                       self.config.style, hud)
-        trace.stages_ms["postprocess"], trace.stages_ms["overlay"] = post_ms, overlay_ms
-        started = now()
-        if logits is not None:  # the temporal metrics are over the frames that carry a mask
-            label = None if self.labels is None else self.labels(shown.index)
-            if decided is None:
-                self.stabiliser.record(mask, flow, label)
-            else:  # at the content area's crop, where the flow was taken
-                crop = decided.area.crop
-                self.stabiliser.record(crop(mask), flow, None if label is None else crop(label))
-        trace.add("temporal_metrics", started)
+            mode, newest = decided.mode, self.operators[0].latest_endoscope
+        drawn = self.mask_stage.draw(mode, item.logits, frame, trace, self.config.style,
+                                     lambda age_line: self._hud(mode, trace, item.classification, age_line),
+                                     newest, decided)
         ready = now()
-        self.timing.record(frame, shown, age, overlay, ready, has_overlay=logits is not None)
+        self.mask_stage.record_output(frame, drawn, drawn.overlay, ready)
         latency = trace.latency_ms(ready)
         if self._last_size is not None and frame.image.shape[:2] != self._last_size:
             self.resolution_changes += 1
         self._last_size = frame.image.shape[:2]
         skew = item.pairing.skew_s
-        result = FrameResult(frame.index, overlay, mask, mode, trace.stages_ms, latency, shown.image,
-                             item.pairing.status, None if skew is None else skew * 1000.0,
+        result = FrameResult(frame.index, drawn.overlay, drawn.mask, mode, trace.stages_ms, latency,
+                             drawn.shown.image, item.pairing.status, None if skew is None else skew * 1000.0,
                              None if item.pairing.nbi is None else item.pairing.nbi.index)
         result.extras["time_s"] = frame.sync_time - self._epoch  # on the recording's timeline for files
-        if logits is not None:  # NBI/HOLD frames of an endoscope stream carry no mask, so no overlay age
-            result.extras.update(shown_index=shown.index, overlay_age_frames=age[0], overlay_age_ms=age[1])
+        result.extras.update(drawn.extras())
         if decided is not None:
             result.nbi_index = decided.nbi_index
-            result.extras.update(modality=decided.modality, nbi_age_s=decided.nbi_age_s,
-                                 view_similarity=decided.similarity, quality_flags=decided.quality_flags,
-                                 content_area=decided.area)
         if item.classification is not None:
             result.extras["class"] = item.classification.label
             result.extras["confidence"] = item.classification.confidence
@@ -252,37 +223,15 @@ class Pipeline:
         self.mode_counts[mode] += 1
         return result
 
-    def _stabilise(self, logits, frame, decided) -> tuple:
-        """(logits to draw, flow, the frame to draw on, the overlay's age): the stabiliser and the overlay timing.
+    @property
+    def stabiliser(self):
+        """The run's `StabiliseStage` (its temporal metrics)."""
+        return self.mask_stage.stabiliser
 
-        Two inputs: on the whole frame. One endoscope stream: on the content area's crop (the logits are the
-        crop's), and only on frames that carry a mask. A HOLD frame does not feed the stabiliser (a blurred or
-        transition frame says nothing about the lesion; the next good frame's flow is taken from the last good
-        one); an NBI frame or a new content area restarts it (docs/pipeline.md, "The stabiliser on one endoscope
-        stream").
-        """
-        warp = self.config.stabilise.mode == "flow"
-        if decided is None:
-            logits, flow = self.stabiliser(logits, frame.image)
-            # the newest captured WLI frame (live timing draws on it); operators[0] is the WLI capture
-            return self._placed(logits, flow, frame, self.operators[0].latest, warp)
-        if decided.mode == NBI_VIEW or decided.area != self._stabilised_area:
-            self.stabiliser.reset()
-            self._stabilised_area = None if decided.mode == NBI_VIEW else decided.area
-        if logits is None:  # NBI / HOLD: no mask
-            return None, None, frame, (0, 0.0)
-        area = decided.area
-        logits, flow = self.stabiliser(logits, area.crop(frame.image))
-        # live timing: the newest captured frame, if it carries a mask in the same content area (never a mask on an
-        # NBI or HOLD frame, nor across a layout change); otherwise the mask's own frame
-        newest = self.operators[0].latest_endoscope
-        target = newest[0] if newest is not None and newest[1].area == area and newest[1].mode in MASK_MODES \
-            else None
-        return self._placed(logits, flow, frame, target, warp, view=area.crop)
-
-    def _placed(self, logits, flow, frame, newest, warp: bool, view=None) -> tuple:
-        logits, shown, age = self.timing.place(logits, frame, newest, warp, view)
-        return logits, flow, shown, age
+    @property
+    def timing(self):
+        """The run's `OverlayTiming` (the overlay's age)."""
+        return self.mask_stage.timing
 
     def _hud(self, mode: str, trace, classification=None, overlay_age: str = "") -> HudInfo:
         times = self._done_times
@@ -361,8 +310,7 @@ class Pipeline:
             "resolution_changes": self.resolution_changes,
             "camera_reconnects": sum(getattr(s, "reconnects", 0) for s in (self.wli, self.nbi) if s is not None),
             "warnings": list(self.warnings),
-            "temporal": self.stabiliser.summary(),
-            "overlay": self.timing.summary(),
+            **self.mask_stage.summary(),  # "temporal" and "overlay"
         }
         if self.endoscope is not None:  # (two-input runs keep the keys the Holoscan runtime also writes)
             report["modes"] = dict(self.mode_counts)

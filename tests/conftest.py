@@ -9,7 +9,6 @@ import os
 os.environ.setdefault("TRITON_INTERPRET", "1")
 # Two cores: keep torch from oversubscribing when pytest and a subprocess run at once.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
-
 import contextlib  # noqa: E402
 import importlib.util  # noqa: E402
 import subprocess  # noqa: E402
@@ -21,6 +20,13 @@ from types import ModuleType  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+# torch.compile's C++ build imports setuptools, whose distutils override fails once anything has imported or probed
+# `pip` (its import hook then hands out the stdlib distutils). wheel-axle (a Holoscan dependency) imports pip on the
+# first interpreter start after an install, as in CI: then use the stdlib's distutils; otherwise override it now.
+if "pip" in sys.modules:
+    os.environ["SETUPTOOLS_USE_DISTUTILS"] = "stdlib"
+import setuptools  # noqa: E402, F401, I001
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # `../shared` beside the checkout (CI and developer machines); a user's clone has none.

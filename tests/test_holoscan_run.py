@@ -54,11 +54,10 @@ def test_holoscan_run_matches_native_masks_frames_classes_and_report_keys(video_
     for runtime in ("native", "holoscan"):
         assert run_cli("--runtime", runtime, "--wli", wli, "--nbi", nbi, "--out", tmp_path / f"{runtime}.avi",
                        "--frames-dir", tmp_path / runtime, "--report", tmp_path / f"{runtime}.json",
-                       "--classifier", classifier, "--stabilise", "off") == 0
+                       "--classifier", classifier) == 0  # the default stabiliser: flow
     native, holo = (json.loads((tmp_path / f"{r}.json").read_text()) for r in ("native", "holoscan"))
-    # the stabiliser stage and its "temporal" / "overlay" report keys are native-only so far (docs/pipeline.md)
-    native_only = {"temporal", "overlay"}
-    assert set(native) - native_only <= set(holo) and set(holo) - set(native) == {"runtime", "holoscan"}
+    assert set(native) <= set(holo) and set(holo) - set(native) == {"runtime", "holoscan"}
+    assert holo["temporal"] == native["temporal"] and holo["temporal"]["settings"]["stabilise"] == "flow"
     assert holo["classifier"] == native["classifier"] and sum(holo["classifier"]["class_counts"].values()) == FRAMES
     assert "classify" in holo["stages_ms"] and holo["nbi_dropped"] == native["nbi_dropped"] == 0
     assert holo["frames"] == native["frames"] == FRAMES and holo["paired"] == native["paired"]

@@ -243,7 +243,6 @@ def _collecting(open_run_parts, results: list):
 @pytest.mark.parametrize("argv, message", [
     (["--endoscope", "synthetic", "--nbi", "synthetic"], "--nbi cannot be used with --endoscope"),
     (["--wli", "synthetic", "--layout", "side-by-side"], "--layout applies to one endoscope stream"),
-    (["--endoscope", "synthetic", "--runtime", "holoscan"], "--runtime holoscan does not take --endoscope"),
     (["--endoscope", "synthetic", "--view-gate", "2"], "--view-gate must be in"),
     (["--endoscope", "synthetic", "--content-area", "1,2"], "--content-area must be"),
     (["--endoscope", "interleaved:0"], "switches modes by hand"),

@@ -102,8 +102,11 @@ def test_the_report_names_nominal_and_endoscope_timing(stand_in_engine, tmp_path
                      str(report)]) == 0
     assert json.loads(report.read_text())["timing"] == {"wli": "nominal-fps", "nbi": "nominal-fps"}
     write_mkv(tmp_path / "scope.mkv", frames(6), [0, 30, 70, 100, 150, 160])
-    assert cli.main(["run", "--endoscope", str(tmp_path / "scope.mkv"), "--report", str(report)]) == 0
-    assert json.loads(report.read_text())["timing"] == {"endoscope": "container"}
+    runtimes = ["native"] + (["holoscan"] if importlib.util.find_spec("holoscan") else [])
+    for runtime in runtimes:
+        assert cli.main(["run", "--runtime", runtime, "--endoscope", str(tmp_path / "scope.mkv"), "--report",
+                         str(report)]) == 0
+        assert json.loads(report.read_text())["timing"] == {"endoscope": "container"}, runtime
 
 
 @pytest.mark.timeout(120)

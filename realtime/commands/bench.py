@@ -275,7 +275,8 @@ def bench_holoscan_modes(args, engine, wli, nbi, engine_only: dict, latencies: d
         for name, live in (("max", False), ("paced", True)):
             key = f"holoscan {scheduler} {name}"
             modes[name], latencies[key] = first.get(key) or bench_holoscan(
-                engine, wli, nbi, args.frames, args.warmup, live, args.paced_fps, scheduler, workers)
+                engine, wli, nbi, args.frames, args.warmup, live, args.paced_fps, scheduler, workers,
+                stage_from_args(args))  # the native modes' stabiliser and overlay timing
         out[scheduler] = {"workers": workers, "modes": modes, "efficiency": modes["max"]["fps"] / engine_only["fps"]}
     return out
 

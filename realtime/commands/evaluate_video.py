@@ -59,8 +59,9 @@ class LabelVideo:
 
 def evaluate_video(engine, folder: Path, stabilise, wli_only: bool = False) -> dict:
     """Metrics of one video folder (wli.mp4, nbi.mp4 unless `wli_only`, mask.mp4) through the pipeline."""
+    from endofuse.realtime.output.mask_stage import MASK_MODES
     from endofuse.realtime.output.overlay import OverlayStyle
-    from endofuse.realtime.pipeline import MASK_MODES, build_pipeline
+    from endofuse.realtime.pipeline import build_pipeline
 
     wli, nbi, mask = (folder / name for name in VIDEO_FILES)
     endoscope = folder / ENDOSCOPE_VIDEO

@@ -267,12 +267,9 @@ def main(args: argparse.Namespace) -> int:
     endoscope = endoscope_config(args)
     check_run_outputs(args)
     if getattr(args, "runtime", "native") == "holoscan":
-        if endoscope is not None:
-            raise EndofuseError("--runtime holoscan does not take --endoscope yet: run it with the native runtime "
-                                "(leave out --runtime)")
         from endofuse.realtime.holoscan.run import run_holoscan
 
-        return run_holoscan(args)
+        return run_holoscan(args, endoscope)
     style = OverlayStyle(alpha=args.alpha, hud=not args.no_hud)  # checks alpha before any work
     stabilise = config_from_args(args)
     with stop_on_signals() as signals:

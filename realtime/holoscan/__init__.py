@@ -10,9 +10,13 @@
     self.add_flow(infer, overlay, {("segmented", "segmented")})
     self.add_flow(overlay, holoviz, {("overlay", "receivers")})
 
+One endoscope stream (WLI and NBI switched by hand): `EndofuseEndoscopeOp`
+(input `frame`, output `pair`) in place of the sync operator.
+
 Importing this package loads libcudart.so.12 (from the nvidia-cuda-runtime-cu12
 wheel when no system CUDA exists) before importing `holoscan`.
 """
+from endofuse.realtime.holoscan.endoscope import EndofuseEndoscopeOp
 from endofuse.realtime.holoscan.operators import (
     EndofuseInferenceOp,
     EndofuseOverlayOp,
@@ -21,4 +25,5 @@ from endofuse.realtime.holoscan.operators import (
 )
 from endofuse.realtime.holoscan.recorder import EndofuseRecorderOp
 
-__all__ = ["EndofuseInferenceOp", "EndofuseOverlayOp", "EndofuseRecorderOp", "EndofuseSourceOp", "EndofuseSyncOp"]
+__all__ = ["EndofuseEndoscopeOp", "EndofuseInferenceOp", "EndofuseOverlayOp", "EndofuseRecorderOp", "EndofuseSourceOp",
+           "EndofuseSyncOp"]

@@ -3,7 +3,8 @@
     python -m endofuse.realtime.holoscan.app --config app.yaml
 
 The YAML has one section per operator, named as the operator is in the graph
-(`wli_source`, `nbi_source`, `sync`, `inference`, `overlay`, `recorder`), plus
+(`wli_source`, `nbi_source`, `sync`, `inference`, `overlay`, `recorder`; `endoscope` in
+place of `nbi_source` and `sync` for one endoscope stream), plus
 `scheduler` ({kind: greedy | event | multi_thread, workers: N}) and
 `tracking` ({enabled: true}). See realtime/holoscan/app.yaml.
 """
@@ -24,6 +25,7 @@ import_holoscan()
 from holoscan.core import Application, DataFlowMetric  # noqa: E402
 from holoscan.schedulers import EventBasedScheduler, GreedyScheduler, MultiThreadScheduler  # noqa: E402
 
+from endofuse.realtime.holoscan.endoscope import EndofuseEndoscopeOp  # noqa: E402
 from endofuse.realtime.holoscan.operators import (  # noqa: E402
     EndofuseInferenceOp,
     EndofuseOverlayOp,
@@ -31,9 +33,12 @@ from endofuse.realtime.holoscan.operators import (  # noqa: E402
     EndofuseSyncOp,
 )
 from endofuse.realtime.holoscan.recorder import EndofuseRecorderOp  # noqa: E402
+from endofuse.realtime.input.source_specs import open_endoscope_source  # noqa: E402
+from endofuse.realtime.input.sources import Source  # noqa: E402
 
 SCHEDULERS = ("greedy", "event", "multi_thread")
-SECTIONS = ("wli_source", "nbi_source", "sync", "inference", "overlay", "recorder", "scheduler", "tracking")
+SECTIONS = ("wli_source", "nbi_source", "sync", "endoscope", "inference", "overlay", "recorder", "scheduler",
+            "tracking")
 
 
 def _keywords(cls, *internal: str) -> set[str]:
@@ -46,9 +51,11 @@ SECTION_KEYS = {
     "wli_source": _keywords(EndofuseSourceOp, "role", "gate", "stop_with", "epoch_from"),
     "nbi_source": _keywords(EndofuseSourceOp, "role", "gate", "stop_with", "epoch_from"),
     "sync": _keywords(EndofuseSyncOp),
+    "endoscope": _keywords(EndofuseEndoscopeOp, "input_size", "device"),
     "inference": _keywords(EndofuseInferenceOp),
-    "overlay": _keywords(EndofuseOverlayOp, "backpressure"),
-    "recorder": _keywords(EndofuseRecorderOp, "sync_op", "inference_op", "wli_op", "nbi_op", "sinks", "live"),
+    "overlay": _keywords(EndofuseOverlayOp, "backpressure", "fps", "frame_code"),
+    "recorder": _keywords(EndofuseRecorderOp, "sync_op", "inference_op", "wli_op", "nbi_op", "overlay_op",
+                          "endoscope_op", "sinks", "live"),
     "scheduler": {"kind", "workers"},
     "tracking": {"enabled"},
 }
@@ -59,7 +66,9 @@ class EndofuseApp(Application):
 
     `sections` maps the YAML section names to keyword arguments; sources may be
     given as `Source` objects (`source:` key) or spec strings. A missing
-    `nbi_source` (or `source: null`) runs WLI-only.
+    `nbi_source` (or `source: null`) runs WLI-only. An `endoscope` section makes
+    `wli_source` one endoscope stream (WLI and NBI switched by hand): wli_source
+    -> endoscope -> inference -> overlay -> recorder, with no NBI source.
     """
 
     def __init__(self, sections: dict, engine=None, sinks=(), **kwargs) -> None:
@@ -81,8 +90,15 @@ class EndofuseApp(Application):
     def compose(self) -> None:
         s = self.sections
         wli_cfg, nbi_cfg = dict(s.get("wli_source", {})), dict(s.get("nbi_source", {}))
+        endoscope = "endoscope" in s
+        if endoscope and nbi_cfg.get("source") is not None:
+            raise EndofuseError("config: an 'endoscope' section takes one stream (wli_source), which carries both "
+                                "modes; remove nbi_source")
         live = bool(wli_cfg.get("live", False))
         fps = float(wli_cfg.get("fps", 30.0))
+        if endoscope and wli_cfg.get("source") is not None and not isinstance(wli_cfg["source"], Source):
+            # as `run --endoscope SRC`: `synthetic` is a synthetic processor output, not a WLI scene
+            wli_cfg["source"] = open_endoscope_source(str(wli_cfg["source"]), fps, wli_cfg.get("frames"))
         self.wli_op = EndofuseSourceOp(self, role="wli", name="wli_source", **wli_cfg)
         live = live or self.wli_op.live
         self.nbi_op = None
@@ -91,26 +107,44 @@ class EndofuseApp(Application):
             nbi_cfg["live"] = live or bool(nbi_cfg.get("live", False))
             self.nbi_op = EndofuseSourceOp(self, role="nbi", name="nbi_source", stop_with=self.wli_op, **nbi_cfg)
             self.wli_op.epoch_from = self.nbi_op
-        sync_cfg = dict(s.get("sync", {}))
-        sync_cfg.setdefault("wli_fps", self.wli_op.source.fps)
-        self.sync_op = EndofuseSyncOp(self, name="sync", **sync_cfg)
-        if self.nbi_op is not None and not live:
-            self._gate_lossless(self.wli_op, self.nbi_op, self.sync_op)
         infer_cfg = dict(s.get("inference", {}))
         if self._engine is not None:
             infer_cfg["engine"] = self._engine
         self.inference_op = EndofuseInferenceOp(self, name="inference", **infer_cfg)
-        self.overlay_op = EndofuseOverlayOp(self, name="overlay", backpressure=("result",), **s.get("overlay", {}))
+        self.sync_op = self.endoscope_op = None
+        if endoscope:  # the crops' model inputs are made at the engine's size, on its device
+            engine = self.inference_op.engine
+            self.endoscope_op = EndofuseEndoscopeOp(self, name="endoscope", input_size=tuple(engine.input_size),
+                                                    device=getattr(engine, "device", None), **s["endoscope"])
+            pairing_op = self.endoscope_op
+        else:
+            sync_cfg = dict(s.get("sync", {}))
+            sync_cfg.setdefault("wli_fps", self.wli_op.source.fps)
+            self.sync_op = pairing_op = EndofuseSyncOp(self, name="sync", **sync_cfg)
+            if self.nbi_op is not None and not live:
+                self._gate_lossless(self.wli_op, self.nbi_op, self.sync_op)
+        overlay_cfg = {"fps": self.wli_op.source.fps, "frame_code": self.wli_op.source.stamp_code,
+                       **s.get("overlay", {})}
+        self.overlay_op = EndofuseOverlayOp(self, name="overlay", backpressure=("result",), **overlay_cfg)
+        # live timing draws on the newest captured frame; time_s is on the WLI source's timeline
+        newest = self.endoscope_op or self.wli_op
+        self.overlay_op.newest = lambda: newest.latest
+        self.overlay_op.origin = lambda: self.wli_op.epoch
         rec_cfg = dict(s.get("recorder", {}))
         rec_cfg.setdefault("fps", self.wli_op.source.fps)
         self.recorder_op = EndofuseRecorderOp(self, name="recorder", sync_op=self.sync_op,
                                               inference_op=self.inference_op, wli_op=self.wli_op,
-                                              nbi_op=self.nbi_op, live=live, sinks=self._sinks, **rec_cfg)
+                                              nbi_op=self.nbi_op, overlay_op=self.overlay_op,
+                                              endoscope_op=self.endoscope_op, live=live, sinks=self._sinks,
+                                              **rec_cfg)
         self.recorder_op.extra_report = self.holoscan_report
-        self.add_flow(self.wli_op, self.sync_op, {("frame", "wli")})
+        if endoscope:
+            self.add_flow(self.wli_op, self.endoscope_op, {("frame", "frame")})
+        else:
+            self.add_flow(self.wli_op, self.sync_op, {("frame", "wli")})
         if self.nbi_op is not None:
             self.add_flow(self.nbi_op, self.sync_op, {("frame", "nbi")})
-        self.add_flow(self.sync_op, self.inference_op, {("pair", "pair")})
+        self.add_flow(pairing_op, self.inference_op, {("pair", "pair")})
         self.add_flow(self.inference_op, self.overlay_op, {("segmented", "segmented")})
         self.add_flow(self.overlay_op, self.recorder_op, {("result", "result")})
         if self.stop_requested:
@@ -188,7 +222,7 @@ class EndofuseApp(Application):
             "threads_used": len(overlay.threads),
             "handoffs_per_frame": overlay.handoffs / overlay.frames if overlay.frames else 0.0,
             "nbi_dropped_by_stage": {"nbi_source": getattr(self.nbi_op, "dropped", 0),
-                                     "sync_port": self.sync_op.nbi_dropped},
+                                     "sync_port": getattr(self.sync_op, "nbi_dropped", 0)},
         }}
 
 

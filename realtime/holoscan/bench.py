@@ -34,8 +34,10 @@ def workers_for(scheduler: str, workers: int) -> int:
 
 
 def bench_holoscan(engine, wli, nbi, frames: int, warmup: int, live: bool, fps: float, scheduler: str = "greedy",
-                   workers: int = 1) -> tuple[dict, list]:
-    """One mode through the Holoscan graph on memory sources; the mode's summary and per-frame latencies."""
+                   workers: int = 1, stage: dict | None = None) -> tuple[dict, list]:
+    """One mode through the Holoscan graph on memory sources; the mode's summary and per-frame latencies.
+
+    `stage`: the overlay op's `stabilise` / `overlay_timing`, as `bench_pipeline`'s (default: the op's own, off)."""
     from endofuse.realtime.holoscan._runtime import quiet_holoscan_logs
     from endofuse.realtime.input.sources import MemorySource
 
@@ -45,6 +47,7 @@ def bench_holoscan(engine, wli, nbi, frames: int, warmup: int, live: bool, fps: 
                        "live": live},
         "nbi_source": {"source": MemorySource(nbi, "bench NBI", fps, loops=None)},
         "inference": {"warmup": False},  # warmed up once by the bench, as for native
+        "overlay": dict(stage or {}),
         "recorder": {"warmup_frames": warmup},
         "scheduler": {"kind": scheduler, "workers": workers},
         "tracking": {"enabled": False},  # its per-message timestamps cost throughput; not part of the comparison
@@ -54,6 +57,7 @@ def bench_holoscan(engine, wli, nbi, frames: int, warmup: int, live: bool, fps: 
     mode = {key: report[key] for key in MODE_KEYS}
     mode["source_fps"] = fps if live else None
     mode["scheduler"], mode["workers"] = scheduler, workers
+    mode["temporal"], mode["overlay"] = report["temporal"], report["overlay"]
     for key in ("threads_used", "handoffs_per_frame", "nbi_dropped_by_stage"):
         mode[key] = report["holoscan"][key]
     return mode, list(app.recorder_op.stats.latency)

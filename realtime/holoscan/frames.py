@@ -35,6 +35,10 @@ class SyncedPair:
     channel_order: str  # of the frames as they arrived; the overlay goes out in the same order
     trace: FrameTrace
     threads: list[int] = field(default_factory=list)  # the thread each operator ran on, for hand-off counts
+    # one endoscope stream (EndofuseEndoscopeOp): the frame's EndoscopeFrame (mode, crops' model inputs) and the
+    # EndoscopeStage that decided it (the overlay op draws inside its content area)
+    endoscope: object = None
+    endoscope_stage: object = None
 
     @property
     def wli(self) -> Frame:

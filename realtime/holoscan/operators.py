@@ -6,10 +6,14 @@
         EndofuseOverlayOp --overlay--> (HolovizOp, a recorder, ...)
                           --result---> EndofuseRecorderOp (or any operator taking a FrameResult)
 
-Each `compute` calls the same endofuse functions the native pipeline runs
+One endoscope stream: EndofuseSourceOp --frame--> EndofuseEndoscopeOp --pair--> EndofuseInferenceOp
+(endoscope.py) in place of the sync op.
+
+Each `compute` calls the same endofuse code the native pipeline runs
 (`Synchroniser`, `segment.preprocess`, `engine.infer`, the frame classifier,
-`segment.finish_frame`), so both runtimes give the same masks for the same
-pairs and an adapter for another Holoscan API stays a thin shell. Frames that
+`MaskStage`: stabiliser, overlay timing, `segment.finish_frame`), so both
+runtimes give the same masks for the same input and an adapter for another
+Holoscan API stays a thin shell. Frames that
 arrive on the GPU stay there (device.py).
 """
 from __future__ import annotations
@@ -37,13 +41,16 @@ from endofuse.realtime.holoscan.frames import (  # noqa: E402
 )
 from endofuse.realtime.input.source_specs import open_source  # noqa: E402
 from endofuse.realtime.input.sources import Frame, Source, SourceLost  # noqa: E402
+from endofuse.realtime.output.mask_stage import MaskStage  # noqa: E402
 from endofuse.realtime.output.overlay import HudInfo, OverlayStyle  # noqa: E402
+from endofuse.realtime.output.stabilise import StabiliseConfig  # noqa: E402
 from endofuse.realtime.pairing.sync import Synchroniser, SyncPolicy  # noqa: E402
 from endofuse.realtime.pipeline import FrameResult  # noqa: E402
-from endofuse.realtime.segment import FUSED, WLI_ONLY, engine_label, finish_frame  # noqa: E402
+from endofuse.realtime.segment import FUSED, WLI_ONLY, engine_label  # noqa: E402
 from endofuse.realtime.tracing import FrameTrace, now  # noqa: E402
 
 _EPOCH_LOCK = threading.Lock()
+_STABILISE = StabiliseConfig()  # the flags' defaults (the op's own default mode is off: the per-frame mask)
 
 
 class EndofuseOperator(Operator):
@@ -108,6 +115,7 @@ class EndofuseSourceOp(EndofuseOperator):
         self.emitted = self.dropped = 0
         self.last_sync_time: float | None = None  # of the newest frame emitted
         self.pending: Frame | None = None  # read, waiting for the gate
+        self.latest: Frame | None = None  # the newest frame read: what `--overlay-timing live` draws on
         self.finished = False
         self.warnings: list[str] = []
         if self.live:  # tick once per frame period instead of spinning
@@ -160,7 +168,9 @@ class EndofuseSourceOp(EndofuseOperator):
 
     def _read(self) -> Frame | None:
         try:
-            return self.source.next_frame()
+            frame = self.source.next_frame()
+            self.latest = frame or self.latest
+            return frame
         except SourceLost as exc:
             if self.role == "wli":
                 raise
@@ -282,9 +292,15 @@ class EndofuseInferenceOp(EndofuseOperator):
         pair.threads.append(threading.get_ident())
         size = tuple(self.engine.input_size)
         started = now()
-        wli = model_input(pair.wli.image, size, self.engine)
-        nbi = None if pair.nbi is None else model_input(pair.nbi.image, size, self.engine)
-        t_pre = pair.trace.add("preprocess", started)
+        if pair.endoscope is None:
+            wli = model_input(pair.wli.image, size, self.engine)
+            nbi = None if pair.nbi is None else model_input(pair.nbi.image, size, self.engine)
+            t_pre = pair.trace.add("preprocess", started)
+        else:  # one endoscope stream: the endoscope op made the crops' inputs; NBI and HOLD frames get no mask
+            wli, nbi, t_pre = pair.endoscope.wli_input, pair.endoscope.nbi_input, started
+        if wli is None:
+            op_output.emit(Segmented(pair, None, self.engine), "segmented")
+            return
         logits = self.engine.infer(wli, nbi)
         t_infer = pair.trace.add("infer", t_pre)
         classification = None
@@ -294,15 +310,29 @@ class EndofuseInferenceOp(EndofuseOperator):
         op_output.emit(Segmented(pair, logits, self.engine, classification), "segmented")
 
 
+PLACEMENT = "_placement"  # FrameResult.extras key: (the mask's frame, its Drawn), read by EndofuseRecorderOp
+
+
 class EndofuseOverlayOp(EndofuseOperator):
     """Input `segmented` -> outputs `overlay` and `result`; either may be left unconnected.
+
+    Between the engine and the overlay it runs endofuse's output stage
+    (`realtime.output.mask_stage.MaskStage`, the native pipeline's): the
+    stabiliser (`stabilise` off | ema | flow, or a `StabiliseConfig`, with
+    `on_threshold`, `off_threshold`, `min_frames`; default off, the per-frame
+    mask), the overlay timing (`overlay_timing` sync | live: live draws the
+    newest mask on the newest captured frame, which `EndofuseApp` wires in as
+    `newest`) and, for one endoscope stream, the mask only inside the content
+    area and none on NBI/HOLD frames. `fps` is the frame rate the temporal
+    metrics count per minute with.
 
     `overlay`: a tensor map {"overlay": HxWx3 uint8} in the channel order the
     frames came in (for `HolovizOp(tensors=[dict(name="overlay", type="color")])`
     or a recorder). `result`: an `endofuse.realtime.FrameResult` (overlay in
-    BGR, mask, mode, latency, timings, nbi_index; with a classifier, `class`
-    and `confidence` in `extras`). For frames that arrived on the GPU, the
-    overlay tensor and the result's overlay, mask and frame are CUDA tensors.
+    BGR, mask, mode, latency, timings, nbi_index, the overlay's age in
+    `extras`; with a classifier, `class` and `confidence`). For frames that
+    arrived on the GPU, the overlay tensor and the result's overlay, mask and
+    frame are CUDA tensors.
 
     An output with no receiver would stop the operator forever, so both ports
     send without waiting for the receiver: under a multi-threaded scheduler a
@@ -311,12 +341,21 @@ class EndofuseOverlayOp(EndofuseOperator):
     """
 
     def __init__(self, fragment, *args, alpha: float = 0.45, hud: bool = True, contour: bool = True,
+                 stabilise: str | StabiliseConfig = "off", on_threshold: float = _STABILISE.on_threshold,
+                 off_threshold: float = _STABILISE.off_threshold, min_frames: int = _STABILISE.min_frames,
+                 overlay_timing: str = "sync", fps: float = 30.0, frame_code: bool = False,
                  backpressure: tuple[str, ...] | list[str] = (), **kwargs) -> None:
         unknown = set(backpressure) - {"overlay", "result"}
         if unknown:
             raise ValueError(f"backpressure names output ports 'overlay'/'result', got {sorted(unknown)}")
         self.backpressure = tuple(backpressure)
         self.style = OverlayStyle(alpha=alpha, contour=contour, hud=hud)
+        if not isinstance(stabilise, StabiliseConfig):
+            stabilise = StabiliseConfig(str(stabilise), on_threshold, off_threshold, min_frames)
+        # frame_code: the WLI source stamps frame codes; the recorder reads them back from the pixels it writes
+        self.mask_stage = MaskStage(stabilise, overlay_timing, fps, read_codes=frame_code)
+        self.newest: Callable[[], object] | None = None  # the newest captured frame (live timing), set by the app
+        self.origin: Callable[[], float | None] | None = None  # the timeline's start, for FrameResult time_s
         self._done: list[float] = []
         self.frames = self.handoffs = 0  # hand-offs: consecutive operators of a frame's path on different threads
         self.threads: set[int] = set()
@@ -337,23 +376,36 @@ class EndofuseOverlayOp(EndofuseOperator):
         self.frames += 1
         self.handoffs += sum(a != b for a, b in zip(threads, threads[1:], strict=False))
         self.threads.update(threads)
-        mode = FUSED if pair.nbi is not None else WLI_ONLY
-        mask, overlay, post_ms, overlay_ms = finish_frame(item.logits, frame.image, self.style,  # a GPU frame stays
-                                                          lambda: self._hud(mode, item, trace))
-        trace.stages_ms["postprocess"], trace.stages_ms["overlay"] = post_ms, overlay_ms
+        decided = pair.endoscope
+        if decided is None:
+            mode = FUSED if pair.nbi is not None else WLI_ONLY
+        else:
+            mode = decided.mode
+            self.mask_stage.endoscope = pair.endoscope_stage
+        drawn = self.mask_stage.draw(mode, item.logits, frame, trace, self.style,  # a GPU frame stays there
+                                     lambda age_line: self._hud(mode, item, trace, age_line),
+                                     None if self.newest is None else self.newest(), decided)
         ready = now()
         self._done = (self._done + [ready])[-30:]
         skew = pair.pairing.skew_s
-        result = FrameResult(frame.index, overlay, mask, mode, trace.stages_ms, trace.latency_ms(ready), frame.image,
-                             pair.pairing.status, None if skew is None else skew * 1000.0,
+        result = FrameResult(frame.index, drawn.overlay, drawn.mask, mode, trace.stages_ms, trace.latency_ms(ready),
+                             drawn.shown.image, pair.pairing.status, None if skew is None else skew * 1000.0,
                              None if pair.nbi is None else pair.nbi.index)
+        origin = None if self.origin is None else self.origin()
+        if origin is not None:
+            result.extras["time_s"] = frame.sync_time - origin  # on the recording's timeline for files
+        result.extras.update(drawn.extras())
+        if decided is not None:
+            result.nbi_index = decided.nbi_index
         if item.classification is not None:
             result.extras.update({"class": item.classification.label, "confidence": item.classification.confidence})
-        op_output.emit({"overlay": from_bgr(overlay, pair.channel_order)}, "overlay")
+        result.extras[PLACEMENT] = (frame, drawn)
+        op_output.emit({"overlay": from_bgr(drawn.overlay, pair.channel_order)}, "overlay")
         op_output.emit(result, "result")
 
-    def _hud(self, mode: str, item: Segmented, trace: FrameTrace) -> HudInfo:
+    def _hud(self, mode: str, item: Segmented, trace: FrameTrace, overlay_age: str = "") -> HudInfo:
         times, engine = self._done, item.engine
         fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else None
         line = "" if item.classification is None else item.classification.hud_line()
-        return HudInfo(mode, engine_label(engine), getattr(engine, "model_label", ""), fps, trace.latency_ms(), line)
+        return HudInfo(mode, engine_label(engine), getattr(engine, "model_label", ""), fps, trace.latency_ms(), line,
+                       overlay_age)

@@ -10,7 +10,7 @@ from endofuse.realtime.holoscan._runtime import import_holoscan
 import_holoscan()
 
 from endofuse.realtime.holoscan.device import host_result  # noqa: E402
-from endofuse.realtime.holoscan.operators import EndofuseOperator  # noqa: E402
+from endofuse.realtime.holoscan.operators import PLACEMENT, EndofuseOperator  # noqa: E402
 from endofuse.realtime.input.frame_times import timing_report  # noqa: E402
 from endofuse.realtime.output.sinks import ImageFolderSink, VideoFileSink  # noqa: E402
 from endofuse.realtime.pairing.sync import MISSING, PAIRED, STALE  # noqa: E402
@@ -29,7 +29,8 @@ class EndofuseRecorderOp(EndofuseOperator):
 
     def __init__(self, fragment, *args, out: str | None = None, frames_dir: str | None = None,
                  report: str | None = None, fps: float = 30.0, warmup_frames: int = 10, sync_op=None,
-                 inference_op=None, wli_op=None, nbi_op=None, live: bool = False, sinks=(), **kwargs) -> None:
+                 inference_op=None, wli_op=None, nbi_op=None, overlay_op=None, endoscope_op=None, live: bool = False,
+                 sinks=(), **kwargs) -> None:
         self.sinks = list(sinks)
         if out:
             self.sinks.append(VideoFileSink(out, fps))
@@ -38,6 +39,9 @@ class EndofuseRecorderOp(EndofuseOperator):
         self.report_path = Path(report) if report else None
         self.stats = LatencyStats(warmup_frames)
         self.sync_op, self.inference_op, self.wli_op, self.nbi_op = sync_op, inference_op, wli_op, nbi_op
+        # the overlay op's output stage (temporal metrics, overlay age) and the endoscope op (one endoscope stream)
+        self.overlay_op, self.endoscope_op = overlay_op, endoscope_op
+        self.mode_counts: collections.Counter = collections.Counter()
         self.live = live
         self.frames = 0
         self.counts = {PAIRED: 0, STALE: 0, MISSING: 0}
@@ -57,11 +61,15 @@ class EndofuseRecorderOp(EndofuseOperator):
         self._record(op_input.receive("result"))
 
     def _record(self, result) -> None:
-        if self.sinks:
-            host = host_result(result)  # frames kept on the GPU: one copy here, for the files
-            for sink in self.sinks:
-                sink.write(host)
+        placement = result.extras.pop(PLACEMENT, None)
+        host = host_result(result)  # frames kept on the GPU: one copy here, for the files and the frame code
         ready = now()
+        if placement is not None and self.overlay_op is not None:
+            # the overlay's age; with frame codes, read back from the pixels written out (glass-to-glass)
+            self.overlay_op.mask_stage.record_output(placement[0], placement[1], host.overlay, ready)
+        for sink in self.sinks:
+            sink.write(host)
+        self.mode_counts[result.mode] += 1
         self.stats.record(result.latency_ms, result.timings_ms, ready)
         self.frames += 1
         self.counts[result.status] = self.counts.get(result.status, 0) + 1
@@ -110,7 +118,8 @@ class EndofuseRecorderOp(EndofuseOperator):
         sync = self.sync_op.sync.summary() if self.sync_op is not None else None
         skews = [abs(s) for s in self.skews_ms]
         # as natively: frames a camera-like source skipped or a port replaced before they were used
-        dropped = {"wli_capture": getattr(self.wli_op, "dropped", 0) + getattr(self.sync_op, "wli_dropped", 0),
+        pairing_op = self.sync_op if self.sync_op is not None else self.endoscope_op
+        dropped = {"wli_capture": getattr(self.wli_op, "dropped", 0) + getattr(pairing_op, "wli_dropped", 0),
                    "results": 0}
         nbi_dropped = getattr(self.nbi_op, "dropped", 0) + getattr(self.sync_op, "nbi_dropped", 0)
         warnings = [w for op in (self.wli_op, self.nbi_op) if op is not None for w in op.warnings]
@@ -123,7 +132,8 @@ class EndofuseRecorderOp(EndofuseOperator):
             "nbi": None if self.nbi_op is None else self.nbi_op.source.name,
             "live": self.live,
             "timing": timing_report(getattr(self.wli_op, "source", None),
-                                    None if self.nbi_op is None else self.nbi_op.source),
+                                    None if self.nbi_op is None else self.nbi_op.source,
+                                    one_stream=self.endoscope_op is not None),
             "frames": self.frames,
             "paired": self.counts[PAIRED],
             "stale_pairs": self.counts[STALE],
@@ -146,6 +156,12 @@ class EndofuseRecorderOp(EndofuseOperator):
             "warnings": warnings,
             "runtime": "holoscan",
         }
+        if self.overlay_op is not None:
+            report.update(self.overlay_op.mask_stage.summary())  # "temporal" and "overlay", as natively
+        if self.endoscope_op is not None:  # the native keys of one endoscope stream
+            report["modes"] = dict(self.mode_counts)
+            report["fused_memory"] = self.counts.get("memory", 0)
+            report["endoscope"] = self.endoscope_op.stage.summary()
         classifier = getattr(self.inference_op, "classifier", None)
         if classifier is not None:  # the native report's section
             report["classifier"] = {"model": classifier.label, "classes": list(classifier.classes),
