@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from endofuse.checks import check_fps, check_thread_options
+from endofuse.checks import check_fps, check_thread_options, usable_cpus
 from endofuse.errors import EndofuseError
 from endofuse.machine import describe_machine, machine_line, time_calls
 from endofuse.outputs import check_output_file, refuse_overlap
@@ -61,9 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--schedulers", default="all",
                         help="Holoscan schedulers to measure, comma-separated greedy,event,multi_thread "
                              "(default: all); the output names the winner per mode and why")
-    parser.add_argument("--workers", type=int, default=2,
+    parser.add_argument("--workers", type=int, default=None,
                         help="worker threads of the event/multi_thread schedulers, from 1 to the CPUs this process "
-                             "may use (default 2)")
+                             "may use (default 2, or 1 on one CPU)")
     parser.add_argument("--rounds", type=int, default=0,
                         help="with --runtime both: also N interleaved rounds of every configuration, summarised "
                              "as medians of in-round ratios (robust to a drifting machine load)")
@@ -207,6 +207,8 @@ def run_bench(args: argparse.Namespace) -> tuple[dict, dict]:
     if args.frames < 10:
         raise EndofuseError(f"--frames must be >= 10, got {args.frames}")
     check_thread_options(args)  # also when called from Python, not only through the CLI
+    if getattr(args, "workers", None) is None:
+        args.workers = min(2, usable_cpus())
     stage = stage_from_args(args)  # checked before the frames are loaded
     wli, nbi, described = load_ring(args.source, max(1, min(args.ring, args.frames)))
     engine = open_pipeline_engine(args)
