@@ -18,9 +18,9 @@ EXAMPLE_SIZE = (360, 400)  # (H, W): endoscope-like aspect, small enough to segm
 
 
 def default_examples_dir() -> Path:
-    from endofuse.realtime.engines.cache import cache_dir
+    from endofuse.realtime.engines.cache import cache_folder
 
-    return cache_dir() / "demo-examples"
+    return cache_folder("demo-examples")  # created; one line when the cache cannot be written
 
 
 def _write_png_atomically(path: Path, image) -> None:

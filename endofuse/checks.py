@@ -1,7 +1,8 @@
-"""Option values checked once for every command (--device, --fps): accepted, or one line saying why not."""
+"""Option values checked once for every command (--device, --fps, --threads): accepted, or one line saying why not."""
 from __future__ import annotations
 
 import math
+import os
 import re
 
 from endofuse.errors import EndofuseError
@@ -39,3 +40,34 @@ def check_fps(value: float, flag: str = "--fps") -> float:
     if not math.isfinite(value) or value <= 0:
         raise EndofuseError(f"{flag} must be a finite number > 0 (frames per second), got {value}")
     return value
+
+
+def usable_cpus() -> int:
+    """How many CPUs this process may run on (its affinity mask where the OS has one, else all)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def check_threads(value: int | None, flag: str = "--threads") -> int | None:
+    """A thread count in 1..usable_cpus(); None (the engine's own choice) passes through.
+
+    More threads than CPUs never runs faster, and an absurd count (10000) makes an engine start
+    that many OS threads, so it is refused rather than capped: the user learns the range.
+    """
+    if value is None:
+        return None
+    limit = usable_cpus()
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+        raise EndofuseError(f"{flag} {value}: must be a whole number from 1 to {limit} "
+                            f"(the CPUs this process may use)")
+    return value
+
+
+THREAD_FLAGS = {"threads": "--threads", "workers": "--workers"}
+
+
+def check_thread_options(args) -> None:
+    """Every thread-count flag a command has (`--threads`, `--workers`), checked before the command runs."""
+    for name, flag in THREAD_FLAGS.items():
+        check_threads(getattr(args, name, None), flag)

@@ -10,11 +10,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 from dataclasses import dataclass
 
 from endofuse import __version__
+from endofuse.checks import check_thread_options
 from endofuse.errors import EndofuseError
+from endofuse.exit_codes import SIGINT_EXIT, SIGPIPE_EXIT, quit_interrupted
 from endofuse.outputs import remove_unused_folders_on_error
 
 
@@ -83,26 +87,49 @@ def build_parser(selected: str | None = None) -> tuple[argparse.ArgumentParser, 
     return parser, modules
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    selected = _first_positional(argv)
-    known = {s.name for s in SUBCOMMANDS}
-    parser, modules = build_parser(selected if selected in known else None)
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
+def _stdout_closed() -> int:
+    """Stop quietly: point stdout at /dev/null so Python's final flush cannot fail a second time."""
     try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout already gone or not a file
+        pass
+    return SIGPIPE_EXIT
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `endofuse` program (argv None: the process's own arguments, signals handled as a program's)."""
+    as_program = argv is None and threading.current_thread() is threading.main_thread()
+    if as_program:  # before the command's modules import (seconds for torch)
+        signal.signal(signal.SIGINT, quit_interrupted)
+    command = None
+    try:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        selected = _first_positional(argv)
+        known = {s.name for s in SUBCOMMANDS}
+        parser, modules = build_parser(selected if selected in known else None)
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        command = args.command
+        if as_program:  # the command runs with Ctrl-C as KeyboardInterrupt: its files are finalised or removed
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         with remove_unused_folders_on_error():  # a refused command leaves no empty --out behind
+            check_thread_options(args)  # before any engine or thread pool starts
             return int(modules[args.command].main(args) or 0)
     except KeyboardInterrupt:
-        print(f"endofuse {args.command}: interrupted", file=sys.stderr)
-        return 130
+        print(f"endofuse{' ' + command if command else ''}: interrupted", file=sys.stderr)
+        return SIGINT_EXIT
+    except BrokenPipeError:
+        return _stdout_closed()
     except EndofuseError as exc:  # a user error: one line; anything else is a bug and keeps its traceback
         if os.environ.get("ENDOFUSE_DEBUG"):
             raise
-        print(f"endofuse {args.command}: error: {exc}", file=sys.stderr)
+        print(f"endofuse {command}: error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 1)
+    finally:
+        if as_program:  # the interpreter's shutdown (threads joined, files closed) ends quietly too
+            signal.signal(signal.SIGINT, quit_interrupted)
 
 
 if __name__ == "__main__":

@@ -19,10 +19,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video", type=Path, default=None, metavar="DIR",
                         help="evaluate a video folder instead of --data: wli.mp4, nbi.mp4 and mask.mp4 as "
                              "`synth --video` writes; per-frame Dice/IoU, temporal metrics, first-shown delay")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads of the evaluation (torch), from 1 to the CPUs this process may use "
+                             "(default: torch's choice)")
     add_stage_arguments(parser, timing=False)
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.threads is not None:  # checked by the CLI (endofuse.checks.check_threads)
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.video is None:
         return dataset.main(args)
     if args.data is not None or args.task != "segment":

@@ -22,6 +22,7 @@ import numpy as np
 
 from endofuse.errors import InvalidOptionError
 from endofuse.kernels.mask_overlay import DEFAULT_ALPHA
+from endofuse.realtime.input.frame_times import timing_report
 from endofuse.realtime.input.source_specs import open_source_pair
 from endofuse.realtime.input.sources import DEFAULT_FPS, Source
 from endofuse.realtime.operators import CaptureOp, InferenceOp, Inferred
@@ -290,6 +291,7 @@ class Pipeline:
             "wli": self.wli.name,
             "nbi": None if self.nbi is None else self.nbi.name,
             "live": self.config.live,
+            "timing": timing_report(self.wli, self.nbi, one_stream=self.endoscope is not None),
             "frames": self.frames_out,
             "paired": self.status_counts[PAIRED],
             "stale_pairs": self.status_counts[STALE],

@@ -141,6 +141,72 @@ def write_video(path, frames: list[np.ndarray], fps: float = 30.0, fourcc: str =
     writer.release()
 
 
+# ---- tiny video files with known frame times (pure python around cv2.imencode / cv2.VideoWriter) ----
+def _ebml_size(n: int) -> bytes:
+    for length in range(1, 9):
+        if n < (1 << (7 * length)) - 1:
+            return ((1 << (7 * length)) | n).to_bytes(length, "big")
+    raise ValueError(n)
+
+
+def _ebml(ident: bytes, payload) -> bytes:
+    if isinstance(payload, int):
+        payload = payload.to_bytes(max(1, (payload.bit_length() + 7) // 8), "big")
+    elif isinstance(payload, str):
+        payload = payload.encode()
+    return ident + _ebml_size(len(payload)) + payload
+
+
+def write_mkv(path, frames: list[np.ndarray], times_ms: list[int]) -> None:
+    """A Matroska file of MJPEG frames, each stamped with its own time in ms (a variable-frame-rate recording).
+
+    One track, one cluster of SimpleBlocks (times up to 32.7 s); element ids from the Matroska spec.
+    """
+    import struct
+
+    import cv2
+
+    height, width = frames[0].shape[:2]
+    header = _ebml(b"\x1a\x45\xdf\xa3", _ebml(b"\x42\x86", 1) + _ebml(b"\x42\xf7", 1) + _ebml(b"\x42\xf2", 4)
+                   + _ebml(b"\x42\xf3", 8) + _ebml(b"\x42\x82", "matroska") + _ebml(b"\x42\x87", 4)
+                   + _ebml(b"\x42\x85", 2))
+    info = _ebml(b"\x15\x49\xa9\x66", _ebml(b"\x2a\xd7\xb1", 1_000_000)  # TimecodeScale: 1 ms
+                 + _ebml(b"\x4d\x80", "endofuse tests") + _ebml(b"\x57\x41", "endofuse tests"))
+    video = _ebml(b"\xe0", _ebml(b"\xb0", width) + _ebml(b"\xba", height))
+    track = _ebml(b"\xae", _ebml(b"\xd7", 1) + _ebml(b"\x73\xc5", 1) + _ebml(b"\x83", 1)
+                  + _ebml(b"\x86", "V_MJPEG") + video)
+    blocks = b"".join(
+        _ebml(b"\xa3", b"\x81" + struct.pack(">h", int(t)) + b"\x80" + cv2.imencode(".jpg", frame)[1].tobytes())
+        for frame, t in zip(frames, times_ms, strict=True))
+    cluster = _ebml(b"\x1f\x43\xb6\x75", _ebml(b"\xe7", 0) + blocks)
+    segment = _ebml(b"\x18\x53\x80\x67", info + _ebml(b"\x16\x54\xae\x6b", track) + cluster)
+    Path(path).write_bytes(header + segment)
+
+
+def write_zero_duration_mp4(path, frames: list[np.ndarray], fps: float = 25.0) -> None:
+    """An MP4 whose sample table gives every frame a duration of 0 (cv2's file, `stts` deltas zeroed in place)."""
+    import struct
+
+    write_video(path, frames, fps=fps)
+    data = bytearray(Path(path).read_bytes())
+
+    def find(kind: bytes, start: int, end: int) -> int:
+        while start + 8 <= end:
+            size, name = struct.unpack_from(">I4s", data, start)
+            if name == kind:
+                return start
+            start += size
+        raise AssertionError(f"no {kind} box")
+
+    at, end = 0, len(data)
+    for kind in (b"moov", b"trak", b"mdia", b"minf", b"stbl", b"stts"):
+        at = find(kind, at, end)
+        end, at = at + struct.unpack_from(">I", data, at)[0], at + 8
+    for entry in range(struct.unpack_from(">I", data, at + 4)[0]):
+        struct.pack_into(">I", data, at + 8 + 8 * entry + 4, 0)
+    Path(path).write_bytes(bytes(data))
+
+
 def brute_force(wli_time: float, nbi_times: list[float], policy):
     """Reference pairing of one WLI frame with every NBI frame of a recording: (status, NBI time or None).
 

@@ -218,7 +218,7 @@ def test_set_threads_recompiles_both_graphs_with_the_same_results(exported, cach
     assert engine.threads == 1 and int(engine.compiled.get_property("INFERENCE_NUM_THREADS")) == 1
     np.testing.assert_allclose(engine.infer(wli, nbi), reference.infer(wli, nbi), rtol=0, atol=1e-5)
     np.testing.assert_allclose(engine.infer(wli, None), reference.infer(wli, None), rtol=0, atol=1e-5)
-    with pytest.raises(EndofuseError, match="threads must be >= 1"):
+    with pytest.raises(EndofuseError, match="OpenVINO threads 0: must be a whole number from 1"):
         engine.set_threads(0)
 
 

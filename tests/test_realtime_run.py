@@ -193,12 +193,12 @@ def test_threads_reach_the_engine_and_the_bench_record(monkeypatch, tmp_path):
     monkeypatch.setattr(engines, "open_engine", lambda *a, threads=None, **k: asked.append(threads)
                         or ColourThresholdEngine((32, 40), threshold=0.7))
     out = tmp_path / "bench.json"
-    assert cli.main(["bench", "--threads", "3", "--frames", "10", "--warmup", "1", "--ring", "2",
+    assert cli.main(["bench", "--threads", "1", "--frames", "10", "--warmup", "1", "--ring", "2",
                      "--paced-fps", "200", "--json", str(out)]) == 0
-    assert asked == [3]
-    assert json.loads(out.read_text())["engine_threads"] == {"threads": 3, "chosen_by": "--threads"}
-    assert cli.main(["bench", "--threads", "0"]) != 0 and asked == [3]  # refused before anything opens
-    assert cli.main(["run", "--wli", "synthetic", "--frames", "3", "--threads", "2"]) == 0 and asked == [3, 2]
+    assert asked == [1]
+    assert json.loads(out.read_text())["engine_threads"] == {"threads": 1, "chosen_by": "--threads"}
+    assert cli.main(["bench", "--threads", "0"]) != 0 and asked == [1]  # refused before anything opens
+    assert cli.main(["run", "--wli", "synthetic", "--frames", "3", "--threads", "1"]) == 0 and asked == [1, 1]
 
 
 @pytest.mark.slow

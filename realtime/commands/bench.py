@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from endofuse.checks import check_fps
+from endofuse.checks import check_fps, check_thread_options, usable_cpus
 from endofuse.errors import EndofuseError
 from endofuse.machine import describe_machine, machine_line, time_calls
 from endofuse.outputs import check_output_file, refuse_overlap
@@ -61,7 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--schedulers", default="all",
                         help="Holoscan schedulers to measure, comma-separated greedy,event,multi_thread "
                              "(default: all); the output names the winner per mode and why")
-    parser.add_argument("--workers", type=int, default=2, help="worker threads of the event/multi_thread schedulers")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="worker threads of the event/multi_thread schedulers, from 1 to the CPUs this process "
+                             "may use (default 2, or 1 on one CPU)")
     parser.add_argument("--rounds", type=int, default=0,
                         help="with --runtime both: also N interleaved rounds of every configuration, summarised "
                              "as medians of in-round ratios (robust to a drifting machine load)")
@@ -204,8 +206,9 @@ def run_endoscope_bench(args: argparse.Namespace, engine, two_input: dict) -> di
 def run_bench(args: argparse.Namespace) -> tuple[dict, dict]:
     if args.frames < 10:
         raise EndofuseError(f"--frames must be >= 10, got {args.frames}")
-    if getattr(args, "threads", None) is not None and args.threads < 1:
-        raise EndofuseError(f"--threads must be >= 1, got {args.threads}")
+    check_thread_options(args)  # also when called from Python, not only through the CLI
+    if getattr(args, "workers", None) is None:
+        args.workers = min(2, usable_cpus())
     stage = stage_from_args(args)  # checked before the frames are loaded
     wli, nbi, described = load_ring(args.source, max(1, min(args.ring, args.frames)))
     engine = open_pipeline_engine(args)
@@ -330,13 +333,11 @@ def endoscope_table(endo: dict) -> list[str]:
     return lines
 
 
-def threads_note(fitted: dict | None) -> str:
-    """' | engine threads: 1 (fit: 6.1 ms at 2, 5.8 ms at 1)' or '' when the engine has no thread count."""
-    if not fitted or not fitted.get("threads"):
+def threads_note(choice: dict | None) -> str:
+    """' | engine threads: 2 (--threads)' or '' when the engine has no thread count."""
+    if not choice or not choice.get("threads"):
         return ""
-    note = f" | engine threads: {fitted['threads']} ({fitted['chosen_by']}"
-    measured = ", ".join(f"{ms:.1f} ms at {n}" for n, ms in (fitted.get("pair_ms") or {}).items())
-    return note + (f": {measured})" if measured else ")")
+    return f" | engine threads: {choice['threads']} ({choice['chosen_by']})"
 
 
 def format_table(result: dict) -> str:

@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from endofuse.checks import check_fps
+from endofuse.checks import check_fps, check_threads
 from endofuse.errors import EndofuseError
 from endofuse.outputs import (
     check_output_file,
@@ -60,9 +60,8 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
                              "torch)")
     parser.add_argument("--device", default=None, help="cpu or cuda[:i] (default: the engine's choice)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="inference threads of a CPU engine (OpenVINO, ONNX Runtime); default: OpenVINO is "
-                             "timed with all physical cores and with one fewer and keeps the faster for the "
-                             "pipeline (see docs/pipeline.md), ONNX Runtime uses all physical cores")
+                        help="inference threads of a CPU engine (OpenVINO, ONNX Runtime), from 1 to the CPUs "
+                             "this process may use (default: all physical cores; see docs/pipeline.md)")
 
 
 def add_stabilise_arguments(parser: argparse.ArgumentParser) -> None:
@@ -317,9 +316,7 @@ def open_pipeline_engine(args: argparse.Namespace):
     """The engine of `run`/`bench`, with `--threads` when given (`engine.thread_choice` records which)."""
     from endofuse.realtime.engines import open_engine
 
-    threads = getattr(args, "threads", None)
-    if threads is not None and threads < 1:
-        raise EndofuseError(f"--threads must be >= 1, got {threads}")
+    threads = check_threads(getattr(args, "threads", None))
     engine = open_engine(args.checkpoint, backend=args.engine, device=args.device, model_name=args.model,
                          threads=threads)
     engine.thread_choice = {"threads": getattr(engine, "threads", threads),

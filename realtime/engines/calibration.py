@@ -50,6 +50,22 @@ def synthetic_pairs(count: int, first_seed: int = 0) -> list[FramePair]:
     return [FramePair(*make_pair(seed), source=f"synthetic seed {seed}") for seed in seeds]
 
 
+def check_calibration_folder(folder: str | Path) -> None:
+    """Refuse, before any export work, a `--calibration` that cannot give a single pair.
+
+    A missing or empty folder, one without a split CSV, a CSV without rows, or a first row whose images
+    cannot be read: each would otherwise fail only after the ONNX export (tens of seconds).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        what = "no such folder" if not folder.exists() else "not a folder"
+        raise MissingFileError(f"--calibration '{folder}': {what}; give a dataset folder (reference CSV format) "
+                               "or leave it out to calibrate on synthetic pairs")
+    first = dataset_pairs(folder, 1, CALIBRATION_SPLITS)  # one line naming the folder, CSV or image at fault
+    if not first:
+        raise MissingFileError(f"--calibration '{folder}': its CSV lists no image pairs")
+
+
 def calibration_pairs(folder: str | Path | None, count: int) -> list[FramePair]:
     """Calibration frames: from `folder` when given, else synthetic."""
     return dataset_pairs(folder, count, CALIBRATION_SPLITS) if folder else synthetic_pairs(count)

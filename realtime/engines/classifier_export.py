@@ -173,16 +173,19 @@ def cached_image_tower(checkpoint: str | os.PathLike, log=None) -> Path:
     """
     from endofuse import __version__
     from endofuse.model.entrep_weights import load_classifier
-    from endofuse.realtime.engines.cache import cache_entry, file_sha256
+    from endofuse.realtime.engines.cache import build_entry, cache_entry, file_sha256
     from endofuse.realtime.engines.onnx_export import ONNX_OPSET
 
     folder = cache_entry("classifier-onnx", file_sha256(checkpoint)[:32], f"endofuse{__version__}",
                          f"torch{torch.__version__}", f"opset{ONNX_OPSET}")
     path = folder / "image.onnx"
-    if not path.is_file():
+
+    def export() -> None:
         if log is not None:
             log(f"exporting the classifier's image tower to {path} (once per checkpoint)")
         export_classifier_onnx(load_classifier(checkpoint), path, text=False, log=lambda *_: None)
+
+    build_entry(folder, export)
     return path
 
 

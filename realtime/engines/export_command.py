@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="dataset folder (reference CSV format) whose frames calibrate INT8; "
                             "default: synthetic pairs")
     group.add_argument("--calibration-pairs", type=int, default=32, help="how many pairs calibrate INT8")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads torch uses for the export, from 1 to the CPUs this process may use "
+                             "(default: torch's choice)")
     group = parser.add_argument_group("triton-repo / tensorrt")
     group.add_argument("--max-batch-size", type=int, default=8, help="largest batch served / in the TRT profile")
     group.add_argument("--queue-delay-us", type=int, default=500, help="Triton dynamic batching max queue delay")
@@ -62,6 +65,14 @@ def main(args: argparse.Namespace) -> int:
         from endofuse.model import demo_checkpoint_path
         source = demo_checkpoint_path()
     repo = check_export_outputs(args, source)
+    if args.calibration is not None:  # before the export, which takes tens of seconds
+        from endofuse.realtime.engines.calibration import check_calibration_folder
+
+        check_calibration_folder(args.calibration)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     from endofuse.realtime.engines.classifier_export import export_command, is_classifier_checkpoint
 
     if is_classifier_checkpoint(source):

@@ -23,10 +23,10 @@ import torch
 from torch import nn
 
 from endofuse import __version__
-from endofuse.checks import check_device
+from endofuse.checks import check_device, check_threads
 from endofuse.errors import EndofuseError, InvalidOptionError, MissingFileError
 from endofuse.realtime.engines.base import Engine
-from endofuse.realtime.engines.cache import cache_entry, file_sha256
+from endofuse.realtime.engines.cache import build_entry, cache_entry, file_sha256
 from endofuse.realtime.engines.onnx_export import ONNX_OPSET, export_onnx, missing_nbi_path_for
 
 BACKENDS = ("auto", "torch", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8", "tensorrt")
@@ -100,6 +100,7 @@ def open_engine(checkpoint_or_model_file: str | os.PathLike | nn.Module | None =
     "int8") and `calibration`, a dataset folder whose frames calibrate INT8 (default: synthetic pairs).
     """
     device = check_device(device, torch_cuda=False)  # "banana": one line, before any model is loaded
+    threads = check_threads(threads, "threads")  # 10000 would start 10000 OS threads in ONNX Runtime
     source = _resolve_source(checkpoint_or_model_file, model_name)
     backend = resolve_backend(backend, source, device)
     if backend == "torch":
@@ -132,11 +133,13 @@ def cached_onnx(source: Path | nn.Module, dynamic_batch: bool = False) -> Path:
     folder = cache_entry("onnx", digest[:24], f"endofuse{__version__}", f"torch{torch.__version__}",
                          f"opset{ONNX_OPSET}", "dynbatch" if dynamic_batch else "batch1")
     path = folder / "model.onnx"
-    if path.is_file() and missing_nbi_path_for(path).is_file():
-        return path
-    model, loaded_label = (source, label) if isinstance(source, nn.Module) else load_model_and_label(source)
-    export_onnx(model, path, model_label=loaded_label, source_sha256=digest, dynamic_batch=dynamic_batch,
-                log=lambda line: None)
+
+    def export() -> None:
+        model, loaded_label = (source, label) if isinstance(source, nn.Module) else load_model_and_label(source)
+        export_onnx(model, path, model_label=loaded_label, source_sha256=digest, dynamic_batch=dynamic_batch,
+                    log=lambda line: None)
+
+    build_entry(folder, export)
     return path
 
 
@@ -155,10 +158,14 @@ def cached_int8(onnx_path: Path, calibration_count: int = 32) -> Path:
 
     folder = cache_entry("onnx-int8", file_sha256(onnx_path)[:24], f"synthetic{calibration_count}")
     path = folder / "model.int8.onnx"
-    if not (path.is_file() and missing_nbi_path_for(path).is_file() == missing_nbi_path_for(onnx_path).is_file()):
+
+    def quantize() -> None:
         size = (int(meta["img_size"]), int(meta["img_size"]))
         pairs = [preprocess_pair(p, size) for p in calibration_pairs(None, calibration_count)]
         quantize_int8(onnx_path, path, pairs, log=lambda line: None)
+
+    build_entry(folder, quantize, usable=missing_nbi_path_for(path).is_file() ==
+                missing_nbi_path_for(onnx_path).is_file())
     return path
 
 

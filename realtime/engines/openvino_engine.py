@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from endofuse.checks import check_threads
 from endofuse.errors import EndofuseError
 from endofuse.realtime.engines.base import Engine
-from endofuse.realtime.engines.cache import cache_dir
+from endofuse.realtime.engines.cache import cache_dir, cache_folder
 from endofuse.realtime.engines.onnx_export import FUSED, MISSING_NBI, check_metadata, missing_nbi_path_for
 from endofuse.realtime.engines.openvino_env import openvino_core
 from endofuse.realtime.engines.openvino_export import PRECISIONS, read_model
@@ -48,9 +49,7 @@ def compile_config(precision: str, threads: int | None, cache: bool = True) -> d
     if precision in ("f32", "bf16"):
         config["INFERENCE_PRECISION_HINT"] = precision
     if cache:
-        folder = compiled_cache_dir(precision)
-        folder.mkdir(parents=True, exist_ok=True)
-        config["CACHE_DIR"] = str(folder)
+        config["CACHE_DIR"] = str(cache_folder("openvino-compiled", precision))  # one line if not writable
     return config
 
 
@@ -140,8 +139,7 @@ class OpenVinoEngine(Engine):
     def set_threads(self, threads: int) -> None:
         """Compile both graphs again for `threads` inference threads, e.g. to leave a core to the live
         pipeline's own stages (the files are read again rather than kept: a model's weights stay out of memory)."""
-        if threads < 1:
-            raise EndofuseError(f"OpenVINO threads must be >= 1, got {threads}")
+        check_threads(threads, "OpenVINO threads")
         config = compile_config(self.requested_precision, threads, self._cache)
         compiled = self._compile(read_model(self.core, self.path)[0], config, self.path)
         other = None

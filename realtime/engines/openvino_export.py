@@ -128,7 +128,7 @@ def cached_int8_ir(onnx_path: Path, calibration: str | os.PathLike | None = None
     """
     import hashlib
 
-    from endofuse.realtime.engines.cache import cache_entry, file_sha256
+    from endofuse.realtime.engines.cache import build_entry, cache_entry, file_sha256
 
     ov, nncf = import_openvino(), import_nncf()
     meta = onnx_metadata(Path(onnx_path))
@@ -142,10 +142,9 @@ def cached_int8_ir(onnx_path: Path, calibration: str | os.PathLike | None = None
                          f"nncf{nncf.__version__}", data_key)
     path = folder / "model.xml"
     wants_missing = missing_nbi_path_for(onnx_path).is_file()
-    if path.is_file() and missing_nbi_path_for(path).is_file() == wants_missing:
-        return path
-    batches = batches or calibration_batches(None, count, size)
-    onnx_to_ir(onnx_path, path, "int8", batches, log=lambda line: None)
+    build_entry(folder, lambda: onnx_to_ir(onnx_path, path, "int8", batches or calibration_batches(None, count, size),
+                                           log=lambda line: None),
+                usable=missing_nbi_path_for(path).is_file() == wants_missing)
     return path
 
 

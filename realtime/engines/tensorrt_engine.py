@@ -24,7 +24,7 @@ import torch
 
 from endofuse.errors import EndofuseError
 from endofuse.realtime.engines.base import Engine
-from endofuse.realtime.engines.cache import cache_dir, cache_entry, file_sha256
+from endofuse.realtime.engines.cache import build_entry, cache_dir, cache_entry, file_sha256
 from endofuse.realtime.engines.onnx_export import FUSED, MISSING_NBI, missing_nbi_path_for
 
 WORKSPACE_BYTES = 1 << 30
@@ -210,8 +210,7 @@ def open_tensorrt_engine(source: str | os.PathLike, device: str | None = None, f
     folder = cache_entry("tensorrt", _slug(gpu_name), f"sm{capability}", f"trt{trt.__version__}",
                          file_sha256(source)[:24], "fp16" if fp16 else "fp32")
     plan = folder / "model.plan"
-    if not (plan.is_file() and sidecar_for(plan).is_file()):
-        build_plans(source, plan, fp16=fp16, log=lambda line: None)
+    build_entry(folder, lambda: build_plans(source, plan, fp16=fp16, log=lambda line: None))
     return TensorRTEngine(plan, device)
 
 

@@ -11,6 +11,7 @@ import_holoscan()
 
 from endofuse.realtime.holoscan.device import host_result  # noqa: E402
 from endofuse.realtime.holoscan.operators import PLACEMENT, EndofuseOperator  # noqa: E402
+from endofuse.realtime.input.frame_times import timing_report  # noqa: E402
 from endofuse.realtime.output.sinks import ImageFolderSink, VideoFileSink  # noqa: E402
 from endofuse.realtime.pairing.sync import MISSING, PAIRED, STALE  # noqa: E402
 from endofuse.realtime.segment import engine_label  # noqa: E402
@@ -130,6 +131,9 @@ class EndofuseRecorderOp(EndofuseOperator):
             "wli": getattr(getattr(self.wli_op, "source", None), "name", "WLI port"),
             "nbi": None if self.nbi_op is None else self.nbi_op.source.name,
             "live": self.live,
+            "timing": timing_report(getattr(self.wli_op, "source", None),
+                                    None if self.nbi_op is None else self.nbi_op.source,
+                                    one_stream=self.endoscope_op is not None),
             "frames": self.frames,
             "paired": self.counts[PAIRED],
             "stale_pairs": self.counts[STALE],

@@ -160,6 +160,10 @@ class _InterleavedSide(Source):
         if self.side == 0:  # the WLI side owns the shared timeline
             self.split.start(epoch, paced)
 
+    @property
+    def timing(self) -> str:
+        return self.split.source.timing
+
     def next_frame(self) -> Frame | None:
         return self.split.next_for(self.side)
 

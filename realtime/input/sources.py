@@ -4,12 +4,13 @@ Every source yields `Frame`s with a frame index, a monotonic capture time and
 a `sync_time` on the timeline the synchroniser pairs on:
 
 * live sources (cameras, network streams): `sync_time` = capture time;
-* recorded sources (files, folders, synthetic): `sync_time` = epoch + index / fps,
-  the frame's place in the recording, whether played paced (at its own fps,
-  like a camera) or as fast as possible (lossless).
+* recorded sources (files, folders, synthetic): `sync_time` = epoch + the
+  frame's place in the recording (a video file's own timestamps where it has
+  usable ones, else index / fps: see `frame_times`), whether played paced (at
+  its own pace, like a camera) or as fast as possible (lossless).
 
-Pacing waits happen before a frame is read and its capture time is stamped
-after, so waits never count as latency. `open_source(spec)` turns the CLI
+A paced frame is read, then held until its time comes; its capture time is
+stamped after the wait, so waits never count as latency. `open_source(spec)` turns the CLI
 strings into sources; `open_source_pair` also shares one synthetic scene
 between WLI and NBI and splits an interleaved single stream in two.
 """
@@ -26,6 +27,14 @@ import numpy as np
 
 from endofuse.errors import EndofuseError
 from endofuse.realtime import frame_code
+from endofuse.realtime.input.frame_times import (
+    CAPTURE_CLOCK,
+    CONTAINER,
+    FALLBACK_FPS,
+    NOMINAL_FPS,
+    mp4_frame_times,
+    strictly_increasing,
+)
 from endofuse.realtime.tracing import now
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -84,26 +93,37 @@ class Source:
         self._stop.set()
         self._close()
 
+    @property
+    def timing(self) -> str:
+        """How frames are placed in time (`frame_times.TIMINGS`): the report's `timing` per stream."""
+        return CAPTURE_CLOCK if self.live else NOMINAL_FPS
+
     # -- reading -----------------------------------------------------------
     def next_frame(self) -> Frame | None:
         """The next frame, or None at the end of the stream (or when stopped)."""
         index = self._index
-        if self._paced:
-            delay = self._epoch + index / self.fps - now()
-            if delay > 0 and self._stop.wait(delay):
-                return None
         if self._stop.is_set():
             return None
         started = now()
         image = self._read()
-        captured = now()
+        read_s = now() - started
         if image is None:
             return None
         self._index += 1
+        offset = self._frame_time(index)  # after the read: a file's timestamp is known once its frame is
+        if self._paced:
+            delay = self._epoch + offset - now()
+            if delay > 0 and self._stop.wait(delay):
+                return None
+        captured = now()
         if self.stamp_code:  # on a copy: a memory or shared synthetic frame may be served again
             image = frame_code.stamp(image.copy(), index)
-        sync_time = captured if self.live else self._epoch + index / self.fps
-        return Frame(index, captured, sync_time, image, (captured - started) * 1000.0, self.name)
+        sync_time = captured if self.live else self._epoch + offset
+        return Frame(index, captured, sync_time, image, read_s * 1000.0, self.name)
+
+    def _frame_time(self, index: int) -> float:
+        """Seconds from the first frame to frame `index` (read last) in the recording."""
+        return index / self.fps
 
     def __iter__(self):
         while (frame := self.next_frame()) is not None:
@@ -146,6 +166,10 @@ class VideoFileSource(Source):
         self._first: np.ndarray | None = None
         self.frame_count = 0
         self._decoded = 0
+        self._timing = NOMINAL_FPS
+        self._times: list[float] | None = None  # the MP4/MOV sample table's, known before decoding
+        self._decoder_times = False
+        self._first_stamp = self._last_stamp = self._last_offset = 0.0  # other containers: decoder timestamps (s)
 
     def _open(self) -> None:
         if not self.path.exists():
@@ -167,9 +191,40 @@ class VideoFileSource(Source):
             raise EndofuseError(f"{self.role} video '{self.path}': no frame could be decoded "
                                 f"(corrupt or truncated file)")
         self._capture, self._first = capture, first
+        self._first_stamp = self._last_stamp = capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
         self.fps = _valid_fps(capture.get(cv2.CAP_PROP_FPS))
+        self._timing = NOMINAL_FPS if self.fps == capture.get(cv2.CAP_PROP_FPS) else FALLBACK_FPS
         self.frame_count = max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0))
         self.frame_size = (first.shape[1], first.shape[0])
+        times = mp4_frame_times(self.path)
+        self._decoder_times = times is None  # not MP4/MOV: the decoder's timestamps, if they increase
+        if times is not None and len(times) > 1:
+            if strictly_increasing(times):
+                self._times, self._timing = times, CONTAINER
+                average = (len(times) - 1) / times[-1]  # a variable rate's average, for writers and sync
+                if not math.isclose(self.fps, average, rel_tol=0.01):
+                    self.fps = _valid_fps(average)
+            else:  # durations of 0: the decoder's rate and timestamps are invented from them
+                self.fps, self._timing = DEFAULT_FPS, FALLBACK_FPS
+
+    @property
+    def timing(self) -> str:
+        return self._timing
+
+    def _frame_time(self, index: int) -> float:  # called once per frame, right after its read
+        if self._times is not None:
+            if index < len(self._times):
+                return self._times[index]
+            return self._times[-1] + (index - len(self._times) + 1) / self.fps  # more frames than samples
+        if index == 1 and self._decoder_times and self._last_stamp > self._first_stamp:
+            self._timing = CONTAINER  # the second frame shows whether the decoder times frames
+        if self._timing != CONTAINER:
+            return index / self.fps
+        offset = self._last_stamp - self._first_stamp
+        if index > 0 and offset <= self._last_offset:  # a timestamp that goes back: one period after the last
+            offset = self._last_offset + 1.0 / self.fps
+        self._last_offset = offset
+        return offset
 
     def _read(self) -> np.ndarray | None:
         if self._capture is None:
@@ -185,6 +240,8 @@ class VideoFileSource(Source):
                         f"{self._decoded} of {self.frame_count}"
                     )
                 return None
+            if self._times is None:
+                self._last_stamp = self._capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
         self._decoded += 1
         return ensure_bgr(image, f"{self.role} video '{self.path}' frame {self._decoded - 1}")
 
