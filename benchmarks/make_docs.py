@@ -119,7 +119,10 @@ def normalise(name: str, rec: dict) -> dict:
     if "engine_only" in rec and "modes" in rec:
         runtime = f" --runtime {rec['runtime']}" if rec.get("runtime", "native") != "native" else ""
         endoscope = f" --endoscope {rec['endoscope']['spec']}" if rec.get("endoscope") else ""
-        command = rec.get("command") or (f"endofuse bench{runtime} --engine {rec['engine']} --frames {rec['frames']}"
+        # The record names the engine as it ran (openvino-bf16); the flag takes the engine (openvino picks bf16 itself).
+        engine = rec["engine"]
+        engine = "openvino" if engine.startswith("openvino-") and engine != "openvino-int8" else engine
+        command = rec.get("command") or (f"endofuse bench{runtime} --engine {engine} --frames {rec['frames']}"
                                          f"{endoscope} --json benchmarks/results/{name}")
         title = "Pipeline: engine alone vs the whole live pipeline"
         if rec.get("holoscan"):
