@@ -1,0 +1,135 @@
+"""The Ray Serve application behind `endofuse serve`: one deployment that is its own HTTP ingress.
+
+Requests from every room arrive at Ray's HTTP proxy, go to a replica, are checked there (token, shape,
+dtype, size) and wait in `@serve.batch` until a batch is full or `batch_wait_ms` passed; the batch runs
+as one engine call per graph path (`service.SegmentService`). Ray bounds the queue: past
+`max_queued_requests` the proxy answers 503 at once. Replica placement, restarts of failed replicas,
+autoscaling and the metrics endpoint are Ray's.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import asdict, dataclass, field
+
+from ray import serve
+from ray.util import metrics
+from starlette.requests import Request
+from starlette.responses import Response
+
+from endofuse.realtime.serve.service import EngineOptions, SegmentService, clock
+from endofuse.realtime.serve.wire import (
+    HEALTH_ROUTE,
+    NODE,
+    SEGMENT_ROUTE,
+    WireError,
+    check_token,
+    decode_request,
+    encode_response,
+    expected_bytes,
+)
+
+APP_NAME = "endofuse"
+
+
+@dataclass
+class ServeConfig:
+    """Everything `endofuse serve` sets on the deployment; defaults written once."""
+
+    engine: EngineOptions = field(default_factory=EngineOptions)
+    replicas: int = 1
+    autoscale: tuple[int, int] | None = None  # (min, max) replicas, instead of a fixed count
+    max_batch: int = 8
+    batch_wait_ms: float = 2.0
+    max_queued: int = 64
+    replica_cpus: float = 1.0
+    token: str | None = None
+
+
+def _one_line(status: int, message: str) -> Response:
+    return Response(message + "\n", status_code=status, media_type="text/plain")
+
+
+@serve.deployment(name="segment")
+class SegmentDeployment:
+    def __init__(self, engine: dict, max_batch: int, batch_wait_ms: float, token: str | None) -> None:
+        import ray
+
+        self.service = SegmentService(EngineOptions(**engine).open())
+        self.service.engine.warmup(batch_size=1)
+        self.token = token
+        self.node = ray.get_runtime_context().get_node_id()[:12]
+        self.segment.set_max_batch_size(max_batch)
+        self.segment.set_batch_wait_timeout_s(batch_wait_ms / 1000)
+        # endofuse's timings beside Ray's own metrics (the same Prometheus endpoint)
+        boundaries = [1, 2, 5, 10, 20, 50, 100, 200, 500]
+        self.queue_ms = metrics.Histogram("endofuse_queue_ms", "wait before compute", boundaries=boundaries)
+        self.compute_ms = metrics.Histogram("endofuse_compute_ms", "engine time per batch", boundaries=boundaries)
+        self.batch_size = metrics.Histogram("endofuse_batch_size", "requests per batch",
+                                            boundaries=[1, 2, 3, 4, 6, 8, 12, 16, 32])
+        self.rejected = metrics.Counter("endofuse_rejected", "requests refused", tag_keys=("status",))
+
+    async def __call__(self, request: Request) -> Response:
+        arrived = clock()
+        path = request.url.path.rstrip("/")
+        try:
+            check_token(request.headers, self.token)
+            if request.method == "GET" and path.endswith(HEALTH_ROUTE):
+                return Response(json.dumps(self.service.health() | {"node": self.node}),
+                                media_type="application/json")
+            if request.method != "POST" or not path.endswith(SEGMENT_ROUTE):
+                raise WireError(404, f"no route {request.method} {path}: POST {SEGMENT_ROUTE} or GET {HEALTH_ROUTE}")
+            size = expected_bytes(request.headers, self.service.engine.input_size)
+            declared = int(request.headers.get("content-length", size))
+            if declared > size:  # refused before the body is read
+                raise WireError(413, f"body of {declared} bytes is larger than the {size} its headers declare")
+            item = decode_request(request.headers, await request.body(), self.service.engine.input_size, arrived)
+            result = await self.segment(item)
+            if isinstance(result, WireError):
+                raise result
+        except WireError as exc:
+            self.rejected.inc(tags={"status": str(exc.status)})
+            return _one_line(exc.status, str(exc))
+        logits, timings = result
+        headers, body = encode_response(logits, timings | {NODE: self.node})
+        return Response(body, headers=headers)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
+    async def segment(self, items: list) -> list:
+        # in a worker thread: the replica keeps accepting (and batching) requests while the engine runs
+        results = await asyncio.to_thread(self.service.run_batch, items)
+        for result in results:
+            if not isinstance(result, WireError):
+                _, timings = result
+                self.queue_ms.observe(float(timings["x-endofuse-queue-ms"]))
+        if any(not isinstance(r, WireError) for r in results):
+            served = next(r for r in results if not isinstance(r, WireError))[1]
+            self.compute_ms.observe(float(served["x-endofuse-compute-ms"]))
+            self.batch_size.observe(float(served["x-endofuse-batch-size"]))
+        return results
+
+
+def build_app(config: ServeConfig):
+    """The bound Ray Serve application for `serve.run`."""
+    options = {"max_ongoing_requests": max(2 * config.max_batch, 4), "max_queued_requests": config.max_queued,
+               "ray_actor_options": {"num_cpus": config.replica_cpus}}
+    if config.autoscale is not None:
+        low, high = config.autoscale
+        options["autoscaling_config"] = {"min_replicas": low, "max_replicas": high,
+                                         "target_ongoing_requests": config.max_batch}
+    else:
+        options["num_replicas"] = config.replicas
+    return SegmentDeployment.options(**options).bind(asdict(config.engine), config.max_batch, config.batch_wait_ms,
+                                                     config.token)
+
+
+def start(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000) -> str:
+    """Deploys on the Ray cluster this process is connected to (ray.init first); returns the base URL."""
+    serve.start(http_options={"host": host, "port": port}, proxy_location="HeadOnly")
+    serve.run(build_app(config), name=APP_NAME, route_prefix="/")
+    return f"http://{host}:{port}"
+
+
+def stop() -> None:
+    """Shuts Ray Serve down (the application, its replicas and the proxy); the Ray cluster stays."""
+    serve.shutdown()
