@@ -195,10 +195,17 @@ class Pipeline:
             mode = FUSED if item.pairing.nbi is not None else WLI_ONLY
         else:
             mode = decided.mode
+        remote = item.remote  # a served engine: where the mask came from, or why there is none
         started = now()
-        logits, flow, shown, age = self._stabilise(item.logits, frame, decided)
+        if remote is not None and decided is None and item.logits is None:
+            mode = remote.hud_mode  # AI OFFLINE / AI LATE: the frame goes out bare, the stabiliser skips it
+            logits, flow, shown, age = None, None, frame, (0, 0.0)
+        else:
+            logits, flow, shown, age = self._stabilise(item.logits, frame, decided)
         trace.add("stabilise", started)
         age_line = self.timing.hud_line(age, self.timing.mode) if logits is not None else ""
+        if remote is not None:
+            age_line = remote.hud_line()
 
         def hud() -> HudInfo:
             info = self._hud(mode, trace, item.classification, age_line)
@@ -362,6 +369,8 @@ class Pipeline:
             "temporal": self.stabiliser.summary(),
             "overlay": self.timing.summary(),
         }
+        if hasattr(self.engine, "remote_summary"):  # served by `endofuse serve` (realtime/serve/client.py)
+            report["remote"] = self.engine.remote_summary()
         if self.endoscope is not None:  # (two-input runs keep the keys the Holoscan runtime also writes)
             report["modes"] = dict(self.mode_counts)
             report["fused_memory"] = self.status_counts["memory"]
