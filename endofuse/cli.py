@@ -37,6 +37,7 @@ SUBCOMMANDS = [
     Subcommand("run", "endofuse.realtime.commands.run", "segment a live or recorded WLI/NBI pair with overlay"),
     Subcommand("bench", "endofuse.realtime.commands.bench", "measure engine and pipeline latency"),
     Subcommand("demo", "endofuse.demo.demo_command", "serve the browser demo"),
+    Subcommand("serve", "endofuse.realtime.serve.command", "serve the model to many rooms on Ray Serve"),
 ]
 
 EXAMPLES = """\
@@ -48,6 +49,8 @@ examples:
   endofuse run --wli synthetic --nbi synthetic --out overlay.mp4 --report report.json
   endofuse bench --model tiny --engine onnxruntime --frames 600
   endofuse demo --port 7860
+  endofuse serve --replicas 1 --max-batch 8
+  endofuse run --wli 0 --nbi 1 --server http://127.0.0.1:8000 --fallback local
 
 Set ENDOFUSE_DEBUG=1 to see full tracebacks instead of one-line errors.
 """

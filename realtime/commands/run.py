@@ -63,6 +63,23 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
                         help="inference threads of a CPU engine (OpenVINO, ONNX Runtime); default: OpenVINO is "
                              "timed with all physical cores and with one fewer and keeps the faster for the "
                              "pipeline (see docs/pipeline.md), ONNX Runtime uses all physical cores")
+    add_server_arguments(parser)
+
+
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """The room side of `endofuse serve` (docs/serving.md); shared with `bench`."""
+    group = parser.add_argument_group("segment on an `endofuse serve` server")
+    group.add_argument("--server", default=None, metavar="URL",
+                       help="run the network on this endofuse serve (e.g. http://gpu-box:8000); frames are "
+                            "preprocessed and overlaid here and the video never waits for the server")
+    group.add_argument("--token", default=os.environ.get("ENDOFUSE_TOKEN"), metavar="TOKEN",
+                       help="the server's --token (default: $ENDOFUSE_TOKEN; the environment keeps it out of ps)")
+    group.add_argument("--deadline-ms", type=float, default=100.0, metavar="MS",
+                       help="masks older than this are not drawn, and the server drops requests it cannot start "
+                            "within it (default 100)")
+    group.add_argument("--fallback", default=None, choices=("local",),
+                       help="while the server is unreachable, segment with the local engine (--checkpoint, "
+                            "--engine) and go back to the server when it answers again")
 
 
 def add_stabilise_arguments(parser: argparse.ArgumentParser) -> None:
@@ -315,8 +332,13 @@ def open_pipeline_engine(args: argparse.Namespace):
     threads = getattr(args, "threads", None)
     if threads is not None and threads < 1:
         raise EndofuseError(f"--threads must be >= 1, got {threads}")
+    server = getattr(args, "server", None)
+    if server is None and getattr(args, "fallback", None):
+        raise EndofuseError("--fallback local applies to a served run: give --server URL too")
+    remote = {} if server is None else {"server": server, "token": args.token, "deadline_ms": args.deadline_ms,
+                                        "fallback": args.fallback}
     engine = open_engine(args.checkpoint, backend=args.engine, device=args.device, model_name=args.model,
-                         threads=threads)
+                         threads=threads, **remote)
     engine.thread_choice = {"threads": getattr(engine, "threads", threads),
                             "chosen_by": "engine default" if threads is None else "--threads"}
     return engine

@@ -43,6 +43,7 @@ class ServeConfig:
     batch_wait_ms: float = 2.0
     max_queued: int = 64
     replica_cpus: float = 1.0
+    replica_gpus: float = 0.0  # > 0: replicas only on GPU nodes
     token: str | None = None
 
 
@@ -112,7 +113,7 @@ class SegmentDeployment:
 def build_app(config: ServeConfig):
     """The bound Ray Serve application for `serve.run`."""
     options = {"max_ongoing_requests": max(2 * config.max_batch, 4), "max_queued_requests": config.max_queued,
-               "ray_actor_options": {"num_cpus": config.replica_cpus}}
+               "ray_actor_options": {"num_cpus": config.replica_cpus, "num_gpus": config.replica_gpus}}
     if config.autoscale is not None:
         low, high = config.autoscale
         options["autoscaling_config"] = {"min_replicas": low, "max_replicas": high,
@@ -126,7 +127,8 @@ def build_app(config: ServeConfig):
 def start(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000) -> str:
     """Deploys on the Ray cluster this process is connected to (ray.init first); returns the base URL."""
     serve.start(http_options={"host": host, "port": port}, proxy_location="HeadOnly")
-    serve.run(build_app(config), name=APP_NAME, route_prefix="/")
+    serve.run(build_app(config), name=APP_NAME, route_prefix="/",
+              logging_config={"enable_access_log": False, "log_level": "WARNING"})
     return f"http://{host}:{port}"
 
 
