@@ -28,6 +28,7 @@ from endofuse.realtime.serve.wire import (
     COMPUTE_MS,
     DEFAULT_WIRE_DTYPE,
     HEALTH_ROUTE,
+    NODE,
     QUEUE_MS,
     SEGMENT_ROUTE,
     WIRE_DTYPES,
@@ -108,6 +109,7 @@ class ClientCounters:
     server_queue_ms: list = field(default_factory=list)
     server_compute_ms: list = field(default_factory=list)
     server_batch_sizes: dict = field(default_factory=dict)
+    server_nodes: dict = field(default_factory=dict)  # answers per Ray node (its id's first 12 characters)
 
 
 class _Connection:
@@ -276,6 +278,8 @@ class RoomClient:
                 if BATCH_SIZE in headers:
                     size = int(headers[BATCH_SIZE])
                     counters.server_batch_sizes[size] = counters.server_batch_sizes.get(size, 0) + 1
+                if NODE in headers:
+                    counters.server_nodes[headers[NODE]] = counters.server_nodes.get(headers[NODE], 0) + 1
                 if self._newest is None or job.index > self._newest.index:
                     self._newest = Answer(decode_response(headers, body), job.index, job.sent, received)
             elif status == 504:
@@ -369,6 +373,7 @@ class RemoteEngine(Engine):
             "round_trip_ms": percentiles(c.round_trip_ms), "server_queue_ms": percentiles(c.server_queue_ms),
             "server_compute_ms": percentiles(c.server_compute_ms),
             "server_batch_sizes": {str(k): v for k, v in sorted(c.server_batch_sizes.items())},
+            "server_nodes": dict(c.server_nodes),
         }
 
     def close(self) -> None:
