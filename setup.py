@@ -46,6 +46,8 @@ EXTRAS = {
     # Frame classification and retrieval: the faiss index and what endofuse's own CLIP tokenizer needs (its
     # BPE vocabulary ships in endofuse.model's package data).
     "classify": ["faiss-cpu>=1.8", "ftfy>=6", "regex>=2023"],
+    # `endofuse serve`: one model for many rooms on Ray Serve (its HTTP proxy, batching, replicas, cluster)
+    "serve": ["ray[serve]>=2.60,<3"],
     "dev": ["pytest>=8", "pytest-timeout>=2", "playwright>=1.45", "scipy>=1.11", "matplotlib>=3.8", "ruff>=0.17"],
 }
 EXTRAS["all"] = sorted({r for k, reqs in EXTRAS.items() if k != "gpu" for r in reqs})
