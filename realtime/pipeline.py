@@ -239,6 +239,9 @@ class Pipeline:
         result.extras["time_s"] = frame.sync_time - self._epoch  # on the recording's timeline for files
         if logits is not None:  # NBI/HOLD frames of an endoscope stream carry no mask, so no overlay age
             result.extras.update(shown_index=shown.index, overlay_age_frames=age[0], overlay_age_ms=age[1])
+        if remote is not None:  # a served engine: where the mask came from and its age (benchmarks/rooms.py)
+            result.extras.update(mask_source=remote.source, remote_state=remote.state,
+                                 remote_age_frames=remote.age_frames, remote_age_ms=remote.age_ms)
         if decided is not None:
             result.nbi_index = decided.nbi_index
             result.extras.update(modality=decided.modality, nbi_age_s=decided.nbi_age_s,

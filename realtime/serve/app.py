@@ -47,10 +47,6 @@ class ServeConfig:
     token: str | None = None
 
 
-def _one_line(status: int, message: str) -> Response:
-    return Response(message + "\n", status_code=status, media_type="text/plain")
-
-
 @serve.deployment(name="segment")
 class SegmentDeployment:
     def __init__(self, engine: dict, max_batch: int, batch_wait_ms: float, token: str | None) -> None:
@@ -71,29 +67,43 @@ class SegmentDeployment:
         self.rejected = metrics.Counter("endofuse_rejected", "requests refused", tag_keys=("status",))
 
     async def __call__(self, request: Request) -> Response:
+        """The HTTP ingress (what rooms call)."""
+        status, headers, body = await self._answer(request.method, request.url.path, request.headers,
+                                                   request.body)
+        return Response(body, status_code=status, headers=headers)
+
+    async def handle_call(self, method: str, path: str, headers: dict, body: bytes) -> tuple[int, dict, bytes]:
+        """The same answer through a Ray `DeploymentHandle` (only for callers inside the cluster;
+        benchmarks/rooms.py compares it with the HTTP ingress)."""
+
+        async def read() -> bytes:
+            return body
+
+        return await self._answer(method, path, {k.lower(): v for k, v in headers.items()}, read)
+
+    async def _answer(self, method: str, path: str, headers, read_body) -> tuple[int, dict, bytes]:
         arrived = clock()
-        path = request.url.path.rstrip("/")
+        path = path.rstrip("/")
         try:
-            check_token(request.headers, self.token)
-            if request.method == "GET" and path.endswith(HEALTH_ROUTE):
-                return Response(json.dumps(self.service.health() | {"node": self.node}),
-                                media_type="application/json")
-            if request.method != "POST" or not path.endswith(SEGMENT_ROUTE):
-                raise WireError(404, f"no route {request.method} {path}: POST {SEGMENT_ROUTE} or GET {HEALTH_ROUTE}")
-            size = expected_bytes(request.headers, self.service.engine.input_size)
-            declared = int(request.headers.get("content-length", size))
+            check_token(headers, self.token)
+            if method == "GET" and path.endswith(HEALTH_ROUTE):
+                body = json.dumps(self.service.health() | {"node": self.node}).encode()
+                return 200, {"content-type": "application/json"}, body
+            if method != "POST" or not path.endswith(SEGMENT_ROUTE):
+                raise WireError(404, f"no route {method} {path}: POST {SEGMENT_ROUTE} or GET {HEALTH_ROUTE}")
+            size = expected_bytes(headers, self.service.engine.input_size)
+            declared = int(headers.get("content-length", size))
             if declared > size:  # refused before the body is read
                 raise WireError(413, f"body of {declared} bytes is larger than the {size} its headers declare")
-            item = decode_request(request.headers, await request.body(), self.service.engine.input_size, arrived)
+            item = decode_request(headers, await read_body(), self.service.engine.input_size, arrived)
             result = await self.segment(item)
             if isinstance(result, WireError):
                 raise result
         except WireError as exc:
             self.rejected.inc(tags={"status": str(exc.status)})
-            return _one_line(exc.status, str(exc))
+            return exc.status, {"content-type": "text/plain"}, (str(exc) + "\n").encode()
         logits, timings = result
-        headers, body = encode_response(logits, timings | {NODE: self.node})
-        return Response(body, headers=headers)
+        return 200, *encode_response(logits, timings | {NODE: self.node})
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
     async def segment(self, items: list) -> list:
