@@ -3,6 +3,7 @@
 All tests share ONE local two-node Ray cluster (`ray.cluster_utils.Cluster`, one CPU per node) and one
 deployment of two replicas, one per node.
 """
+import os
 import threading
 import time
 
@@ -24,12 +25,17 @@ from endofuse.realtime.serve.service import EngineOptions  # noqa: E402
 
 pytestmark = pytest.mark.slow
 PORT = 18765
+LOCAL_ROUTING = "RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING"
 CONFIG = app.ServeConfig(engine=EngineOptions(engine="torch", threads=1), replicas=2, replica_cpus=1,
                          max_batch=4, batch_wait_ms=5)
 
 
 @pytest.fixture(scope="module")
 def server():
+    # Ray's proxy sends requests to a replica on its own node while that one keeps up; spread them instead,
+    # so the replicas on both nodes serve (set before the nodes start: their processes inherit it)
+    saved = os.environ.get(LOCAL_ROUTING)
+    os.environ[LOCAL_ROUTING] = "0"
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
@@ -40,6 +46,10 @@ def server():
         app.stop()
         ray.shutdown()
         cluster.shutdown()
+        if saved is None:
+            os.environ.pop(LOCAL_ROUTING)
+        else:
+            os.environ[LOCAL_ROUTING] = saved
 
 
 def synthetic_pairs(seed: int, count: int) -> tuple[list, list]:
