@@ -237,11 +237,15 @@ class EndofuseSyncOp(EndofuseOperator):
         return self._nbi.seen
 
 
-def resolve_engine(engine, backend: str = "auto", device: str | None = None, model: str = "tiny"):
-    """An engine object as it is, or `open_engine` on a path / None (the bundled demo weights)."""
+def resolve_engine(engine, backend: str = "auto", device: str | None = None, model: str = "tiny",
+                   server: str | None = None, token: str | None = None, deadline_ms: float = 100.0):
+    """An engine object as it is, or `open_engine` on a path / None (the bundled demo weights) or a server."""
     if engine is not None and hasattr(engine, "infer"):
         return engine
     from endofuse.realtime.engines import open_engine
+
+    if server is not None:
+        return open_engine(server=server, token=token, deadline_ms=deadline_ms)
 
     if engine is not None and not os.path.exists(engine):
         raise EndofuseError(f"engine file '{engine}': no such file")
@@ -256,11 +260,14 @@ class EndofuseInferenceOp(EndofuseOperator):
     `classifier`: a `realtime.classifier.FrameClassifier` or its file; it
     classifies the WLI frame's model input right after segmentation, as in the
     native pipeline. Frames on the GPU are preprocessed there (device.py).
+    `server` (with `token`, `deadline_ms`): run the network on an `endofuse serve`; the op then never
+    waits for it and passes on the newest fresh mask, or none ("AI OFFLINE"/"AI LATE" in the HUD).
     """
 
     def __init__(self, fragment, *args, engine=None, backend: str = "auto", device: str | None = None,
-                 model: str = "tiny", warmup: bool = True, classifier=None, **kwargs) -> None:
-        self.engine = resolve_engine(engine, backend, device, model)
+                 model: str = "tiny", warmup: bool = True, classifier=None, server: str | None = None,
+                 token: str | None = None, deadline_ms: float = 100.0, **kwargs) -> None:
+        self.engine = resolve_engine(engine, backend, device, model, server, token, deadline_ms)
         if classifier is not None and not callable(classifier):
             from endofuse.realtime.classifier import FrameClassifier
 
@@ -285,13 +292,17 @@ class EndofuseInferenceOp(EndofuseOperator):
         wli = model_input(pair.wli.image, size, self.engine)
         nbi = None if pair.nbi is None else model_input(pair.nbi.image, size, self.engine)
         t_pre = pair.trace.add("preprocess", started)
-        logits = self.engine.infer(wli, nbi)
+        remote = None
+        if hasattr(self.engine, "infer_latest"):  # served: the newest fresh mask, never a wait
+            logits, remote = self.engine.infer_latest(wli, nbi)
+        else:
+            logits = self.engine.infer(wli, nbi)
         t_infer = pair.trace.add("infer", t_pre)
         classification = None
         if self.classifier is not None:
             classification = self.classifier(wli)
             pair.trace.add("classify", t_infer)
-        op_output.emit(Segmented(pair, logits, self.engine, classification), "segmented")
+        op_output.emit(Segmented(pair, logits, self.engine, classification, remote), "segmented")
 
 
 class EndofuseOverlayOp(EndofuseOperator):
@@ -338,6 +349,8 @@ class EndofuseOverlayOp(EndofuseOperator):
         self.handoffs += sum(a != b for a, b in zip(threads, threads[1:], strict=False))
         self.threads.update(threads)
         mode = FUSED if pair.nbi is not None else WLI_ONLY
+        if item.remote is not None and item.logits is None:
+            mode = item.remote.hud_mode  # served, no fresh mask: the bare frame with AI OFFLINE / AI LATE
         mask, overlay, post_ms, overlay_ms = finish_frame(item.logits, frame.image, self.style,  # a GPU frame stays
                                                           lambda: self._hud(mode, item, trace))
         trace.stages_ms["postprocess"], trace.stages_ms["overlay"] = post_ms, overlay_ms
@@ -349,6 +362,9 @@ class EndofuseOverlayOp(EndofuseOperator):
                              None if pair.nbi is None else pair.nbi.index)
         if item.classification is not None:
             result.extras.update({"class": item.classification.label, "confidence": item.classification.confidence})
+        if item.remote is not None:
+            result.extras.update(mask_source=item.remote.source, remote_state=item.remote.state,
+                                 remote_age_frames=item.remote.age_frames, remote_age_ms=item.remote.age_ms)
         op_output.emit({"overlay": from_bgr(overlay, pair.channel_order)}, "overlay")
         op_output.emit(result, "result")
 
@@ -356,4 +372,6 @@ class EndofuseOverlayOp(EndofuseOperator):
         times, engine = self._done, item.engine
         fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else None
         line = "" if item.classification is None else item.classification.hud_line()
-        return HudInfo(mode, engine_label(engine), getattr(engine, "model_label", ""), fps, trace.latency_ms(), line)
+        age = "" if item.remote is None else item.remote.hud_line()
+        return HudInfo(mode, engine_label(engine), getattr(engine, "model_label", ""), fps, trace.latency_ms(), line,
+                       age)
