@@ -235,3 +235,19 @@ def test_pipeline_keeps_every_frame_while_server_is_gone(server):
     assert not np.array_equal(last.overlay[:half], last.frame[:half])  # the HUD box is drawn
     report = pipeline.report()
     assert report["remote"]["offline_frames"] == 12 and report["frames"] == 12
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["serve", "--replicas", "0"], "--replicas must be >= 1, got 0"),
+    (["serve", "--autoscale", "3,1"], "--autoscale '3,1': need 0 <= MIN <= MAX"),
+    (["serve", "--autoscale", "four"], "--autoscale 'four': give MIN,MAX replicas"),
+    (["serve", "--port", "70000"], "--port 70000 is not a valid TCP port"),
+    (["serve", "--host", "192.0.2.1"], "--host 192.0.2.1 is not an address of this machine"),
+    (["run", "--wli", "synthetic", "--frames", "2", "--fallback", "local"], "--fallback local applies to a served"),
+])
+def test_cli_refuses_bad_serving_options_in_one_line(argv, message, capsys):
+    from endofuse import cli
+
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

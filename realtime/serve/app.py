@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 from ray import serve
 from ray.util import metrics
 from starlette.requests import Request
 from starlette.responses import Response
 
-from endofuse.realtime.serve.service import EngineOptions, SegmentService, clock
+from endofuse.realtime.serve.service import EngineOptions, SegmentService, ServeConfig, clock
 from endofuse.realtime.serve.wire import (
     HEALTH_ROUTE,
     NODE,
@@ -30,21 +30,6 @@ from endofuse.realtime.serve.wire import (
 )
 
 APP_NAME = "endofuse"
-
-
-@dataclass
-class ServeConfig:
-    """Everything `endofuse serve` sets on the deployment; defaults written once."""
-
-    engine: EngineOptions = field(default_factory=EngineOptions)
-    replicas: int = 1
-    autoscale: tuple[int, int] | None = None  # (min, max) replicas, instead of a fixed count
-    max_batch: int = 8
-    batch_wait_ms: float = 2.0
-    max_queued: int = 64
-    replica_cpus: float = 1.0
-    replica_gpus: float = 0.0  # > 0: replicas only on GPU nodes
-    token: str | None = None
 
 
 @serve.deployment(name="segment")

@@ -63,8 +63,7 @@ def parse_autoscale(text: str | None) -> tuple[int, int] | None:
 
 def config_from_args(args: argparse.Namespace):
     """The checked ServeConfig (one line per bad value, before Ray starts)."""
-    from endofuse.realtime.serve.app import ServeConfig
-    from endofuse.realtime.serve.service import EngineOptions
+    from endofuse.realtime.serve.service import EngineOptions, ServeConfig
 
     for flag, value, least in (("--replicas", args.replicas, 1), ("--max-batch", args.max_batch, 1),
                                ("--max-queued", args.max_queued, 1)):

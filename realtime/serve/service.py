@@ -32,6 +32,21 @@ class EngineOptions:
 
 
 @dataclass
+class ServeConfig:
+    """Everything `endofuse serve` sets on the deployment; defaults written once."""
+
+    engine: EngineOptions = field(default_factory=EngineOptions)
+    replicas: int = 1
+    autoscale: tuple[int, int] | None = None  # (min, max) replicas, instead of a fixed count
+    max_batch: int = 8
+    batch_wait_ms: float = 2.0
+    max_queued: int = 64
+    replica_cpus: float = 1.0
+    replica_gpus: float = 0.0  # > 0: replicas only on GPU nodes
+    token: str | None = None
+
+
+@dataclass
 class BatchStats:
     """A replica's own counters: batch-size histogram and requests dropped past their deadline."""
 
