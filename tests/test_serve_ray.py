@@ -62,10 +62,15 @@ def synthetic_pairs(seed: int, count: int) -> tuple[list, list]:
     return [w for w, _ in images], [n for _, n in images]
 
 
-def run_room(url: str, wli: list, nbi: list | None, live: bool, results: dict, key, **client):
+def run_room(url: str, wli: list, nbi: list | None, live: bool, results: dict, key, pipelines=None, **client):
+    """One room's pipeline; with `pipelines` (a dict) the frames repeat until the test stops it."""
     engine = room.RemoteEngine(room.RoomClient(url, **client))
-    pipeline = build_pipeline(MemorySource(wli, "wli"), None if nbi is None else MemorySource(nbi, "nbi"),
+    loops = 1 if pipelines is None else None
+    pipeline = build_pipeline(MemorySource(wli, "wli", loops=loops),
+                              None if nbi is None else MemorySource(nbi, "nbi", loops=loops),
                               engine, live=live, warmup_frames=0)
+    if pipelines is not None:
+        pipelines[key] = pipeline
     results[key] = (list(pipeline), pipeline.report())
     engine.close()
 
@@ -121,28 +126,29 @@ def test_bad_requests_get_4xx_and_other_rooms_go_on(server):
 
 def test_server_killed_mid_run_rooms_keep_every_frame(server):
     """Two live rooms; the server shuts down and comes back: every frame is written, the masks return."""
-    count = 150  # 5 s at 30 fps
     half = lambda images: [np.ascontiguousarray(im[::2, ::2]) for im in images]  # noqa: E731 - less room CPU
     pairs = {i: tuple(map(half, synthetic_pairs(20 + i, 10))) for i in range(2)}
-    results = {}
-    threads = [threading.Thread(target=run_room, args=(server, wli * 15, nbi * 15, True, results, i),
+    results, pipelines = {}, {}
+    threads = [threading.Thread(target=run_room, args=(server, wli, nbi, True, results, i, pipelines),
                                 kwargs={"deadline_ms": 150, "backoff_s": 0.05, "backoff_max_s": 0.25})
                for i, (wli, nbi) in pairs.items()]
     for t in threads:
         t.start()
-    time.sleep(0.8)
+    time.sleep(1.0)
     app.stop()
     time.sleep(0.5)
-    app.start(CONFIG, port=PORT)
+    app.start(CONFIG, port=PORT)  # returns once the replicas are up again
+    time.sleep(2.0)
+    for pipeline in pipelines.values():
+        pipeline.stop()
     for t in threads:
-        t.join(120)
+        t.join(60)
     for i in pairs:
         frames, report = results[i]
         # a live room never holds a frame for the server: every frame the camera gave is written, except
         # those its own latest-frame-wins capture port skipped when this machine's CPU fell behind (counted)
-        assert report["frames"] == len(frames) and report["frames"] + report["dropped"] == count
-        assert report["dropped"] <= count // 10
-        assert [f.index for f in frames] == sorted({f.index for f in frames})
+        assert report["frames"] == len(frames) and report["frames"] + report["dropped"] == frames[-1].index + 1
+        assert report["dropped"] <= len(frames) // 10
         remote = report["remote"]
         assert remote["offline_frames"] > 0 and remote["reconnects"] >= 1
         offline = [f.index for f in frames if f.mode == room.AI_OFFLINE]

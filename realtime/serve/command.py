@@ -85,15 +85,15 @@ def main(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if args.checkpoint is not None and not os.path.isfile(args.checkpoint):
         raise EndofuseError(f"--checkpoint {args.checkpoint}: no such file")
+    from endofuse.checks import check_listen_address
+
+    check_listen_address(args.host, args.port)  # before Ray's slow import, in one line
     try:
         import ray
 
         from endofuse.realtime.serve import app
     except ModuleNotFoundError as exc:
         raise EndofuseError(f"endofuse serve needs {exc.name}: pip install 'endofuse[serve]'") from None
-    from endofuse.checks import check_listen_address
-
-    check_listen_address(args.host, args.port)
     stop = threading.Event()
     received: list[int] = []
 
