@@ -24,6 +24,7 @@ class Script:
 
     def __init__(self):
         self.delay_s, self.status, self.requests = 0.0, 200, 0
+        self.drop_idle = False  # close every connection after its answer, unannounced (an idle timeout)
 
 
 class FakeServer:
@@ -64,6 +65,7 @@ class FakeServer:
                 logits[:, 0] = 0
                 self._send(200, *wire.encode_response(logits, {wire.BATCH_SIZE: "1", wire.QUEUE_MS: "0.1",
                                                                wire.COMPUTE_MS: "1.0"}))
+                self.close_connection = script.drop_idle
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
@@ -131,6 +133,17 @@ def test_connected_newest_frame_wins(server):
     assert summary["requests"] < 40 and summary["answered"] == summary["requests"]
     assert summary["round_trip_ms"]["p50"] >= 30 and summary["server_batch_sizes"] == {"1": summary["answered"]}
     assert summary["overlay_age_frames"]["max"] <= 8
+
+
+def test_connection_closed_while_idle_is_reopened_not_offline(server):
+    server.script.drop_idle = True
+    engine = open_room(server.url, deadline_ms=500)
+    for i in range(3):  # the blocking path: each call finds the last connection closed by the server
+        assert number_of(engine.infer(frame(i), None)) == i
+    frames = run_frames(engine, 20, period_s=0.02)
+    engine.close()
+    assert engine.client.counters.failures == 0 and not any(info.state == room.OFFLINE for *_, info in frames)
+    assert frames[-1][1] is not None
 
 
 def test_late_answers_are_not_drawn(server):

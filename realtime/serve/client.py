@@ -124,18 +124,26 @@ class _Connection:
         self.conn = None
 
     def call(self, method: str, route: str, body: bytes | None = None, headers: dict | None = None):
-        """(status, headers, body); a broken connection raises ServerUnavailable and is dropped."""
-        if self.conn is None:
-            kind = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
-            self.conn = kind(self.host, self.port, timeout=self.timeout_s)
-        try:
-            self.conn.request(method, self.prefix + route, body=body, headers=headers or {})
-            response = self.conn.getresponse()
-            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            self.close()
-            raise ServerUnavailable(f"server {self.url} unreachable ({type(exc).__name__}: {exc}); start it with "
-                                    f"`endofuse serve` or check --server") from None
+        """(status, headers, body); a broken connection raises ServerUnavailable and is dropped.
+
+        A kept-alive connection the server closed while idle fails on first use: that one is retried once
+        on a new connection (a timeout is not: the server is silent).
+        """
+        while True:
+            reused = self.conn is not None
+            if not reused:
+                kind = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
+                self.conn = kind(self.host, self.port, timeout=self.timeout_s)
+            try:
+                self.conn.request(method, self.prefix + route, body=body, headers=headers or {})
+                response = self.conn.getresponse()
+                return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                if reused and not isinstance(exc, TimeoutError):
+                    continue
+                raise ServerUnavailable(f"server {self.url} unreachable ({type(exc).__name__}: {exc}); start it "
+                                        f"with `endofuse serve` or check --server") from None
 
     def close(self) -> None:
         if self.conn is not None:
