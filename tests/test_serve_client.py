@@ -63,8 +63,8 @@ class FakeServer:
                 number = float(np.rint(request.wli[0, 0, 0, 0] * 255))  # the frame's number, sent as its pixels
                 logits = np.full((1, 2, *size), number, np.float32)
                 logits[:, 0] = 0
-                self._send(200, *wire.encode_response(logits, {wire.BATCH_SIZE: "1", wire.QUEUE_MS: "0.1",
-                                                               wire.COMPUTE_MS: "1.0"}))
+                timings = {wire.BATCH_SIZE: "1", wire.QUEUE_MS: "0.1", wire.COMPUTE_MS: "1.0"}
+                self._send(200, *wire.encode_response(logits, timings, request.answer_dtype))
                 self.close_connection = script.drop_idle
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)

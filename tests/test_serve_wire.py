@@ -38,13 +38,22 @@ def test_wli_only_request_has_no_nbi():
     assert decode(headers, body).nbi is None
 
 
-def test_response_round_trip():
+@pytest.mark.parametrize("dtype, rtol", [("float32", 0.0), ("float16", 2 ** -11)])
+def test_response_round_trip(dtype, rtol):
     logits = np.random.default_rng(1).standard_normal((1, 2, *SIZE)).astype(np.float32)
-    headers, body = wire.encode_response(logits, {wire.QUEUE_MS: "1.5"})
-    assert headers[wire.QUEUE_MS] == "1.5"
-    np.testing.assert_array_equal(wire.decode_response(headers, body), logits)
+    headers, body = wire.encode_response(logits, {wire.QUEUE_MS: "1.5"}, dtype)
+    assert headers[wire.QUEUE_MS] == "1.5" and len(body) == logits.size * np.dtype(dtype).itemsize
+    decoded = wire.decode_response(headers, body)
+    assert decoded.dtype == np.float32
+    np.testing.assert_allclose(decoded, logits, rtol=rtol, atol=1e-7)
     with pytest.raises(ValueError, match="bytes for logits"):
         wire.decode_response(headers, body[:-4])
+
+
+@pytest.mark.parametrize("dtype, answer", [("float32", "float32"), ("float16", "float16"), ("uint8", "float16")])
+def test_answer_dtype_follows_the_request(dtype, answer):
+    wli, nbi = pair()
+    assert decode(*wire.encode_request(wli, nbi, dtype)).answer_dtype == answer
 
 
 @pytest.mark.parametrize("change, status, message", [

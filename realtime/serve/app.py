@@ -88,7 +88,7 @@ class SegmentDeployment:
             self.rejected.inc(tags={"status": str(exc.status)})
             return exc.status, {"content-type": "text/plain"}, (str(exc) + "\n").encode()
         logits, timings = result
-        return 200, *encode_response(logits, timings | {NODE: self.node})
+        return 200, *encode_response(logits, timings | {NODE: self.node}, item.answer_dtype)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
     async def segment(self, items: list) -> list:

@@ -9,7 +9,8 @@ A request is one preprocessed WLI frame, or a WLI/NBI pair, at the model's input
     Authorization: Bearer TOKEN        only when the server was started with --token
     body: the C-order bytes, WLI first
 
-The answer is the logits, (1, classes, H, W) float32, with the server's timings in headers. Nothing is ever
+The answer is the logits, (1, classes, H, W), in float32 for a float32 request and in float16 otherwise
+(half the bytes; the input was already rounded), with the server's timings in headers. Nothing is ever
 unpickled: a body is only read as the declared dtype and shape, after its size has been checked.
 """
 from __future__ import annotations
@@ -34,6 +35,7 @@ SEGMENT_ROUTE = "/segment"
 HEALTH_ROUTE = "/health"
 WIRE_DTYPES = {"uint8": np.uint8, "float16": np.float16, "float32": np.float32}
 DEFAULT_WIRE_DTYPE = "float16"
+ANSWER_DTYPES = {"float32": np.float32, "float16": np.float16}
 MAX_DEADLINE_MS = 10_000.0
 
 
@@ -53,6 +55,7 @@ class SegmentRequest:
     nbi: np.ndarray | None
     deadline_ms: float
     arrived: float = 0.0  # server clock (time.monotonic) when it arrived
+    answer_dtype: str = "float32"  # float32 answers float32 requests, float16 the rest
 
 
 def encode_request(wli: np.ndarray, nbi: np.ndarray | None, dtype: str = DEFAULT_WIRE_DTYPE,
@@ -116,22 +119,25 @@ def decode_request(headers, body: bytes, input_size: tuple[int, int], arrived: f
     inputs = inputs.astype(np.float32) / 255.0 if dtype == np.uint8 else inputs.astype(np.float32)
     if not np.isfinite(inputs).all():
         raise WireError(422, "inputs hold NaN or infinity: send preprocessed frames in [0, 1]")
-    return SegmentRequest(inputs[0:1], inputs[1:2] if shape[0] == 2 else None, deadline_ms, arrived)
+    answer = "float32" if dtype == np.float32 else "float16"
+    return SegmentRequest(inputs[0:1], inputs[1:2] if shape[0] == 2 else None, deadline_ms, arrived, answer)
 
 
-def encode_response(logits: np.ndarray, timings: dict[str, str]) -> tuple[dict[str, str], bytes]:
-    """(headers, body) of an answer: float32 logits (1, classes, H, W) plus the server's timings."""
-    logits = np.ascontiguousarray(logits, np.float32)
-    headers = {SHAPE: ",".join(map(str, logits.shape)), DTYPE: "float32",
+def encode_response(logits: np.ndarray, timings: dict[str, str], dtype: str = "float32"
+                    ) -> tuple[dict[str, str], bytes]:
+    """(headers, body) of an answer: logits (1, classes, H, W) in `dtype` plus the server's timings."""
+    logits = np.ascontiguousarray(logits, ANSWER_DTYPES[dtype])
+    headers = {SHAPE: ",".join(map(str, logits.shape)), DTYPE: dtype,
                "content-type": "application/octet-stream", **timings}
     return headers, logits.tobytes()
 
 
 def decode_response(headers, body: bytes) -> np.ndarray:
-    """The logits of an answer (checked against its declared shape)."""
-    if headers.get(DTYPE) != "float32":
-        raise ValueError(f"server answered with {DTYPE} {headers.get(DTYPE)!r}, expected float32")
+    """The float32 logits of an answer (checked against its declared dtype and shape)."""
+    dtype = ANSWER_DTYPES.get(headers.get(DTYPE))
+    if dtype is None:
+        raise ValueError(f"server answered with {DTYPE} {headers.get(DTYPE)!r}, expected float32 or float16")
     shape = tuple(int(v) for v in headers.get(SHAPE, "").split(","))
-    if len(body) != math.prod(shape) * 4:
+    if len(body) != math.prod(shape) * np.dtype(dtype).itemsize:
         raise ValueError(f"server answered {len(body)} bytes for logits of shape {shape}")
-    return np.frombuffer(body, np.float32).reshape(shape).copy()
+    return np.frombuffer(body, dtype).reshape(shape).astype(np.float32)
