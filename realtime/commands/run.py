@@ -441,6 +441,11 @@ def summary_line(report: dict, out: str | None, report_path: Path | None) -> str
                      f"{_num(temporal['toggles_per_min'])} toggles/min")
     if overlay:
         parts.append(f"overlay {overlay['timing']}, age p50 {_num(overlay['age_frames']['p50'])} frames")
+    remote = report.get("remote")
+    if remote:  # served by `endofuse serve`: how many frames carried its mask, and why the others did not
+        parts.append(f"server {remote['server']}: {remote['frames_with_server_mask']} frames with its mask, "
+                     f"{remote['late_frames']} without a fresh one, {remote['offline_frames']} offline, "
+                     f"{remote['fallback_frames']} local fallback, {remote['reconnects']} reconnects")
     if "endoscope" in report:  # one endoscope stream: every mode, and the NBI looks that made FUSED-MEMORY
         modes = ", ".join(f"{n} {mode}" for mode, n in report["modes"].items() if n)
         parts[0] = f"{report['frames']} frames ({modes or 'none'}; {report['endoscope']['switches']} switches, " \

@@ -101,21 +101,20 @@ def main(args: argparse.Namespace) -> int:
         received.append(signum)
         stop.set()
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # Ray installs its own SIGTERM handler in ray.init: ours go in after it, until Serve is shut down
+    ray.init(address=args.address, include_dashboard=False, log_to_driver=False, logging_level="warning")
+    previous = {}
     try:
-        ray.init(address=args.address, include_dashboard=False, log_to_driver=False,
-                 logging_level="warning", configure_logging=True)
-        try:
-            url = app.start(config, args.host, args.port)
-            replicas = f"{config.autoscale[0]}-{config.autoscale[1]}" if config.autoscale else config.replicas
-            print(f"endofuse serve: {url} ({replicas} replica(s), batches of up to {config.max_batch}, "
-                  f"token {'required' if config.token else 'off'}; Ctrl+C stops)", flush=True)
-            while not stop.wait(0.5):
-                pass
-        finally:
-            app.stop()
-            ray.shutdown()  # only disconnects from a cluster joined with --address
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        url = app.start(config, args.host, args.port)
+        replicas = f"{config.autoscale[0]}-{config.autoscale[1]}" if config.autoscale else config.replicas
+        print(f"endofuse serve: {url} ({replicas} replica(s), batches of up to {config.max_batch}, "
+              f"token {'required' if config.token else 'off'}; Ctrl+C stops)", flush=True)
+        while not stop.wait(0.5):
+            pass
     finally:
+        app.stop()
+        ray.shutdown()  # stops the local Ray it started; only disconnects from a cluster joined with --address
         for sig, old in previous.items():
             signal.signal(sig, old)
     signum = received[0] if received else signal.SIGINT
