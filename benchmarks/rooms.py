@@ -161,10 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rooms", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--seconds", type=float, default=10.0, help="per point and path (default 10)")
     parser.add_argument("--engine", default="auto", help="engine of the server and of the local rooms")
-    parser.add_argument("--threads", type=int, default=1, help="inference threads per engine (default 1)")
+    parser.add_argument("--threads", type=int, default=1, help="inference threads per local room (default 1)")
+    parser.add_argument("--server-threads", type=int, default=None,
+                        help="inference threads of the server's replica (default: the engine's, all cores)")
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--batch-wait-ms", type=float, default=2.0)
     parser.add_argument("--deadline-ms", type=float, default=100.0)
+    parser.add_argument("--in-flight", type=int, default=2, choices=(1, 2), help="requests on the wire per room")
     parser.add_argument("--transport-requests", type=int, default=100)
     parser.add_argument("--plot", type=Path, default=Path(__file__).parents[1] / "docs" / "images" / "rooms.png")
     add_json_argument(parser)
@@ -180,14 +183,15 @@ def main(argv: list[str] | None = None) -> int:
 
     wli, nbi, described = load_ring("synthetic", 30)
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="warning")
-    config = app.ServeConfig(engine=EngineOptions(engine=args.engine, threads=args.threads), replicas=1,
+    config = app.ServeConfig(engine=EngineOptions(engine=args.engine, threads=args.server_threads), replicas=1,
                              max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)
     url = app.start(config, port=PORT)
     points = []
     try:
         transport = time_transport(url, tuple(RoomClient(url).health()["input_size"]), args.transport_requests)
         for n in args.rooms:
-            served = [RemoteEngine(RoomClient(url, deadline_ms=args.deadline_ms)) for _ in range(n)]
+            served = [RemoteEngine(RoomClient(url, deadline_ms=args.deadline_ms, max_in_flight=args.in_flight))
+                      for _ in range(n)]
             points.append(summarise("served", n, *run_rooms(served, wli, nbi, args.seconds), args.seconds))
             for engine in served:
                 engine.close()
@@ -227,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     report(record("rooms", "Rooms on one server: the scale curve", tables,
                   details={"points": points, "transport": transport, "source": described,
-                           "engine": args.engine, "threads": args.threads}), args.json)
+                           "engine": args.engine, "threads": args.threads, "server_threads": args.server_threads,
+                           "in_flight": args.in_flight,
+                           "deadline_ms": args.deadline_ms}), args.json)
     return 0
 
 
