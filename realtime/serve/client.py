@@ -213,7 +213,8 @@ class RoomClient:
         with self._cond:
             if self._offline and (now() < self._retry_at or self._probing):
                 return False
-            headers, body = encode_request(wli, nbi, self.wire_dtype, self.deadline_ms, self.token)
+        headers, body = encode_request(wli, nbi, self.wire_dtype, self.deadline_ms, self.token)  # outside the lock
+        with self._cond:
             if self._pending is not None:
                 self.counters.superseded += 1
             self._pending = _Job(index, headers, body)
@@ -334,7 +335,9 @@ class RemoteEngine(Engine):
         self._age_frames: list[int] = []
 
     def _run(self, wli, nbi):
-        return self.client.request(wli, nbi)
+        # one pair per request: the server batches across rooms, not within one
+        return np.concatenate([self.client.request(wli[i:i + 1], None if nbi is None else nbi[i:i + 1])
+                               for i in range(len(wli))])
 
     def warmup(self, iterations: int = 3, batch_size: int | None = None) -> float:
         """The server warms its own engine; only the local fallback is warmed here."""
