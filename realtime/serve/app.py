@@ -21,6 +21,7 @@ from endofuse.realtime.serve.service import EngineOptions, SegmentService, Serve
 from endofuse.realtime.serve.wire import (
     HEALTH_ROUTE,
     NODE,
+    RECEIVE_MS,
     SEGMENT_ROUTE,
     WireError,
     check_token,
@@ -80,7 +81,9 @@ class SegmentDeployment:
             declared = int(headers.get("content-length", size))
             if declared > size:  # refused before the body is read
                 raise WireError(413, f"body of {declared} bytes is larger than the {size} its headers declare")
-            item = decode_request(headers, await read_body(), self.service.engine.input_size, arrived)
+            body = await read_body()
+            received = clock()  # the body can stream in from the proxy after the headers
+            item = decode_request(headers, body, self.service.engine.input_size, arrived)
             result = await self.segment(item)
             if isinstance(result, WireError):
                 raise result
@@ -88,7 +91,8 @@ class SegmentDeployment:
             self.rejected.inc(tags={"status": str(exc.status)})
             return exc.status, {"content-type": "text/plain"}, (str(exc) + "\n").encode()
         logits, timings = result
-        return 200, *encode_response(logits, timings | {NODE: self.node}, item.answer_dtype)
+        timings |= {NODE: self.node, RECEIVE_MS: f"{(received - arrived) * 1000:.2f}"}
+        return 200, *encode_response(logits, timings, item.answer_dtype)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
     async def segment(self, items: list) -> list:

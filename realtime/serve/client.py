@@ -30,6 +30,7 @@ from endofuse.realtime.serve.wire import (
     HEALTH_ROUTE,
     NODE,
     QUEUE_MS,
+    RECEIVE_MS,
     SEGMENT_ROUTE,
     WIRE_DTYPES,
     decode_response,
@@ -107,6 +108,7 @@ class ClientCounters:
     failures: int = 0  # connection errors and timeouts
     round_trip_ms: list = field(default_factory=list)
     server_queue_ms: list = field(default_factory=list)
+    server_receive_ms: list = field(default_factory=list)
     server_compute_ms: list = field(default_factory=list)
     server_batch_sizes: dict = field(default_factory=dict)
     server_nodes: dict = field(default_factory=dict)  # answers per Ray node (its id's first 12 characters)
@@ -281,7 +283,8 @@ class RoomClient:
             if status == 200:
                 counters.answered += 1
                 counters.round_trip_ms.append((received - job.sent) * 1000)
-                for key, values in ((QUEUE_MS, counters.server_queue_ms), (COMPUTE_MS, counters.server_compute_ms)):
+                for key, values in ((QUEUE_MS, counters.server_queue_ms), (COMPUTE_MS, counters.server_compute_ms),
+                                    (RECEIVE_MS, counters.server_receive_ms)):
                     if key in headers:
                         values.append(float(headers[key]))
                 if BATCH_SIZE in headers:
@@ -382,6 +385,7 @@ class RemoteEngine(Engine):
             "frames_with_server_mask": self.frames["with_server_mask"],
             "overlay_age_ms": percentiles(self._age_ms), "overlay_age_frames": percentiles(self._age_frames),
             "round_trip_ms": percentiles(c.round_trip_ms), "server_queue_ms": percentiles(c.server_queue_ms),
+            "server_receive_ms": percentiles(c.server_receive_ms),
             "server_compute_ms": percentiles(c.server_compute_ms),
             "server_batch_sizes": {str(k): v for k, v in sorted(c.server_batch_sizes.items())},
             "server_nodes": dict(c.server_nodes),

@@ -26,7 +26,8 @@ DTYPE = "x-endofuse-dtype"
 DEADLINE = "x-endofuse-deadline-ms"
 AUTHORIZATION = "authorization"
 # the server's per-request timings (response headers)
-QUEUE_MS = "x-endofuse-queue-ms"
+QUEUE_MS = "x-endofuse-queue-ms"  # from the request's arrival at the replica to its batch's start
+RECEIVE_MS = "x-endofuse-receive-ms"  # of which: reading the body
 BATCH_SIZE = "x-endofuse-batch-size"
 COMPUTE_MS = "x-endofuse-compute-ms"
 NODE = "x-endofuse-node"
