@@ -49,6 +49,8 @@ EXTRAS = {
     # `endofuse dicom`: DICOM objects (pydicom, highdicom's SEG), C-ECHO/C-FIND/C-STORE (pynetdicom) and the H.264
     # encoder of the video object (PyAV's wheels bundle FFmpeg with libx264; OpenCV's wheel has no H.264 encoder).
     "dicom": ["pydicom>=3,<4", "highdicom>=0.28", "pynetdicom>=3,<4", "av>=14"],
+    # `endofuse serve`: one model for many rooms on Ray Serve (its HTTP proxy, batching, replicas, cluster)
+    "serve": ["ray[serve]>=2.60,<3"],
     "dev": ["pytest>=8", "pytest-timeout>=2", "playwright>=1.45", "scipy>=1.11", "matplotlib>=3.8", "ruff>=0.17"],
 }
 EXTRAS["all"] = sorted({r for k, reqs in EXTRAS.items() if k != "gpu" for r in reqs})

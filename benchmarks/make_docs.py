@@ -58,7 +58,8 @@ and run `python benchmarks/make_docs.py` to refresh this page.
 The scripts: `kernels.py` (fused ops vs PyTorch references), `model.py` (model
 configs: size, FLOPs, latency), `engines.py` (every CPU engine: latency, Dice),
 `train.py` (ablation, throughput, DDP scaling), `soak.py` (memory over a long
-run), `demo_roundtrip.py` (what the web demo adds). `endofuse bench --json`
+run), `demo_roundtrip.py` (what the web demo adds), `rooms.py` (N rooms on one
+`endofuse serve` against N local pipelines). `endofuse bench --json`
 (the product's pipeline benchmark) writes records this page reads too.
 """
 

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import errno
+import os
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 
+from endofuse.checks import check_listen_address
 from endofuse.errors import EndofuseError, MissingFileError
 from endofuse.realtime.engines import BACKENDS, MODEL_CHOICES
 
@@ -26,30 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classifier", default=None,
                         help="a `train --task classify` checkpoint: enables the Classify & search tab")
     parser.add_argument("--gallery", default=None, help="an `endofuse index` folder searched by that tab")
-
-
-def check_listen_address(host: str, port: int) -> None:
-    """`host:port` can be listened on here: an address of this machine, and the port free."""
-    try:
-        # numeric only (no DNS lookup for a typo); "localhost" comes from the hosts file
-        flags = 0 if host == "localhost" else socket.AI_NUMERICHOST
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=flags)
-    except socket.gaierror:
-        raise EndofuseError(f"--host {host!r} is not an IP address; use 127.0.0.1 (this machine only) or an "
-                            "address of one of this machine's network interfaces") from None
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is not "in use"
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise EndofuseError(f"--port {port} is already in use on {host}: stop the other server or choose "
-                                    "another --port") from None
-            if exc.errno == errno.EADDRNOTAVAIL:
-                raise EndofuseError(f"--host {host} is not an address of this machine: use 127.0.0.1 or one of "
-                                    "its own interface addresses") from None
-            raise EndofuseError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    parser.add_argument("--server", default=None, metavar="URL",
+                        help="segment on this `endofuse serve` instead of a local engine (docs/serving.md)")
+    parser.add_argument("--token", default=os.environ.get("ENDOFUSE_TOKEN"),
+                        help="the server's --token (default: $ENDOFUSE_TOKEN)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -76,6 +56,8 @@ def main(args: argparse.Namespace) -> int:
         from endofuse.realtime.engines import open_engine
 
         opener = partial(open_engine, model_name=getattr(args, "model", "tiny"))  # the same --model as run/bench
+        if getattr(args, "server", None):
+            opener = partial(opener, server=args.server, token=args.token)
         app = build_app(args.checkpoint, args.engine, output_dir=output_dir, classifier=args.classifier,
                         gallery=args.gallery, opener=opener)
         print(f"endofuse demo: http://{args.host}:{args.port}  (Ctrl+C to stop)", flush=True)

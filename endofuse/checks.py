@@ -1,9 +1,11 @@
 """Option values checked once for every command (--device, --fps, --threads): accepted, or one line saying why not."""
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
+import socket
 
 from endofuse.errors import EndofuseError
 
@@ -71,3 +73,27 @@ def check_thread_options(args) -> None:
     """Every thread-count flag a command has (`--threads`, `--workers`), checked before the command runs."""
     for name, flag in THREAD_FLAGS.items():
         check_threads(getattr(args, name, None), flag)
+
+
+def check_listen_address(host: str, port: int) -> None:
+    """`host:port` can be listened on here: an address of this machine, and the port free."""
+    try:
+        # numeric only (no DNS lookup for a typo); "localhost" comes from the hosts file
+        flags = 0 if host == "localhost" else socket.AI_NUMERICHOST
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=flags)
+    except socket.gaierror:
+        raise EndofuseError(f"--host {host!r} is not an IP address; use 127.0.0.1 (this machine only) or an "
+                            "address of one of this machine's network interfaces") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is not "in use"
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise EndofuseError(f"--port {port} is already in use on {host}: stop the other server or choose "
+                                    "another --port") from None
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise EndofuseError(f"--host {host} is not an address of this machine: use 127.0.0.1 or one of "
+                                    "its own interface addresses") from None
+            raise EndofuseError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None

@@ -42,6 +42,7 @@ SUBCOMMANDS = [
     Subcommand("dicom", "endofuse.realtime.commands.dicom", "export a case folder as DICOM, store it into a PACS"),
     Subcommand("bench", "endofuse.realtime.commands.bench", "measure engine and pipeline latency"),
     Subcommand("demo", "endofuse.demo.demo_command", "serve the browser demo"),
+    Subcommand("serve", "endofuse.realtime.serve.command", "serve the model to many rooms on Ray Serve"),
 ]
 
 EXAMPLES = """\
@@ -54,6 +55,8 @@ examples:
   endofuse run --endoscope rec.mp4 --case case/ && endofuse dicom case/ --out dicom/ --send pacs:104
   endofuse bench --model tiny --engine onnxruntime --frames 600
   endofuse demo --port 7860
+  endofuse serve --replicas 1 --max-batch 8
+  endofuse run --wli 0 --nbi 1 --server http://127.0.0.1:8000 --fallback local
 
 Set ENDOFUSE_DEBUG=1 to see full tracebacks instead of one-line errors.
 """

@@ -51,6 +51,7 @@ class Inferred:
     logits: object
     enqueued: float = 0.0
     classification: object = None  # a realtime.classifier.Classification when the pipeline has a classifier
+    remote: object = None  # a serve.client.RemoteFrame when the engine runs on `endofuse serve`
 
 
 class Operator:
@@ -172,8 +173,12 @@ class InferenceOp(Operator):
                 decided = item.endoscope
                 pairing = Pairing(item, None, decided.status, None)
                 wli_input, nbi_input = decided.wli_input, decided.nbi_input
-            logits = None  # NBI and HOLD frames of an endoscope stream get no mask
-            if wli_input is not None:
+            logits = remote = None  # NBI and HOLD frames of an endoscope stream get no mask
+            if wli_input is not None and hasattr(self.engine, "infer_latest"):
+                # a served engine never holds the frame: the newest fresh mask, or None (realtime/serve/client.py)
+                logits, remote = self.engine.infer_latest(wli_input, nbi_input, wait=self.lossless)
+                item.trace.add("infer", started)
+            elif wli_input is not None:
                 logits = self.engine.infer(wli_input, nbi_input)
                 item.trace.add("infer", started)
             classification = None
@@ -181,7 +186,8 @@ class InferenceOp(Operator):
                 started = now()
                 classification = self.classifier(wli_input)
                 item.trace.add("classify", started)
-            if not self.out.put(Inferred(item, pairing, logits, enqueued=now(), classification=classification)):
+            if not self.out.put(Inferred(item, pairing, logits, enqueued=now(), classification=classification,
+                                         remote=remote)):
                 return
 
     def _collect_nbi(self, wli: Prepared) -> None:

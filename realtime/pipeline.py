@@ -192,9 +192,11 @@ class Pipeline:
             newest = self.operators[0].latest  # the newest captured WLI frame (live timing draws on it)
         else:
             mode, newest = decided.mode, self.operators[0].latest_endoscope
+        if item.remote is not None and decided is None and item.logits is None:
+            mode = item.remote.hud_mode  # served, no fresh mask: the bare frame with AI OFFLINE / AI LATE
         drawn = self.mask_stage.draw(mode, item.logits, frame, trace, self.config.style,
                                      lambda age_line: self._hud(mode, trace, item.classification, age_line),
-                                     newest, decided)
+                                     newest, decided, item.remote)
         ready = now()
         self.mask_stage.record_output(frame, drawn, drawn.overlay, ready)
         latency = trace.latency_ms(ready)
@@ -312,6 +314,8 @@ class Pipeline:
             "warnings": list(self.warnings),
             **self.mask_stage.summary(),  # "temporal" and "overlay"
         }
+        if hasattr(self.engine, "remote_summary"):  # served by `endofuse serve` (realtime/serve/client.py)
+            report["remote"] = self.engine.remote_summary()
         if self.endoscope is not None:  # (two-input runs keep the keys the Holoscan runtime also writes)
             report["modes"] = dict(self.mode_counts)
             report["fused_memory"] = self.status_counts["memory"]

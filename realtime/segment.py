@@ -57,9 +57,16 @@ def finish_frame(logits, frame_bgr: np.ndarray | torch.Tensor, style: OverlaySty
     HUD. A frame given as a torch tensor (one that arrived on the GPU in the
     Holoscan operators) stays on its device: mask and overlay are tensors there,
     and only the HUD box visits the host. `hud` is called at drawing time so it can show the latency up to that moment.
+    `logits=None` (a served engine with no fresh mask) gives an empty mask and the bare frame with its HUD.
     """
     started = now()
-    if isinstance(frame_bgr, torch.Tensor):  # a frame already held as a tensor (on the GPU) stays on its device
+    if logits is None:  # no mask for this frame (a served engine with none fresh): the frame and the HUD
+        if isinstance(frame_bgr, torch.Tensor):
+            overlay = frame_bgr.clone()
+            mask = torch.zeros(tuple(frame_bgr.shape[:2]), dtype=torch.uint8, device=frame_bgr.device)
+        else:
+            overlay, mask = frame_bgr.copy(), np.zeros(frame_bgr.shape[:2], np.uint8)
+    elif isinstance(frame_bgr, torch.Tensor):  # a frame already held as a tensor (on the GPU) stays on its device
         logits = torch.as_tensor(logits).to(frame_bgr.device)  # a CPU engine's logits are small; the frame is not
         overlay, mask = kernels.overlay(frame_bgr, logits, style.alpha, style.color, contour=style.contour)
     elif isinstance(logits, torch.Tensor) and logits.is_cuda:

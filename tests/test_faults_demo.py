@@ -10,8 +10,8 @@ import pytest
 gr = pytest.importorskip("gradio")
 
 from endofuse import cli  # noqa: E402
+from endofuse.checks import check_listen_address  # noqa: E402
 from endofuse.demo import uploads  # noqa: E402
-from endofuse.demo.demo_command import check_listen_address  # noqa: E402
 from endofuse.errors import EndofuseError  # noqa: E402
 
 

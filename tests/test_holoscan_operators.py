@@ -301,3 +301,43 @@ def test_third_party_app_every_wli_frame_gives_the_segment_pair_result():
         reference = segment_pair(engine, wli[k][:, :, ::-1].copy(), None if nbi_bgr is None else nbi_bgr.copy())
         np.testing.assert_array_equal(result.mask, reference.mask)
         assert result.mode == reference.mode
+
+
+def test_inference_op_on_a_server_never_waits_and_draws_the_newest_mask():
+    """`server=`: frame 0 goes out bare (AI LATE, its answer not back yet), frame 1 with frame 0's mask."""
+    import time
+
+    from test_serve_client import FakeServer
+
+    from endofuse.realtime.serve.client import AI_LATE
+
+    server = FakeServer(size=(16, 16))  # answers logits whose class 1 wins where the frame's number > 0
+    wli = frames([0.0, 1 / FPS], sizes=((24, 32), (30, 20)))
+    pairs = [make_pair(wli[0], wli[0]), make_pair(wli[1], wli[1])]
+    try:
+        def build(app):
+            infer = EndofuseInferenceOp(app, server=server.url, deadline_ms=5000, name="inference")
+            def answered(i):  # the source (not the op) holds frame 1 until frame 0's answer is back
+                end = time.monotonic() + 10
+                while i > 0 and infer.engine.client.newest() is None and time.monotonic() < end:
+                    time.sleep(0.01)
+                return True
+
+            src = ScriptOp(app, items=pairs, before=answered, name="src")
+            overlay = EndofuseOverlayOp(app, hud=False, name="overlay")
+            sink = CollectOp(app, port="result", name="sink")
+            app.add_flow(src, infer, {("out", "pair")})
+            app.add_flow(infer, overlay, {("segmented", "segmented")})
+            app.add_flow(overlay, sink, {("result", "result")})
+            return {"sink": sink, "infer": infer}
+
+        started = time.perf_counter()
+        ops = run_graph(build)
+        ops["infer"].engine.close()
+    finally:
+        server.stop()
+    first, second = ops["sink"].got
+    assert first.mode == AI_LATE and not first.mask.any()
+    np.testing.assert_array_equal(first.overlay, wli[0].image)  # the bare frame
+    assert second.mode == FUSED and second.mask.all() and second.extras["remote_age_frames"] == 1
+    assert second.extras["mask_source"] == "server" and time.perf_counter() - started < 30

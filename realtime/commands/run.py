@@ -62,6 +62,23 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="inference threads of a CPU engine (OpenVINO, ONNX Runtime), from 1 to the CPUs "
                              "this process may use (default: all physical cores; see docs/pipeline.md)")
+    add_server_arguments(parser)
+
+
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """The room side of `endofuse serve` (docs/serving.md); shared with `bench`."""
+    group = parser.add_argument_group("segment on an `endofuse serve` server")
+    group.add_argument("--server", default=None, metavar="URL",
+                       help="run the network on this endofuse serve (e.g. http://gpu-box:8000); frames are "
+                            "preprocessed and overlaid here and the video never waits for the server")
+    group.add_argument("--token", default=os.environ.get("ENDOFUSE_TOKEN"), metavar="TOKEN",
+                       help="the server's --token (default: $ENDOFUSE_TOKEN; the environment keeps it out of ps)")
+    group.add_argument("--deadline-ms", type=float, default=100.0, metavar="MS",
+                       help="masks older than this are not drawn, and the server drops requests it cannot start "
+                            "within it (default 100)")
+    group.add_argument("--fallback", default=None, choices=("local",),
+                       help="while the server is unreachable, segment with the local engine (--checkpoint, "
+                            "--engine) and go back to the server when it answers again")
 
 
 def add_stabilise_arguments(parser: argparse.ArgumentParser) -> None:
@@ -317,8 +334,13 @@ def open_pipeline_engine(args: argparse.Namespace):
     from endofuse.realtime.engines import open_engine
 
     threads = check_threads(getattr(args, "threads", None))
+    server = getattr(args, "server", None)
+    if server is None and getattr(args, "fallback", None):
+        raise EndofuseError("--fallback local applies to a served run: give --server URL too")
+    remote = {} if server is None else {"server": server, "token": args.token, "deadline_ms": args.deadline_ms,
+                                        "fallback": args.fallback}
     engine = open_engine(args.checkpoint, backend=args.engine, device=args.device, model_name=args.model,
-                         threads=threads)
+                         threads=threads, **remote)
     engine.thread_choice = {"threads": getattr(engine, "threads", threads),
                             "chosen_by": "engine default" if threads is None else "--threads"}
     return engine
@@ -441,6 +463,11 @@ def summary_line(report: dict, out: str | None, report_path: Path | None, case: 
                      f"{_num(temporal['toggles_per_min'])} toggles/min")
     if overlay:
         parts.append(f"overlay {overlay['timing']}, age p50 {_num(overlay['age_frames']['p50'])} frames")
+    remote = report.get("remote")
+    if remote:  # served by `endofuse serve`: how many frames carried its mask, and why the others did not
+        parts.append(f"server {remote['server']}: {remote['frames_with_server_mask']} frames with its mask, "
+                     f"{remote['late_frames']} without a fresh one, {remote['offline_frames']} offline, "
+                     f"{remote['fallback_frames']} local fallback, {remote['reconnects']} reconnects")
     if "endoscope" in report:  # one endoscope stream: every mode, and the NBI looks that made FUSED-MEMORY
         modes = ", ".join(f"{n} {mode}" for mode, n in report["modes"].items() if n)
         parts[0] = f"{report['frames']} frames ({modes or 'none'}; {report['endoscope']['switches']} switches, " \

@@ -57,6 +57,7 @@ class Segmented:
     logits: object
     engine: object
     classification: object = None  # a realtime.classifier.Classification when the op has a classifier
+    remote: object = None  # a serve.client.RemoteFrame when the engine runs on `endofuse serve`
 
 
 def check_channel_order(order: str) -> str:

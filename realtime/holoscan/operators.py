@@ -247,11 +247,15 @@ class EndofuseSyncOp(EndofuseOperator):
         return self._nbi.seen
 
 
-def resolve_engine(engine, backend: str = "auto", device: str | None = None, model: str = "tiny"):
-    """An engine object as it is, or `open_engine` on a path / None (the bundled demo weights)."""
+def resolve_engine(engine, backend: str = "auto", device: str | None = None, model: str = "tiny",
+                   server: str | None = None, token: str | None = None, deadline_ms: float = 100.0):
+    """An engine object as it is, or `open_engine` on a path / None (the bundled demo weights) or a server."""
     if engine is not None and hasattr(engine, "infer"):
         return engine
     from endofuse.realtime.engines import open_engine
+
+    if server is not None:
+        return open_engine(server=server, token=token, deadline_ms=deadline_ms)
 
     if engine is not None and not os.path.exists(engine):
         raise EndofuseError(f"engine file '{engine}': no such file")
@@ -266,11 +270,14 @@ class EndofuseInferenceOp(EndofuseOperator):
     `classifier`: a `realtime.classifier.FrameClassifier` or its file; it
     classifies the WLI frame's model input right after segmentation, as in the
     native pipeline. Frames on the GPU are preprocessed there (device.py).
+    `server` (with `token`, `deadline_ms`): run the network on an `endofuse serve`; the op then never
+    waits for it and passes on the newest fresh mask, or none ("AI OFFLINE"/"AI LATE" in the HUD).
     """
 
     def __init__(self, fragment, *args, engine=None, backend: str = "auto", device: str | None = None,
-                 model: str = "tiny", warmup: bool = True, classifier=None, **kwargs) -> None:
-        self.engine = resolve_engine(engine, backend, device, model)
+                 model: str = "tiny", warmup: bool = True, classifier=None, server: str | None = None,
+                 token: str | None = None, deadline_ms: float = 100.0, **kwargs) -> None:
+        self.engine = resolve_engine(engine, backend, device, model, server, token, deadline_ms)
         if classifier is not None and not callable(classifier):
             from endofuse.realtime.classifier import FrameClassifier
 
@@ -301,13 +308,17 @@ class EndofuseInferenceOp(EndofuseOperator):
         if wli is None:
             op_output.emit(Segmented(pair, None, self.engine), "segmented")
             return
-        logits = self.engine.infer(wli, nbi)
+        remote = None
+        if hasattr(self.engine, "infer_latest"):  # served: the newest fresh mask, never a wait
+            logits, remote = self.engine.infer_latest(wli, nbi)
+        else:
+            logits = self.engine.infer(wli, nbi)
         t_infer = pair.trace.add("infer", t_pre)
         classification = None
         if self.classifier is not None:
             classification = self.classifier(wli)
             pair.trace.add("classify", t_infer)
-        op_output.emit(Segmented(pair, logits, self.engine, classification), "segmented")
+        op_output.emit(Segmented(pair, logits, self.engine, classification, remote), "segmented")
 
 
 PLACEMENT = "_placement"  # FrameResult.extras key: (the mask's frame, its Drawn), read by EndofuseRecorderOp
@@ -382,9 +393,11 @@ class EndofuseOverlayOp(EndofuseOperator):
         else:
             mode = decided.mode
             self.mask_stage.endoscope = pair.endoscope_stage
+        if item.remote is not None and decided is None and item.logits is None:
+            mode = item.remote.hud_mode  # served, no fresh mask: the bare frame with AI OFFLINE / AI LATE
         drawn = self.mask_stage.draw(mode, item.logits, frame, trace, self.style,  # a GPU frame stays there
                                      lambda age_line: self._hud(mode, item, trace, age_line),
-                                     None if self.newest is None else self.newest(), decided)
+                                     None if self.newest is None else self.newest(), decided, item.remote)
         ready = now()
         self._done = (self._done + [ready])[-30:]
         skew = pair.pairing.skew_s

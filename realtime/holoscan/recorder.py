@@ -166,6 +166,8 @@ class EndofuseRecorderOp(EndofuseOperator):
         if classifier is not None:  # the native report's section
             report["classifier"] = {"model": classifier.label, "classes": list(classifier.classes),
                                     "class_counts": {c: self.class_counts[c] for c in classifier.classes}}
+        if hasattr(engine, "remote_summary"):  # served by `endofuse serve`: the native report's section
+            report["remote"] = engine.remote_summary()
         if self.stats.counted == 0:  # the native wording
             report["statistics_note"] = (f"no statistics: {self.frames} frame(s), all within the "
                                          f"{self.stats.warmup}-frame warm-up (use more --frames or less --warmup)")

@@ -42,6 +42,7 @@ class Drawn:
     age: tuple[int, float]  # (frames, ms) between the mask's frame and `shown`
     has_mask: bool  # False on an endoscope stream's NBI and HOLD frames
     decided: object = None  # one endoscope stream: the frame's EndoscopeFrame
+    remote: object = None  # a served engine (realtime/serve/client.py): where the mask came from, or why none
 
     def extras(self) -> dict:
         """What `FrameResult.extras` carries for --log and the report (the same keys on every runtime)."""
@@ -52,6 +53,10 @@ class Drawn:
         if d is not None:
             out.update(modality=d.modality, nbi_age_s=d.nbi_age_s, view_similarity=d.similarity,
                        quality_flags=d.quality_flags, content_area=d.area)
+        r = self.remote
+        if r is not None:  # where the mask came from and its age (benchmarks/rooms.py, the report's `remote`)
+            out.update(mask_source=r.source, remote_state=r.state, remote_age_frames=r.age_frames,
+                       remote_age_ms=r.age_ms)
         return out
 
 
@@ -67,19 +72,27 @@ class MaskStage:
         self._stabilised_area = None  # the content area the stabiliser's state belongs to (one endoscope stream)
 
     def draw(self, mode: str, logits, frame, trace, style: OverlayStyle, hud: Callable[[str], HudInfo],
-             newest=None, decided=None) -> Drawn:
+             newest=None, decided=None, remote=None) -> Drawn:
         """Stabilise `logits` of `frame` (its `mode`, decided before inference), place them (overlay timing),
         draw mask, overlay and HUD.
 
         `hud(age_line)`: the HUD of this frame; `newest`: the newest captured frame (two inputs: a `Frame`; one
         endoscope stream: `(Frame, EndoscopeFrame)`), drawn on with `--overlay-timing live`; `decided`: the
-        frame's `EndoscopeFrame` (one endoscope stream). Stage times go into `trace`.
+        frame's `EndoscopeFrame` (one endoscope stream); `remote`: a served engine's answer state (its mask's
+        age replaces the overlay-age line; with no fresh mask the frame goes out bare as AI OFFLINE / AI LATE and
+        the stabiliser skips it). Stage times go into `trace`.
         """
         started = now()
-        logits, flow, shown, age = self._stabilise(logits, frame, decided, newest)
+        if remote is not None and decided is None and logits is None:
+            mode = remote.hud_mode
+            logits, flow, shown, age = None, None, frame, (0, 0.0)
+        else:
+            logits, flow, shown, age = self._stabilise(logits, frame, decided, newest)
         trace.add("stabilise", started)
         has_mask = logits is not None
         age_line = self.timing.hud_line(age, self.timing.mode) if has_mask else ""
+        if remote is not None:
+            age_line = remote.hud_line()
 
         def hud_info() -> HudInfo:
             info = hud(age_line)
@@ -99,7 +112,7 @@ class MaskStage:
                 crop = decided.area.crop
                 self.stabiliser.record(crop(mask), flow, None if label is None else crop(label))
         trace.add("temporal_metrics", started)
-        return Drawn(mode, mask, overlay, shown, age, has_mask, decided)
+        return Drawn(mode, mask, overlay, shown, age, has_mask, decided, remote)
 
     def record_output(self, frame, drawn: Drawn, output_image, ready: float) -> None:
         """The overlay's age of a frame that reached the sinks; with frame codes, the code read from `output_image`

@@ -18,7 +18,8 @@ from endofuse.kernels.mask_overlay import DEFAULT_ALPHA, DEFAULT_COLOR
 # BGR; the endoscope modes (realtime/pairing/nbi_memory.py) too: a mask from a remembered NBI view in
 # teal, no mask (NBI view, HOLD) in grey.
 MODE_COLORS = {"FUSED": (0, 200, 0), "WLI-ONLY": (0, 165, 255), "FUSED-MEMORY": (200, 200, 0),
-               "NBI": (200, 200, 200), "HOLD": (160, 160, 160)}
+               "NBI": (200, 200, 200), "HOLD": (160, 160, 160),
+               "AI OFFLINE": (0, 0, 255), "AI LATE": (0, 110, 255)}  # served rooms without a fresh mask
 
 
 @dataclass(frozen=True)

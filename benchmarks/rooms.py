@@ -1,0 +1,241 @@
+"""The scale curve: N rooms on one `endofuse serve` beside N independent local pipelines, in one run.
+
+    python benchmarks/rooms.py --rooms 1 2 4 8 --seconds 10 --json benchmarks/results/rooms.json
+
+Every room is a live pipeline paced at 30 fps on a ring of synthetic pairs (all rooms of a point run as
+threads of this process, started together). Served: each room preprocesses and overlays here and sends
+its frames to one Ray Serve replica on this machine (HTTP ingress, batching across rooms). Local: each
+room has its own engine (`--threads` each). Per point: frames out per room, the share of frames drawn
+with a mask at most 2 frames old, capture-to-overlay latency, the mask's age, rejected and late
+requests, the server's batch sizes and the CPU used by this process and its children (the Ray server
+included). A short transport section times one request through the HTTP ingress (per wire dtype) and
+through a Ray DeploymentHandle. The plot goes to docs/images/rooms.png.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _common import add_json_argument, record, report, table
+
+FPS = 30.0
+PORT = 18900
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and all its descendants (the local Ray and its server
+    replica), from Linux's /proc."""
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # gone meanwhile
+                continue
+            stats[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid, utime + stime
+    tree, total, todo = {}, 0, [os.getpid()]
+    for pid, (ppid, _) in stats.items():
+        tree.setdefault(ppid, []).append(pid)
+    while todo:
+        pid = todo.pop()
+        total += stats.get(pid, (0, 0))[1]
+        todo.extend(tree.get(pid, []))
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def run_rooms(engines: list, wli: list, nbi: list, seconds: float) -> tuple[list, list, float, float]:
+    """N live rooms at once; ([per-room FrameResult extras], [per-room report], wall s, CPU s)."""
+    from endofuse.realtime import build_pipeline
+    from endofuse.realtime.input.sources import MemorySource
+
+    frames = int(seconds * FPS)
+    outs, reports = [None] * len(engines), [None] * len(engines)
+
+    def room(i: int) -> None:
+        pipeline = build_pipeline(MemorySource(wli, "wli", FPS, loops=None), MemorySource(nbi, "nbi", FPS, loops=None),
+                                  engines[i], live=True, frames=frames, warmup_frames=int(FPS))
+        outs[i] = [(r.mask is not None and r.mode not in ("AI OFFLINE", "AI LATE"), r.latency_ms,
+                    r.extras.get("remote_age_frames", 0), r.extras.get("remote_age_ms", 0.0)) for r in pipeline]
+        reports[i] = pipeline.report()
+
+    cpu0, t0 = cpu_seconds(), time.perf_counter()
+    threads = [threading.Thread(target=room, args=(i,)) for i in range(len(engines))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return outs, reports, time.perf_counter() - t0, cpu_seconds() - cpu0
+
+
+def summarise(path: str, n: int, outs: list, reports: list, wall: float, cpu: float, seconds: float) -> dict:
+    offered = int(seconds * FPS)
+    warm = int(FPS)  # the first second of each room is left out (connections, caches)
+    rows = [o[warm:] for o in outs]
+    fresh = [sum(1 for m, _, age, _ in r if m and age <= 2) for r in rows]
+    with_mask = [[x for x in r if x[0]] for r in rows]
+    lat = np.concatenate([[x[1] for x in r] for r in rows]) if any(rows) else np.array([np.nan])
+    ages = np.concatenate([[x[3] for x in r] for r in with_mask]) if any(with_mask) else np.array([np.nan])
+    remote = [rep.get("remote", {}) for rep in reports]
+    batches: dict[str, int] = {}
+    for rem in remote:
+        for size, count in rem.get("server_batch_sizes", {}).items():
+            batches[size] = batches.get(size, 0) + count
+    counted = offered - warm
+    return {
+        "rooms": n, "path": path,
+        "frames_out_per_room": float(np.mean([len(o) for o in outs])),
+        "fresh_mask_share": float(np.mean(fresh) / counted),
+        "fresh_mask_fps_total": float(sum(fresh) / (counted / FPS)),
+        "latency_p50_ms": float(np.percentile(lat, 50)), "latency_p99_ms": float(np.percentile(lat, 99)),
+        "mask_age_p50_ms": float(np.percentile(ages, 50)), "mask_age_p99_ms": float(np.percentile(ages, 99)),
+        "rejected": sum(r.get("rejected", 0) for r in remote), "late": sum(r.get("late", 0) for r in remote),
+        "batch_sizes": dict(sorted(batches.items(), key=lambda kv: int(kv[0]))),
+        "cpu_percent_of_machine": 100.0 * cpu / (wall * os.cpu_count()),
+    }
+
+
+def time_transport(url: str, size: tuple[int, int], requests: int) -> list[dict]:
+    """One room, sequential requests: HTTP ingress per wire dtype, and a Ray DeploymentHandle."""
+    from ray import serve
+
+    from endofuse.realtime.serve import wire
+    from endofuse.realtime.serve.app import APP_NAME
+
+    x = np.random.default_rng(0).random((1, 3, *size), dtype=np.float32)
+    host, port = url.removeprefix("http://").split(":")
+    rows = []
+    for dtype in ("uint8", "float16", "float32"):
+        headers, body = wire.encode_request(x, x, dtype, 1000)
+        conn, times = http.client.HTTPConnection(host, int(port)), []
+        for _ in range(requests):
+            t = time.perf_counter()
+            conn.request("POST", wire.SEGMENT_ROUTE, body=body, headers=headers)
+            response = conn.getresponse()
+            response.read()
+            times.append((time.perf_counter() - t) * 1000)
+        rows.append({"transport": f"HTTP ingress, {dtype}", "request_bytes": len(body), "times": times})
+    handle = serve.get_app_handle(APP_NAME)
+    headers, body = wire.encode_request(x, x, "float16", 1000)
+    times = []
+    for _ in range(requests):
+        t = time.perf_counter()
+        handle.handle_call.remote("POST", wire.SEGMENT_ROUTE, headers, body).result()
+        times.append((time.perf_counter() - t) * 1000)
+    rows.append({"transport": "DeploymentHandle, float16", "request_bytes": len(body), "times": times})
+    for row in rows:
+        t = row.pop("times")
+        row |= {"p50_ms": float(np.percentile(t, 50)), "p99_ms": float(np.percentile(t, 99))}
+    return rows
+
+
+def plot(points: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for name, style in (("served", "o-"), ("local", "s--")):
+        pts = [p for p in points if p["path"] == name]
+        rooms = [p["rooms"] for p in pts]
+        left.plot(rooms, [p["fresh_mask_fps_total"] for p in pts], style, label=name)
+        right.plot(rooms, [100 * p["fresh_mask_share"] for p in pts], style, label=name)
+    rooms = sorted({p["rooms"] for p in points})
+    left.plot(rooms, [FPS * r for r in rooms], ":", color="grey", label="offered")
+    left.set(xlabel="rooms", ylabel="frames/s with a mask <= 2 frames old", xticks=rooms)
+    right.set(xlabel="rooms", ylabel="% of frames with a fresh mask", xticks=rooms, ylim=(0, 105))
+    left.legend(), right.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rooms", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--seconds", type=float, default=10.0, help="per point and path (default 10)")
+    parser.add_argument("--engine", default="auto", help="engine of the server and of the local rooms")
+    parser.add_argument("--threads", type=int, default=1, help="inference threads per local room (default 1)")
+    parser.add_argument("--server-threads", type=int, default=None,
+                        help="inference threads of the server's replica (default: the engine's, all cores)")
+    parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--batch-wait-ms", type=float, default=2.0)
+    parser.add_argument("--deadline-ms", type=float, default=100.0)
+    parser.add_argument("--in-flight", type=int, default=2, choices=(1, 2), help="requests on the wire per room")
+    parser.add_argument("--transport-requests", type=int, default=100)
+    parser.add_argument("--plot", type=Path, default=Path(__file__).parents[1] / "docs" / "images" / "rooms.png")
+    add_json_argument(parser)
+    args = parser.parse_args(argv)
+
+    import ray
+
+    from endofuse.realtime.commands.bench import load_ring
+    from endofuse.realtime.engines import open_engine
+    from endofuse.realtime.serve import app
+    from endofuse.realtime.serve.client import RemoteEngine, RoomClient
+    from endofuse.realtime.serve.service import EngineOptions
+
+    wli, nbi, described = load_ring("synthetic", 30)
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="warning")
+    config = app.ServeConfig(engine=EngineOptions(engine=args.engine, threads=args.server_threads), replicas=1,
+                             max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)
+    url = app.start(config, port=PORT)
+    points = []
+    try:
+        transport = time_transport(url, tuple(RoomClient(url).health()["input_size"]), args.transport_requests)
+        for n in args.rooms:
+            served = [RemoteEngine(RoomClient(url, deadline_ms=args.deadline_ms, max_in_flight=args.in_flight))
+                      for _ in range(n)]
+            points.append(summarise("served", n, *run_rooms(served, wli, nbi, args.seconds), args.seconds))
+            for engine in served:
+                engine.close()
+            local = [open_engine(backend=args.engine, threads=args.threads) for _ in range(n)]
+            for engine in local:
+                engine.warmup()
+            points.append(summarise("local", n, *run_rooms(local, wli, nbi, args.seconds), args.seconds))
+            print(points[-2], points[-1], flush=True)
+    finally:
+        app.stop()
+        ray.shutdown()
+    plot(points, args.plot)
+
+    rows = [[p["rooms"], p["path"], p["frames_out_per_room"], 100 * p["fresh_mask_share"], p["fresh_mask_fps_total"],
+             p["latency_p50_ms"], p["latency_p99_ms"], p["mask_age_p50_ms"], p["mask_age_p99_ms"], p["rejected"],
+             p["late"], " ".join(f"{k}:{v}" for k, v in p["batch_sizes"].items()) or "-",
+             p["cpu_percent_of_machine"]] for p in points]
+    by = {(p["rooms"], p["path"]): p for p in points}
+    ratios = [[n, by[(n, "served")]["fresh_mask_fps_total"] / max(by[(n, "local")]["fresh_mask_fps_total"], 1e-9)]
+              for n in args.rooms]
+    tables = [
+        table(f"N rooms at {FPS:g} fps: one server vs N local pipelines ({args.seconds:g} s per point)",
+              ["rooms", "path", "frames out/room", "fresh mask %", "fresh masks/s (all rooms)", "latency p50 ms",
+               "latency p99 ms", "mask age p50 ms", "mask age p99 ms", "rejected", "late", "batch sizes",
+               "CPU % of machine"], rows,
+              note="fresh mask: drawn with a mask at most 2 frames old, of the frames the cameras gave (after a "
+                   "1-s warm-up). Latency: capture to overlay on the room (a served room never waits for its "
+                   "mask; the mask's age is the server's part). Batch sizes: batch size:count as the rooms saw "
+                   "them."),
+        table("Served against local: fresh masks/s of all rooms (ratio in one run)", ["rooms", "served / local"],
+              ratios),
+        table(f"Transport: one room, {args.transport_requests} sequential requests, WLI+NBI pair",
+              ["transport", "request bytes", "p50 ms", "p99 ms"],
+              [[t["transport"], t["request_bytes"], t["p50_ms"], t["p99_ms"]] for t in transport],
+              note="HTTP ingress is what rooms use (any machine, no Ray on the room side); a DeploymentHandle "
+                   "works only for callers inside the Ray cluster. gRPC ingress was not measured."),
+    ]
+    report(record("rooms", "Rooms on one server: the scale curve", tables,
+                  details={"points": points, "transport": transport, "source": described,
+                           "engine": args.engine, "threads": args.threads, "server_threads": args.server_threads,
+                           "in_flight": args.in_flight,
+                           "deadline_ms": args.deadline_ms}), args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,266 @@
+"""The room client's states against a scripted fake server: connected, late, offline, reconnect, fallback.
+
+The fake server speaks the real wire format (realtime/serve/wire.py) and answers logits that carry the
+frame's number, so a test can tell which frame a mask belongs to.
+"""
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+from endofuse.errors import EndofuseError
+from endofuse.realtime.serve import client as room
+from endofuse.realtime.serve import wire
+
+SIZE = (32, 32)
+
+
+class Script:
+    """What the fake server does next: answer after `delay_s`, or with `status`."""
+
+    def __init__(self):
+        self.delay_s, self.status, self.requests = 0.0, 200, 0
+        self.drop_idle = False  # close every connection after its answer, unannounced (an idle timeout)
+
+
+class FakeServer:
+    def __init__(self, port: int = 0, size=SIZE):
+        self.script = Script()
+        script = self.script
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out as two writes
+
+            def log_message(self, *args):
+                pass
+
+            def _send(self, status, headers, body):
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                body = json.dumps({"status": "ok", "engine": "fake", "model": "numbered frames",
+                                   "input_size": list(size), "num_classes": 2}).encode()
+                self._send(200, {"content-type": "application/json"}, body)
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["content-length"]))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                script.requests += 1
+                time.sleep(script.delay_s)
+                if script.status != 200:
+                    return self._send(script.status, {}, b"scripted refusal\n")
+                request = wire.decode_request(headers, body, size)
+                number = float(np.rint(request.wli[0, 0, 0, 0] * 255))  # the frame's number, sent as its pixels
+                logits = np.full((1, 2, *size), number, np.float32)
+                logits[:, 0] = 0
+                timings = {wire.BATCH_SIZE: "1", wire.QUEUE_MS: "0.1", wire.COMPUTE_MS: "1.0"}
+                self._send(200, *wire.encode_response(logits, timings, request.answer_dtype))
+                self.close_connection = script.drop_idle
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    fake = FakeServer()
+    yield fake
+    fake.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def frame(number: int) -> np.ndarray:
+    return np.full((1, 3, *SIZE), (number % 250) / 255, np.float32)
+
+
+def number_of(logits) -> int:
+    return int(logits[0, 1, 0, 0])
+
+
+def run_frames(engine, count: int, period_s: float = 0.01, start: int = 0):
+    """Feed numbered frames like a paced camera; every call must return at once."""
+    out = []
+    for i in range(start, start + count):
+        t = time.perf_counter()
+        logits, info = engine.infer_latest(frame(i), None)
+        assert time.perf_counter() - t < 0.05, "the room waited for the server"
+        out.append((i, logits, info))
+        time.sleep(period_s)
+    return out
+
+
+def open_room(url, fallback=None, **kwargs):
+    kwargs.setdefault("wire_dtype", "float32")
+    return room.RemoteEngine(room.RoomClient(url, **kwargs), fallback)
+
+
+def test_connected_newest_frame_wins(server):
+    server.script.delay_s = 0.03  # slower than the 10-ms frame period: frames must be skipped, not queued
+    engine = open_room(server.url, deadline_ms=500)
+    assert engine.input_size == SIZE and engine.name == "remote:fake"
+    frames = run_frames(engine, 40)
+    engine.close()
+    drawn = [(i, logits, info) for i, logits, info in frames if logits is not None]
+    assert len(drawn) >= 30
+    for i, logits, info in drawn:
+        assert info.state == room.CONNECTED and info.source == "server"
+        assert number_of(logits) == (i - info.age_frames) % 250  # the mask belongs to the frame it says
+        assert info.hud_line().startswith("server mask age")
+    summary = engine.remote_summary()
+    assert summary["superseded"] > 0  # newest wins: waiting frames were replaced, not queued
+    assert summary["requests"] < 40 and summary["answered"] == summary["requests"]
+    assert summary["round_trip_ms"]["p50"] >= 30 and summary["server_batch_sizes"] == {"1": summary["answered"]}
+    assert summary["overlay_age_frames"]["max"] <= 8
+
+
+def test_connection_closed_while_idle_is_reopened_not_offline(server):
+    server.script.drop_idle = True
+    engine = open_room(server.url, deadline_ms=500)
+    for i in range(3):  # the blocking path: each call finds the last connection closed by the server
+        assert number_of(engine.infer(frame(i), None)) == i
+    frames = run_frames(engine, 20, period_s=0.02)
+    engine.close()
+    assert engine.client.counters.failures == 0 and not any(info.state == room.OFFLINE for *_, info in frames)
+    assert frames[-1][1] is not None
+
+
+def test_late_answers_are_not_drawn(server):
+    server.script.delay_s = 0.25
+    engine = open_room(server.url, deadline_ms=60)
+    frames = run_frames(engine, 40)
+    engine.close()
+    assert all(logits is None for _, logits, _ in frames)
+    assert all(info.state == room.LATE and info.hud_mode == room.AI_LATE for _, _, info in frames)
+    summary = engine.remote_summary()
+    assert summary["late_frames"] == 40 and summary["offline_frames"] == 0 and summary["answered"] >= 1
+
+
+@pytest.mark.parametrize("status, counter", [(503, "rejected"), (504, "late"), (401, "rejected")])
+def test_refusals_are_counted(server, status, counter):
+    server.script.status = status
+    engine = open_room(server.url, deadline_ms=100)
+    frames = run_frames(engine, 15)
+    engine.close()
+    summary = engine.remote_summary()
+    assert summary[counter] == summary["requests"] >= 5
+    assert all(logits is None and info.hud_mode == room.AI_LATE for _, logits, info in frames)
+
+
+def test_offline_then_reconnect_with_backoff():
+    port = free_port()
+    down = FakeServer(port)  # up at open (the room learns the input size), then gone
+    engine = open_room(f"http://127.0.0.1:{port}", deadline_ms=100, backoff_s=0.05, backoff_max_s=0.4)
+    down.stop()
+    frames = run_frames(engine, 60)  # 0.6 s offline
+    assert all(logits is None and info.hud_mode == room.AI_OFFLINE for _, logits, info in frames[5:])
+    failures = engine.client.counters.failures
+    assert 2 <= failures <= 8  # probes back off (0.05, 0.1, 0.2, 0.4 s) instead of one per frame
+    up = FakeServer(port)
+    try:
+        frames = run_frames(engine, 80, start=60)
+    finally:
+        engine.close()
+        up.stop()
+    assert frames[-1][1] is not None and frames[-1][2].state == room.CONNECTED
+    summary = engine.remote_summary()
+    assert summary["reconnects"] == 1
+    assert summary["offline_frames"] >= 55 and summary["frames_with_server_mask"] >= 50
+
+
+def test_fallback_runs_local_engine_while_offline():
+    from endofuse.realtime.engines import open_engine
+
+    local = open_engine(backend="torch")
+    size = tuple(local.input_size)
+    port = free_port()
+    fake = FakeServer(port, size)
+    engine = open_room(fake.url, fallback=local, deadline_ms=100, backoff_s=0.05, backoff_max_s=0.1)
+    fake.stop()
+    x = np.random.default_rng(0).random((1, 3, *size), dtype=np.float32)
+    engine.infer_latest(x, x)  # the first failure marks the room offline
+    time.sleep(0.05)
+    logits, info = engine.infer_latest(x, x)
+    assert info.state == room.FALLBACK and info.source == "local"
+    np.testing.assert_allclose(logits, local.infer(x, x), rtol=1e-5, atol=1e-5)
+    back = FakeServer(port, size)
+    try:
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            logits, info = engine.infer_latest(x, x)
+            if info.source == "server":
+                break
+            time.sleep(0.02)
+    finally:
+        engine.close()
+        back.stop()
+    assert info.source == "server"  # back to the server once it answers
+    assert engine.remote_summary()["fallback_frames"] >= 1
+
+
+def test_unreachable_server_is_one_line():
+    from endofuse.realtime.engines import open_engine
+
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(room.ServerUnavailable, match=f"server {url} unreachable") as err:
+        open_engine(server=url)
+    assert "\n" not in str(err.value)
+    with pytest.raises(EndofuseError, match="not an http"):
+        room.RoomClient("gpu-box:8000")
+
+
+def test_pipeline_keeps_every_frame_while_server_is_gone(server):
+    """A recording through a served engine whose server vanished: all frames out, each counted offline."""
+    from endofuse.realtime import build_pipeline
+
+    engine = open_room(server.url, deadline_ms=100)
+    server.stop()
+    server.stop = lambda: None
+    pipeline = build_pipeline("synthetic:3", "synthetic:3", engine, frames=12, warmup_frames=2)
+    results = list(pipeline)
+    engine.close()
+    assert [r.index for r in results] == list(range(12))
+    assert all(r.mode == room.AI_OFFLINE and not r.mask.any() for r in results)
+    last = results[-1]
+    half = last.frame.shape[0] // 2
+    np.testing.assert_array_equal(last.overlay[half:], last.frame[half:])  # the bare frame below the HUD box
+    assert not np.array_equal(last.overlay[:half], last.frame[:half])  # the HUD box is drawn
+    report = pipeline.report()
+    assert report["remote"]["offline_frames"] == 12 and report["frames"] == 12
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["serve", "--replicas", "0"], "--replicas must be >= 1, got 0"),
+    (["serve", "--autoscale", "3,1"], "--autoscale '3,1': need 0 <= MIN <= MAX"),
+    (["serve", "--autoscale", "four"], "--autoscale 'four': give MIN,MAX replicas"),
+    (["serve", "--port", "70000"], "--port 70000 is not a valid TCP port"),
+    (["serve", "--host", "192.0.2.1"], "--host 192.0.2.1 is not an address of this machine"),
+    (["run", "--wli", "synthetic", "--frames", "2", "--fallback", "local"], "--fallback local applies to a served"),
+])
+def test_cli_refuses_bad_serving_options_in_one_line(argv, message, capsys):
+    from endofuse import cli
+
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
