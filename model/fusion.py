@@ -80,10 +80,11 @@ class DMAFusion(nn.Module):
         self.mix_nbi = nn.Linear(dim, dim)
         self.norm_mlp = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, mlp_dim)
-        self.gate_wli = nn.Linear(dim, 1)
-        self.gate_nbi = nn.Linear(dim, 1)
-        self.missing_nbi = nn.Parameter(torch.zeros(1, tokens, dim))
-        nn.init.trunc_normal_(self.missing_nbi, std=0.02)
+        with torch.random.fork_rng(devices=[]):
+            self.gate_wli = nn.Linear(dim, 1)
+            self.gate_nbi = nn.Linear(dim, 1)
+            self.missing_nbi = nn.Parameter(torch.zeros(1, tokens, dim))
+            nn.init.trunc_normal_(self.missing_nbi, std=0.02)
 
     def _tokens(self, parts: dict[str, torch.Tensor], modality: str) -> torch.Tensor:
         proj, index = (self.proj_wli, 0) if modality == "w" else (self.proj_nbi, 1)
