@@ -80,6 +80,8 @@ class DMAFusion(nn.Module):
         self.mix_nbi = nn.Linear(dim, dim)
         self.norm_mlp = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, mlp_dim)
+        # drawn from a forked random state, so a seed initialises every other weight of the model as without
+        # them (short trainings are sensitive to the initialisation)
         with torch.random.fork_rng(devices=[]):
             self.gate_wli = nn.Linear(dim, 1)
             self.gate_nbi = nn.Linear(dim, 1)
