@@ -136,3 +136,16 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, num_classes: int | Non
         losses.append(1.0 - (2 * intersect + smooth) / (p.pow(2).sum() + g.pow(2).sum() + smooth))
     return torch.stack(losses).mean()
 
+
+
+def token_grid_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of per-token logits (B, g*g, C) against each token's class fractions of `target` (B, H, W).
+
+    The soft targets are `target`'s one-hot map averaged over each token's patch
+    (adaptive average pooling to g x g), so a token on the lesion border is half/half.
+    """
+    b, tokens, classes = logits.shape
+    grid = int(round(tokens ** 0.5))
+    onehot = F.one_hot(target.long(), classes).permute(0, 3, 1, 2).float()
+    soft = F.adaptive_avg_pool2d(onehot, grid).flatten(2).transpose(1, 2)  # (B, g*g, C)
+    return -(soft * F.log_softmax(logits, dim=-1)).sum(-1).mean()

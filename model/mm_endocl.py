@@ -136,7 +136,7 @@ class MMEndoCL(nn.Module):
         self.encoder_nbi = encoder()
         self.fusion = DisentangleFuse(c.hidden_size, c.share_hidden, with_fuse=c.fusion == "token")
         tokens = (c.img_size // 16) ** 2
-        self.dmaf = DMAFusion(c.hidden_size, c.heads, c.mlp_dim) if c.fusion == "dmaf" else None
+        self.dmaf = DMAFusion(c.hidden_size, c.heads, c.mlp_dim, tokens) if c.fusion == "dmaf" else None
         self.cluster = OnlineKMeans(c.clusters, tokens * c.hidden_size, c.centroid_momentum) \
             if c.negatives == "cluster" else None
         self.mir_head = MaskedNBIReconstruction(c.hidden_size, c.heads, tokens) if c.mir else None
@@ -151,6 +151,8 @@ class MMEndoCL(nn.Module):
         if c.missing_nbi_token:
             self.missing_nbi_token = nn.Parameter(torch.zeros(1, (c.img_size // 16) ** 2, c.hidden_size))
             nn.init.trunc_normal_(self.missing_nbi_token, std=0.02)
+        # dmaf, training only: per-token classes from each modality's fusion term alone (the `modality` term)
+        self.modality_head = nn.Linear(c.hidden_size, num_classes) if self.dmaf is not None else None
 
     # ---- input checks (plain Python on static shapes; skipped while exporting) ----
     def _check_frame(self, label: str, x: torch.Tensor) -> None:
@@ -282,10 +284,21 @@ class MMEndoCL(nn.Module):
             aux = self._aux_terms(wli_out, nbi_out, parts, kept, temperature)
         if self.mir_head is not None:
             aux["mir"] = logits.new_zeros(()) if nbi is None else self.mir_head(parts["share_w"], nbi)
+        if self.modality_head is not None and target is not None:
+            aux["modality"] = self._modality_term(parts, kept if nbi_out is not None else None, target)
         if distill:
             aux.update(self._distill_terms(wli_out.tokens, fused, kept if nbi_out is not None else None,
                                            target, distill))
         return logits, aux
+
+    def _modality_term(self, parts: dict[str, torch.Tensor], kept: torch.Tensor | None,
+                       target: torch.Tensor) -> torch.Tensor:
+        """Per-token CE of the WLI and the NBI fusion terms, each alone, on the samples that keep their NBI."""
+        if kept is None or not bool(kept.any()):
+            return parts["share_w"].new_zeros(())
+        c_w, c_n = self.dmaf.contributions({k: v[kept] for k, v in parts.items()})
+        return losses.token_grid_ce(self.modality_head(c_w), target[kept]) + \
+            losses.token_grid_ce(self.modality_head(c_n), target[kept])
 
     def _distill_terms(self, tokens_wli: torch.Tensor, fused: torch.Tensor, kept: torch.Tensor | None,
                        target: torch.Tensor | None, distill: tuple[str, ...]) -> dict[str, torch.Tensor]:

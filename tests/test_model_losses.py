@@ -136,3 +136,19 @@ def test_dice_and_segmentation_loss_on_uniform_logits():
 @pytest.mark.parametrize("epoch, weight", [(0, 0.0), (25, 0.025), (50, 0.05), (80, 0.05), (99, 0.05)])
 def test_fd_weight_ramps_to_0_05_by_mid_training(epoch, weight):
     assert recipes.fd_weight(epoch, 100) == pytest.approx(weight)
+
+
+def test_token_grid_ce_by_hand():
+    # a 4x4 mask on a 2x2 token grid: token 0 all lesion, token 1 half, tokens 2 and 3 background
+    target = torch.zeros(1, 4, 4, dtype=torch.long)
+    target[0, :2, :2] = 1
+    target[0, :2, 2] = 1
+    logits = torch.tensor([[[0.0, 0.0], [0.0, math.log(3.0)], [2.0, 0.0], [0.0, 0.0]]])
+    # per token: -sum_c soft_c * log p_c, p from softmax of the row
+    expected = (
+        math.log(2.0)  # token 0: soft (0, 1), p = (1/2, 1/2)
+        + 0.5 * -math.log(1 / 4) + 0.5 * -math.log(3 / 4)  # token 1: soft (1/2, 1/2), p = (1/4, 3/4)
+        + -math.log(math.exp(2) / (math.exp(2) + 1))  # token 2: soft (1, 0)
+        + math.log(2.0)  # token 3: soft (1, 0), p = (1/2, 1/2)
+    ) / 4
+    assert losses.token_grid_ce(logits, target).item() == pytest.approx(expected, abs=1e-6)

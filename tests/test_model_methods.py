@@ -44,6 +44,36 @@ def test_dmaf_model_ignores_nbi_when_missing_and_has_no_token():
     assert float(aux["dacl"]) > 0.0  # the kept sample still has the aux terms
 
 
+def test_dmaf_modality_term_segments_each_modality_alone_on_kept_samples():
+    torch.manual_seed(5)
+    model = build_model("tiny", fusion="dmaf", **SMALL).train()
+    wli, nbi = pair(model)
+    target = torch.zeros(3, 32, 32, dtype=torch.long)
+    target[:, :16, :16] = 1  # the top-left token of the 2x2 grid is lesion
+    kept = torch.tensor([True, False, True])
+    model._nbi_dropped = lambda batch, nbi, device: ~kept
+    _, aux = model.forward_train(wli, nbi, target=target, temperature=0.1)
+    # restated: the head on mix_w(t_w) and on mix_n(t_n) of the kept samples, CE against the token classes
+    parts = model.fusion.split(model.encoder_wli(wli).tokens, model.encoder_nbi(nbi).tokens)
+    soft = torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    expected = 0.0
+    for mix, proj, index, spec, share in ((model.dmaf.mix_wli, model.dmaf.proj_wli, 0, "spec_w", "share_w"),
+                                          (model.dmaf.mix_nbi, model.dmaf.proj_nbi, 1, "spec_n", "share_n")):
+        tokens = proj(torch.cat([parts[spec][kept], parts[share][kept]], -1)) + model.dmaf.modality_embed[index]
+        log_p = torch.log_softmax(model.modality_head(mix(tokens)), -1)
+        expected = expected - (soft * log_p).sum(-1).mean()
+    torch.testing.assert_close(aux["modality"], expected, atol=1e-5, rtol=1e-4)
+    aux["modality"].backward()
+    assert grad_sum(model.encoder_nbi) > 0 and grad_sum(model.dmaf.mix_nbi) > 0  # the NBI path learns by itself
+    assert grad_sum(model.decoder) == 0.0
+    # token fusion has no such term; a batch without NBI gives 0
+    token = build_model("tiny", **SMALL).train()
+    assert "modality" not in token.forward_train(wli, nbi, target=target, temperature=0.1)[1]
+    del model._nbi_dropped
+    _, none = model.forward_train(wli, None, target=target, temperature=0.1)
+    assert float(none["modality"]) == 0.0
+
+
 def test_paper_keeps_the_reference_fusion():
     with pytest.raises(ValueError, match="reference fusion"):
         build_model("paper", fusion="dmaf")

@@ -128,6 +128,8 @@ LOSS_TERMS: tuple[LossTerm, ...] = (
     LossTerm("mir", (("mir", 1.0),), weight=10.0, ablatable=False),  # CM-CGNS: 10 x L1 of the reconstruction
     LossTerm("relation", (("relation", 1.0),), weight=1.0, ablatable=False),  # DMAF-Net gives no value: ours
     LossTerm("prototype", (("prototype", 1.0),), weight=1.0, ablatable=False),  # ditto
+    # --fusion dmaf: each modality's fusion term alone segments the token grid (ours, against the NBI collapse)
+    LossTerm("modality", (("modality", 1.0),), weight=0.5, ablatable=False),
 )
 # --ablate names: whole terms, their optional parts, and "nbi" (train WLI-only)
 ABLATIONS = (tuple(t.name for t in LOSS_TERMS if t.ablatable)

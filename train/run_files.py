@@ -13,7 +13,7 @@ from endofuse.outputs import atomic_write_bytes, atomic_write_text
 
 LOG_COLUMNS = (
     "epoch", "step", "lr", "w_fd", "loss", "seg", "da", "align", "diff", "orth_wli", "orth_nbi", "mi", "dacl", "fd",
-    "cgns", "mir", "relation", "prototype", "dtm_relation", "dtm_prototype",
+    "cgns", "mir", "relation", "prototype", "modality", "dtm_relation", "dtm_prototype",
     "val_dice", "val_iou", "val_sensitivity", "val_specificity", "seconds", "pairs_per_s",
 )  # fmt: skip
 LOSS_CURVES = ("loss", "seg", "fd", "mi", "dacl", "da")
