@@ -3,7 +3,8 @@
 DMAF-Net (incomplete multi-modal segmentation; code not published) teaches the
 missing-modality features with two terms, restated here on the fused tokens
 (B, N, D) that enter the decoder. The teacher (WLI + NBI) is detached: only the
-missing-NBI path (student) learns from these terms.
+missing-NBI path (student) learns from these terms (with DMAF fusion, only its
+fusion: the model holds the WLI tokens fixed for the student).
 
 * `relation_distill`: covariance consistency, global and local. Tokens are
   L2-normalised; local = per-sample channel covariance over the tokens, global =

@@ -6,6 +6,7 @@ import torch
 
 from endofuse.model import build_model, losses
 from endofuse.model.cluster_negatives import cluster_dacl
+from endofuse.model.distill import prototype_distill, relation_distill
 
 SMALL = dict(img_size=32, dropout=0.0)  # a 2x2 token grid keeps each test a fraction of a second
 
@@ -121,12 +122,40 @@ def test_distillation_teaches_the_missing_path_only(fusion):
     _, aux = model.forward_train(wli, nbi, target=target, distill=("relation", "prototype"), temperature=0.1)
     assert aux["relation"].item() > 0 and aux["prototype"].item() > 0
     (aux["relation"] + aux["prototype"]).backward()
-    assert grad_sum(model.encoder_wli) > 0
     assert grad_sum(model.encoder_nbi) == 0.0 and grad_sum(model.decoder) == 0.0  # the teacher is detached
     if fusion == "token":
+        assert grad_sum(model.encoder_wli) > 0
         assert float(model.missing_nbi_token.grad.abs().sum()) > 0
-    else:
+    else:  # dmaf: the student learns in the fusion; the WLI encoder is left to the other terms
+        assert grad_sum(model.encoder_wli) == 0.0
         assert grad_sum(model.dmaf) > 0 and grad_sum(model.dmaf.proj_nbi) == 0.0
+        assert float(model.dmaf.missing_nbi.grad.abs().sum()) > 0 and grad_sum(model.fusion.share_wli) > 0
+
+
+def test_dmaf_distillation_matches_the_missing_path_on_fixed_wli_tokens():
+    """Plain reference: student = DMAF without NBI on the WLI encoder's tokens held fixed, teacher detached."""
+    torch.manual_seed(5)
+    model = build_model("tiny", fusion="dmaf", modality_dropout=0.0, **SMALL).train()
+    wli, nbi = pair(model, seed=2)
+    target = torch.zeros(3, 32, 32, dtype=torch.long)
+    target[:, 4:20, 8:28] = 1
+    _, aux = model.forward_train(wli, nbi, target=target, distill=("relation", "prototype"), temperature=0.1)
+    learned = [p for p in model.parameters() if p.requires_grad]
+    got = torch.autograd.grad(aux["relation"] + aux["prototype"], learned, allow_unused=True)
+
+    tokens_wli = model.encoder_wli(wli).tokens.detach()
+    teacher = model.dmaf(model.fusion.split(tokens_wli, model.encoder_nbi(nbi).tokens))[0].detach()
+    student = model.dmaf(model.fusion.split_wli(tokens_wli))[0]
+    relation, prototype = relation_distill(student, teacher), prototype_distill(student, teacher, target, 2)
+    assert float(aux["relation"].detach()) == pytest.approx(float(relation.detach()), rel=1e-5)
+    assert float(aux["prototype"].detach()) == pytest.approx(float(prototype.detach()), rel=1e-5, abs=1e-7)
+    want = torch.autograd.grad(relation + prototype, learned, allow_unused=True)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    for name, g, w in zip(names, got, want, strict=True):
+        if w is None:  # the encoders, the decoder and the heads: no gradient from the distillation
+            assert g is None or float(g.abs().max()) == 0.0, name
+        else:
+            torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
 
 
 def test_distillation_needs_a_missing_path():
