@@ -24,9 +24,15 @@ import pytest  # noqa: E402
 # torch.compile's C++ build imports setuptools, whose distutils override fails once anything has imported or probed
 # `pip` (its import hook then hands out the stdlib distutils). wheel-axle (a Holoscan dependency) imports pip on the
 # first interpreter start after an install, as in CI: then use the stdlib's distutils; otherwise override it now.
-if "pip" in sys.modules:
+# The variable is only read while setuptools imports: it is removed again so that child processes (whose stderr the
+# tests read) do not print setuptools' warning about it.
+_PIP_FIRST = "pip" in sys.modules and "SETUPTOOLS_USE_DISTUTILS" not in os.environ
+if _PIP_FIRST:
     os.environ["SETUPTOOLS_USE_DISTUTILS"] = "stdlib"
 import setuptools  # noqa: E402, F401, I001
+
+if _PIP_FIRST:
+    del os.environ["SETUPTOOLS_USE_DISTUTILS"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # `../shared` beside the checkout (CI and developer machines); a user's clone has none.
