@@ -5,8 +5,9 @@ cluster and keeps the deployment a thin shell.
 """
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -44,6 +45,14 @@ class ServeConfig:
     replica_cpus: float = 1.0
     replica_gpus: float = 0.0  # > 0: replicas only on GPU nodes
     token: str | None = None
+
+    def replica_engine(self) -> EngineOptions:
+        """The engine options a replica opens: unless `--threads` says otherwise, a CPU engine gets as many
+        threads as Ray reserves CPUs for the replica. Its default (all cores) made the replica's spinning
+        threads starve Ray's HTTP proxy and the rooms on the same machine (benchmarks/rooms.py)."""
+        if self.engine.threads is not None:
+            return self.engine
+        return replace(self.engine, threads=max(1, math.ceil(self.replica_cpus)))
 
 
 @dataclass
