@@ -225,9 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--batch-wait-ms", type=float, default=2.0)
     parser.add_argument("--deadline-ms", type=float, default=100.0)
-    parser.add_argument("--in-flight", type=int, default=2, choices=(1, 2), help="requests on the wire per room")
-    parser.add_argument("--wire-dtype", default="float16", choices=("uint8", "float16", "float32"),
-                        help="what served rooms send (default float16, the room's default)")
+    parser.add_argument("--in-flight", type=int, default=1, choices=(1, 2),
+                        help="requests on the wire per room (default 1, the room's default)")
+    parser.add_argument("--wire-dtype", default="uint8", choices=("uint8", "float16", "float32"),
+                        help="what served rooms send (default uint8, the room's default)")
     parser.add_argument("--paths", nargs="+", default=["served", "local"], choices=("served", "local"),
                         help="run only these (a partial run prints its points and writes no JSON or plot)")
     parser.add_argument("--transport-requests", type=int, default=100)
