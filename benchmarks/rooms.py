@@ -149,6 +149,7 @@ def summarise(path: str, n: int, outs: list, reports: list, wall: float, cpu: di
         "rejected": sum(r.get("rejected", 0) for r in remote), "late": sum(r.get("late", 0) for r in remote),
         "batch_sizes": dict(sorted(batches.items(), key=lambda kv: int(kv[0]))),
         "cpu_percent_of_machine": 100.0 * sum(cpu.values()) / (wall * os.cpu_count()),
+        "cpu_ms_per_frame": 1000.0 * sum(cpu.values()) / max(sum(len(o) for o in outs), 1),
         "cpu_percent_by_role": {role: 100.0 * t / (wall * os.cpu_count()) for role, t in sorted(cpu.items())},
         "server_queue_ms_p50": pooled(remote, "server_queue_ms", "p50"),
         "server_receive_ms_p50": pooled(remote, "server_receive_ms", "p50"),
@@ -284,6 +285,19 @@ def main(argv: list[str] | None = None) -> int:
                    "them."),
         table("Served against local: fresh masks/s of all rooms (ratio in one run)", ["rooms", "served / local"],
               ratios),
+        table("Where the CPU goes (% of the machine's CPUs, by process) and the served path's timings",
+              ["rooms", "path", "rooms %", "Ray HTTP proxy %", "replica %", "rest of Ray %", "CPU ms per frame",
+               "round trip p50 ms", "server queue p50 ms", "of which body read p50 ms", "compute p50 ms"],
+              [[p["rooms"], p["path"], roles.get("rooms", 0.0), roles.get("ray HTTP proxy", 0.0),
+                roles.get("replica (engine)", 0.0),
+                sum(v for k, v in roles.items() if k not in ("rooms", "ray HTTP proxy", "replica (engine)")),
+                p["cpu_ms_per_frame"], p["round_trip_ms_p50"], p["server_queue_ms_p50"], p["server_receive_ms_p50"],
+                p["server_compute_ms_p50"]] for p in points for roles in [p["cpu_percent_by_role"]]],
+              note="CPU from /proc, every process of the run: the room processes, Ray's HTTP proxy, the replica "
+                   "and the rest of Ray (controller, raylet, GCS; idle during local points). CPU ms per frame: "
+                   "all of it over the frames the rooms put out. Server timings: the rooms' median of the "
+                   "per-request headers (queue: arrival at the replica to its batch's start; compute: the "
+                   "engine call of the whole batch)."),
         table(f"Transport: one room, {args.transport_requests} sequential requests, WLI+NBI pair",
               ["transport", "request bytes", "p50 ms", "p99 ms"],
               [[t["transport"], t["request_bytes"], t["p50_ms"], t["p99_ms"]] for t in transport],
@@ -293,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     report(record("rooms", "Rooms on one server: the scale curve", tables,
                   details={"points": points, "transport": transport, "source": described,
                            "engine": args.engine, "threads": args.threads, "server_threads": args.server_threads,
-                           "in_flight": args.in_flight,
+                           "in_flight": args.in_flight, "wire_dtype": args.wire_dtype,
+                           "max_batch": args.max_batch, "batch_wait_ms": args.batch_wait_ms,
                            "deadline_ms": args.deadline_ms}), args.json)
     return 0
 
