@@ -101,7 +101,7 @@ def run_rooms(specs: list[dict], seconds: float) -> tuple[list, list, float, dic
 
     ctx = multiprocessing.get_context("spawn")  # never fork a process that runs Ray
     ready, measured, results = ctx.Barrier(len(specs) + 1), ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=room, args=({**spec, "index": i}, seconds, ready, measured, results))
+    procs = [ctx.Process(target=room, args=({**spec, "index": i}, seconds, ready, measured, results), daemon=True)
              for i, spec in enumerate(specs)]
     for p in procs:
         p.start()
@@ -242,9 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     from endofuse.realtime.commands.bench import load_ring
     from endofuse.realtime.serve import app
     from endofuse.realtime.serve.client import RoomClient
-    from endofuse.realtime.serve.service import EngineOptions
+    from endofuse.realtime.serve.service import EngineOptions, normal_priority_workers
 
     _, _, described = load_ring("synthetic", 1)
+    normal_priority_workers()  # as endofuse serve does
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="warning")
     config = app.ServeConfig(engine=EngineOptions(engine=args.engine, threads=args.server_threads), replicas=1,
                              max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)

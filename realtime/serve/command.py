@@ -103,6 +103,9 @@ def main(args: argparse.Namespace) -> int:
         stop.set()
 
     # Ray installs its own SIGTERM handler in ray.init: ours go in after it, until Serve is shut down
+    from endofuse.realtime.serve.service import normal_priority_workers
+
+    normal_priority_workers()
     ray.init(address=args.address, include_dashboard=False, log_to_driver=False, logging_level="warning")
     previous = {}
     try:

@@ -6,6 +6,7 @@ cluster and keeps the deployment a thin shell.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field, replace
 
@@ -53,6 +54,18 @@ class ServeConfig:
         if self.engine.threads is not None:
             return self.engine
         return replace(self.engine, threads=max(1, math.ceil(self.replica_cpus)))
+
+
+# Ray starts its worker processes (the replicas and the HTTP proxy) at nice 15 by default: on a machine
+# that also runs rooms or other work they then get the CPU last, and a replica whose compute takes 8 ms
+# alone took 20-60 ms (benchmarks/rooms.py). A Ray that endofuse starts runs them at normal priority.
+WORKER_NICENESS_ENV = "RAY_worker_niceness"
+
+
+def normal_priority_workers() -> None:
+    """Before `ray.init` starts a local Ray: its workers at the caller's priority (unless the environment
+    already sets RAY_worker_niceness). A cluster joined with --address keeps its own `ray start` setting."""
+    os.environ.setdefault(WORKER_NICENESS_ENV, "0")
 
 
 @dataclass
