@@ -2,21 +2,20 @@
 
     python benchmarks/rooms.py --rooms 1 2 4 8 --seconds 10 --json benchmarks/results/rooms.json
 
-Every room is a live pipeline paced at 30 fps on a ring of synthetic pairs (all rooms of a point run as
-threads of this process, started together). Served: each room preprocesses and overlays here and sends
-its frames to one Ray Serve replica on this machine (HTTP ingress, batching across rooms). Local: each
-room has its own engine (`--threads` each). Per point: frames out per room, the share of frames drawn
-with a mask at most 2 frames old, capture-to-overlay latency, the mask's age, rejected and late
-requests, the server's batch sizes and the CPU used by this process and its children (the Ray server
-included). A short transport section times one request through the HTTP ingress (per wire dtype) and
-through a Ray DeploymentHandle. The plot goes to docs/images/rooms.png.
+Every room is a live pipeline paced at 30 fps on a ring of synthetic pairs, each in its own process
+(all rooms of a point start together). Served: each room preprocesses and overlays in its process and
+sends its frames to one Ray Serve replica on this machine (HTTP ingress, batching across rooms). Local:
+each room has its own engine (`--threads` each). Per point: frames out per room, the share of frames
+drawn with a mask at most 2 frames old, capture-to-overlay latency, the mask's age, rejected and late
+requests, the server's batch sizes and the CPU used by the rooms, Ray's HTTP proxy, the replica and
+the rest of Ray (the profile of where the CPU goes). A short transport section times one request
+through the HTTP ingress (per wire dtype) and through a Ray DeploymentHandle. The plot goes to docs/images/rooms.png.
 """
 from __future__ import annotations
 
 import argparse
 import http.client
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -28,9 +27,27 @@ FPS = 30.0
 PORT = 18900
 
 
-def cpu_seconds() -> float:
-    """CPU time (user + system) of this process and all its descendants (the local Ray and its server
-    replica), from Linux's /proc."""
+def process_role(pid: int, rooms: set[int]) -> str:
+    """Which part of the served path a process is: this benchmark (the rooms), Ray's HTTP proxy, the
+    replica, or the rest of Ray (controller, raylet, GCS, workers), from its command line."""
+    if pid in rooms:
+        return "rooms"
+    if pid == os.getpid():
+        return "benchmark driver"
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "ray, other"
+    for marker, role in (("ProxyActor", "ray HTTP proxy"), ("ServeReplica", "replica (engine)"),
+                         ("ServeController", "ray serve controller")):
+        if marker in cmdline:
+            return role
+    return "ray, other"
+
+
+def cpu_by_role(rooms: set[int]) -> dict[str, float]:
+    """CPU time (user + system, s) of this process and all its descendants (the local Ray and its
+    server replica) by role, from Linux's /proc."""
     stats = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -39,41 +56,76 @@ def cpu_seconds() -> float:
             except OSError:  # gone meanwhile
                 continue
             stats[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid, utime + stime
-    tree, total, todo = {}, 0, [os.getpid()]
+    tree, todo, roles = {}, [os.getpid()], {}
     for pid, (ppid, _) in stats.items():
         tree.setdefault(ppid, []).append(pid)
     while todo:
         pid = todo.pop()
-        total += stats.get(pid, (0, 0))[1]
+        role = process_role(pid, rooms)
+        roles[role] = roles.get(role, 0.0) + stats.get(pid, (0, 0))[1] / os.sysconf("SC_CLK_TCK")
         todo.extend(tree.get(pid, []))
-    return total / os.sysconf("SC_CLK_TCK")
+    return roles
 
 
-def run_rooms(engines: list, wli: list, nbi: list, seconds: float) -> tuple[list, list, float, float]:
-    """N live rooms at once; ([per-room FrameResult extras], [per-room report], wall s, CPU s)."""
+def room(spec: dict, seconds: float, ready, measured, results) -> None:
+    """One room in its own process (as in a hospital: every room its own machine; threads of one
+    process would share one interpreter lock and measure the benchmark, not the path): open the
+    engine (local) or the server connection (served), wait for every room, run at 30 fps live."""
     from endofuse.realtime import build_pipeline
+    from endofuse.realtime.commands.bench import load_ring
+    from endofuse.realtime.engines import open_engine
     from endofuse.realtime.input.sources import MemorySource
+    from endofuse.realtime.serve.client import RemoteEngine, RoomClient
 
+    wli, nbi, _ = load_ring("synthetic", 30)
+    if spec["path"] == "served":
+        engine = RemoteEngine(RoomClient(spec["url"], deadline_ms=spec["deadline_ms"], wire_dtype=spec["wire_dtype"],
+                                         max_in_flight=spec["in_flight"]))
+    else:
+        engine = open_engine(backend=spec["engine"], threads=spec["threads"])
+        engine.warmup()
     frames = int(seconds * FPS)
-    outs, reports = [None] * len(engines), [None] * len(engines)
-
-    def room(i: int) -> None:
-        pipeline = build_pipeline(MemorySource(wli, "wli", FPS, loops=None), MemorySource(nbi, "nbi", FPS, loops=None),
-                                  engines[i], live=True, frames=frames, warmup_frames=int(FPS))
-        outs[i] = [(r.mask is not None and r.mode not in ("AI OFFLINE", "AI LATE"), r.latency_ms,
-                    r.extras.get("remote_age_frames", 0), r.extras.get("remote_age_ms", 0.0)) for r in pipeline]
-        reports[i] = pipeline.report()
-
-    cpu0, t0 = cpu_seconds(), time.perf_counter()
-    threads = [threading.Thread(target=room, args=(i,)) for i in range(len(engines))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return outs, reports, time.perf_counter() - t0, cpu_seconds() - cpu0
+    pipeline = build_pipeline(MemorySource(wli, "wli", FPS, loops=None), MemorySource(nbi, "nbi", FPS, loops=None),
+                              engine, live=True, frames=frames, warmup_frames=int(FPS))
+    ready.wait()
+    out = [(r.mask is not None and r.mode not in ("AI OFFLINE", "AI LATE"), r.latency_ms,
+            r.extras.get("remote_age_frames", 0), r.extras.get("remote_age_ms", 0.0)) for r in pipeline]
+    results.put((spec["index"], out, pipeline.report()))
+    measured.wait()  # alive until the parent has read this process's CPU time
+    engine.close()
 
 
-def summarise(path: str, n: int, outs: list, reports: list, wall: float, cpu: float, seconds: float) -> dict:
+def run_rooms(specs: list[dict], seconds: float) -> tuple[list, list, float, dict]:
+    """N live rooms at once, one process each; ([per-room frames], [per-room report], wall s, {role: CPU s})."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # never fork a process that runs Ray
+    ready, measured, results = ctx.Barrier(len(specs) + 1), ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=room, args=({**spec, "index": i}, seconds, ready, measured, results), daemon=True)
+             for i, spec in enumerate(specs)]
+    for p in procs:
+        p.start()
+    rooms = {p.pid for p in procs}
+    ready.wait(timeout=300)
+    cpu0, t0 = cpu_by_role(rooms), time.perf_counter()
+    outs, reports = [None] * len(specs), [None] * len(specs)
+    for _ in specs:
+        i, out, rep = results.get(timeout=seconds + 120)
+        outs[i], reports[i] = out, rep
+    wall, cpu1 = time.perf_counter() - t0, cpu_by_role(rooms)
+    measured.set()
+    for p in procs:
+        p.join(30)
+    return outs, reports, wall, {role: cpu1[role] - cpu0.get(role, 0.0) for role in cpu1}
+
+
+def pooled(remote: list[dict], key: str, stat: str) -> float | None:
+    """The rooms' mean of one percentile of a remote timing (None for local rooms)."""
+    values = [v for r in remote if (v := r.get(key, {}).get(stat)) is not None and not np.isnan(v)]
+    return float(np.mean(values)) if values else None
+
+
+def summarise(path: str, n: int, outs: list, reports: list, wall: float, cpu: dict, seconds: float) -> dict:
     offered = int(seconds * FPS)
     warm = int(FPS)  # the first second of each room is left out (connections, caches)
     rows = [o[warm:] for o in outs]
@@ -96,7 +148,13 @@ def summarise(path: str, n: int, outs: list, reports: list, wall: float, cpu: fl
         "mask_age_p50_ms": float(np.percentile(ages, 50)), "mask_age_p99_ms": float(np.percentile(ages, 99)),
         "rejected": sum(r.get("rejected", 0) for r in remote), "late": sum(r.get("late", 0) for r in remote),
         "batch_sizes": dict(sorted(batches.items(), key=lambda kv: int(kv[0]))),
-        "cpu_percent_of_machine": 100.0 * cpu / (wall * os.cpu_count()),
+        "cpu_percent_of_machine": 100.0 * sum(cpu.values()) / (wall * os.cpu_count()),
+        "cpu_ms_per_frame": 1000.0 * sum(cpu.values()) / max(sum(len(o) for o in outs), 1),
+        "cpu_percent_by_role": {role: 100.0 * t / (wall * os.cpu_count()) for role, t in sorted(cpu.items())},
+        "server_queue_ms_p50": pooled(remote, "server_queue_ms", "p50"),
+        "server_receive_ms_p50": pooled(remote, "server_receive_ms", "p50"),
+        "server_compute_ms_p50": pooled(remote, "server_compute_ms", "p50"),
+        "round_trip_ms_p50": pooled(remote, "round_trip_ms", "p50"),
     }
 
 
@@ -163,11 +221,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine", default="auto", help="engine of the server and of the local rooms")
     parser.add_argument("--threads", type=int, default=1, help="inference threads per local room (default 1)")
     parser.add_argument("--server-threads", type=int, default=None,
-                        help="inference threads of the server's replica (default: the engine's, all cores)")
+                        help="inference threads of the server's replica (default: endofuse serve's, its "
+                             "reserved CPUs)")
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--batch-wait-ms", type=float, default=2.0)
     parser.add_argument("--deadline-ms", type=float, default=100.0)
-    parser.add_argument("--in-flight", type=int, default=2, choices=(1, 2), help="requests on the wire per room")
+    parser.add_argument("--in-flight", type=int, default=1, choices=(1, 2),
+                        help="requests on the wire per room (default 1, the room's default)")
+    parser.add_argument("--wire-dtype", default="uint8", choices=("uint8", "float16", "float32"),
+                        help="what served rooms send (default uint8, the room's default)")
+    parser.add_argument("--paths", nargs="+", default=["served", "local"], choices=("served", "local"),
+                        help="run only these (a partial run prints its points and writes no JSON or plot)")
     parser.add_argument("--transport-requests", type=int, default=100)
     parser.add_argument("--plot", type=Path, default=Path(__file__).parents[1] / "docs" / "images" / "rooms.png")
     add_json_argument(parser)
@@ -176,33 +240,32 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from endofuse.realtime.commands.bench import load_ring
-    from endofuse.realtime.engines import open_engine
     from endofuse.realtime.serve import app
-    from endofuse.realtime.serve.client import RemoteEngine, RoomClient
-    from endofuse.realtime.serve.service import EngineOptions
+    from endofuse.realtime.serve.client import RoomClient
+    from endofuse.realtime.serve.service import EngineOptions, normal_priority_workers
 
-    wli, nbi, described = load_ring("synthetic", 30)
+    _, _, described = load_ring("synthetic", 1)
+    normal_priority_workers()  # as endofuse serve does
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="warning")
     config = app.ServeConfig(engine=EngineOptions(engine=args.engine, threads=args.server_threads), replicas=1,
                              max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)
     url = app.start(config, port=PORT)
+    served = {"path": "served", "url": url, "deadline_ms": args.deadline_ms, "wire_dtype": args.wire_dtype,
+              "in_flight": args.in_flight}
+    local = {"path": "local", "engine": args.engine, "threads": args.threads}
     points = []
     try:
         transport = time_transport(url, tuple(RoomClient(url).health()["input_size"]), args.transport_requests)
         for n in args.rooms:
-            served = [RemoteEngine(RoomClient(url, deadline_ms=args.deadline_ms, max_in_flight=args.in_flight))
-                      for _ in range(n)]
-            points.append(summarise("served", n, *run_rooms(served, wli, nbi, args.seconds), args.seconds))
-            for engine in served:
-                engine.close()
-            local = [open_engine(backend=args.engine, threads=args.threads) for _ in range(n)]
-            for engine in local:
-                engine.warmup()
-            points.append(summarise("local", n, *run_rooms(local, wli, nbi, args.seconds), args.seconds))
-            print(points[-2], points[-1], flush=True)
+            for spec in (served, local):
+                if spec["path"] in args.paths:
+                    points.append(summarise(spec["path"], n, *run_rooms([spec] * n, args.seconds), args.seconds))
+                    print(points[-1], flush=True)
     finally:
         app.stop()
         ray.shutdown()
+    if set(args.paths) != {"served", "local"}:  # a partial run (profiling): printed, nothing written
+        return 0
     plot(points, args.plot)
 
     rows = [[p["rooms"], p["path"], p["frames_out_per_room"], 100 * p["fresh_mask_share"], p["fresh_mask_fps_total"],
@@ -223,6 +286,19 @@ def main(argv: list[str] | None = None) -> int:
                    "them."),
         table("Served against local: fresh masks/s of all rooms (ratio in one run)", ["rooms", "served / local"],
               ratios),
+        table("Where the CPU goes (% of the machine's CPUs, by process) and the served path's timings",
+              ["rooms", "path", "rooms %", "Ray HTTP proxy %", "replica %", "rest of Ray %", "CPU ms per frame",
+               "round trip p50 ms", "server queue p50 ms", "of which body read p50 ms", "compute p50 ms"],
+              [[p["rooms"], p["path"], roles.get("rooms", 0.0), roles.get("ray HTTP proxy", 0.0),
+                roles.get("replica (engine)", 0.0),
+                sum(v for k, v in roles.items() if k not in ("rooms", "ray HTTP proxy", "replica (engine)")),
+                p["cpu_ms_per_frame"], p["round_trip_ms_p50"], p["server_queue_ms_p50"], p["server_receive_ms_p50"],
+                p["server_compute_ms_p50"]] for p in points for roles in [p["cpu_percent_by_role"]]],
+              note="CPU from /proc, every process of the run: the room processes, Ray's HTTP proxy, the replica "
+                   "and the rest of Ray (controller, raylet, GCS; idle during local points). CPU ms per frame: "
+                   "all of it over the frames the rooms put out. Server timings: the rooms' median of the "
+                   "per-request headers (queue: arrival at the replica to its batch's start; compute: the "
+                   "engine call of the whole batch)."),
         table(f"Transport: one room, {args.transport_requests} sequential requests, WLI+NBI pair",
               ["transport", "request bytes", "p50 ms", "p99 ms"],
               [[t["transport"], t["request_bytes"], t["p50_ms"], t["p99_ms"]] for t in transport],
@@ -232,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     report(record("rooms", "Rooms on one server: the scale curve", tables,
                   details={"points": points, "transport": transport, "source": described,
                            "engine": args.engine, "threads": args.threads, "server_threads": args.server_threads,
-                           "in_flight": args.in_flight,
+                           "in_flight": args.in_flight, "wire_dtype": args.wire_dtype,
+                           "max_batch": args.max_batch, "batch_wait_ms": args.batch_wait_ms,
                            "deadline_ms": args.deadline_ms}), args.json)
     return 0
 

@@ -25,6 +25,8 @@ class Script:
     def __init__(self):
         self.delay_s, self.status, self.requests = 0.0, 200, 0
         self.drop_idle = False  # close every connection after its answer, unannounced (an idle timeout)
+        self.lock = threading.Lock()
+        self.in_flight, self.most_in_flight, self.dtypes = 0, 0, set()
 
 
 class FakeServer:
@@ -55,8 +57,14 @@ class FakeServer:
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["content-length"]))
                 headers = {k.lower(): v for k, v in self.headers.items()}
-                script.requests += 1
+                with script.lock:
+                    script.requests += 1
+                    script.in_flight += 1
+                    script.most_in_flight = max(script.most_in_flight, script.in_flight)
+                    script.dtypes.add(headers.get(wire.DTYPE))
                 time.sleep(script.delay_s)
+                with script.lock:
+                    script.in_flight -= 1
                 if script.status != 200:
                     return self._send(script.status, {}, b"scripted refusal\n")
                 request = wire.decode_request(headers, body, size)
@@ -114,6 +122,18 @@ def run_frames(engine, count: int, period_s: float = 0.01, start: int = 0):
 def open_room(url, fallback=None, **kwargs):
     kwargs.setdefault("wire_dtype", "float32")
     return room.RemoteEngine(room.RoomClient(url, **kwargs), fallback)
+
+
+@pytest.mark.parametrize("in_flight", [None, 2])
+def test_default_one_uint8_request_in_flight(server, in_flight):
+    """A room's defaults: uint8 on the wire, one request at a time (a second only when asked for)."""
+    server.script.delay_s = 0.04  # slower than the frames: a second sender would overlap the first
+    kwargs = {} if in_flight is None else {"max_in_flight": in_flight}
+    engine = room.RemoteEngine(room.RoomClient(server.url, deadline_ms=500, **kwargs))
+    run_frames(engine, 25)
+    engine.close()
+    assert server.script.dtypes == {"uint8"}
+    assert server.script.most_in_flight == (1 if in_flight is None else 2)
 
 
 def test_connected_newest_frame_wins(server):

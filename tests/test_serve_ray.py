@@ -21,7 +21,7 @@ from endofuse.realtime.input.source_specs import open_source_pair  # noqa: E402
 from endofuse.realtime.input.sources import MemorySource  # noqa: E402
 from endofuse.realtime.serve import app  # noqa: E402
 from endofuse.realtime.serve import client as room  # noqa: E402
-from endofuse.realtime.serve.service import EngineOptions  # noqa: E402
+from endofuse.realtime.serve.service import WORKER_NICENESS_ENV, EngineOptions, normal_priority_workers  # noqa: E402
 
 pytestmark = pytest.mark.slow
 PORT = 18765
@@ -34,8 +34,10 @@ CONFIG = app.ServeConfig(engine=EngineOptions(engine="torch", threads=1), replic
 def server():
     # Ray's proxy sends requests to a replica on its own node while that one keeps up; spread them instead,
     # so the replicas on both nodes serve (set before the nodes start: their processes inherit it)
-    saved = os.environ.get(LOCAL_ROUTING)
+    saved = {key: os.environ.get(key) for key in (LOCAL_ROUTING, WORKER_NICENESS_ENV)}
     os.environ[LOCAL_ROUTING] = "0"
+    os.environ.pop(WORKER_NICENESS_ENV, None)
+    normal_priority_workers()  # as endofuse serve does before it starts a local Ray
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
@@ -46,10 +48,11 @@ def server():
         app.stop()
         ray.shutdown()
         cluster.shutdown()
-        if saved is None:
-            os.environ.pop(LOCAL_ROUTING)
-        else:
-            os.environ[LOCAL_ROUTING] = saved
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def synthetic_pairs(seed: int, count: int) -> tuple[list, list]:
@@ -101,6 +104,26 @@ def test_three_rooms_match_local_segment_pair(server):
         for node, count in remote["server_nodes"].items():
             nodes[node] = nodes.get(node, 0) + count
     assert len(nodes) == 2, f"replicas on both nodes should answer, got {nodes}"
+
+
+def test_replicas_and_proxy_run_at_the_callers_priority(server):
+    """Ray's default starts its workers at nice 15, where anything else on the machine starves them."""
+    from pathlib import Path
+
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            nice = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[16])
+        except (OSError, IndexError):
+            continue
+        for marker in (b"ServeReplica", b"ProxyActor"):
+            if marker in cmdline:
+                found.setdefault(marker.decode(), []).append(nice)
+    assert len(found.get("ServeReplica", [])) == 2 and found.get("ProxyActor"), found
+    assert {n for nices in found.values() for n in nices} == {os.getpriority(os.PRIO_PROCESS, 0)}, found
 
 
 def test_bad_requests_get_4xx_and_other_rooms_go_on(server):

@@ -4,7 +4,7 @@ import pytest
 
 from endofuse.realtime.engines import open_engine
 from endofuse.realtime.serve import wire
-from endofuse.realtime.serve.service import SegmentService, clock
+from endofuse.realtime.serve.service import EngineOptions, SegmentService, ServeConfig, clock
 
 SIZE = (160, 160)
 
@@ -148,3 +148,12 @@ def test_batch_matches_single_requests_and_drops_late_ones(engine):
     health = service.health()
     assert health["batch_sizes"] == {"3": 1} and health["dropped_late"] == 2 and health["served"] == 3
     assert health["input_size"] == [160, 160]
+
+
+def test_replica_engine_threads_follow_its_reserved_cpus():
+    """Unless --threads is given, a replica's engine gets the CPUs Ray reserves for it (rounded up)."""
+    assert ServeConfig().replica_engine().threads == 1
+    assert ServeConfig(replica_cpus=2.5).replica_engine().threads == 3
+    assert ServeConfig(replica_cpus=0.5).replica_engine().threads == 1
+    given = ServeConfig(engine=EngineOptions(threads=4), replica_cpus=1)
+    assert given.replica_engine().threads == 4 and given.engine.threads == 4

@@ -119,8 +119,8 @@ def build_app(config: ServeConfig):
                                          "target_ongoing_requests": config.max_batch}
     else:
         options["num_replicas"] = config.replicas
-    return SegmentDeployment.options(**options).bind(asdict(config.engine), config.max_batch, config.batch_wait_ms,
-                                                     config.token)
+    return SegmentDeployment.options(**options).bind(asdict(config.replica_engine()), config.max_batch,
+                                                     config.batch_wait_ms, config.token)
 
 
 def start(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000) -> str:

@@ -4,8 +4,9 @@
     segment_pair(engine, wli, nbi)                 # one blocking round trip (the Engine interface)
     logits, frame = engine.infer_latest(wli, nbi)  # what the live pipeline calls: never waits
 
-`RoomClient` keeps at most `max_in_flight` requests on the wire; a newer frame replaces one still waiting
-to be sent (newest wins). `infer_latest` answers at once with the newest mask that came back, if it is
+`RoomClient` keeps at most `max_in_flight` requests on the wire (default 1: a second one doubles the
+load on a busy server and makes every room's masks older, benchmarks/rooms.py); a newer frame replaces
+one still waiting to be sent (newest wins). `infer_latest` answers at once with the newest mask that came back, if it is
 not older than the deadline. A refused connection or a silent server (no answer in `timeout_s`) makes the
 room offline: frames flow without a mask ("AI OFFLINE" in the HUD), and the next frame after a back-off
 (doubling up to `backoff_max_s`) probes the server. With a fallback engine, offline frames are segmented
@@ -157,7 +158,7 @@ class RoomClient:
     """One room's connection to `endofuse serve` (see the module docstring)."""
 
     def __init__(self, url: str, token: str | None = None, deadline_ms: float = DEFAULT_DEADLINE_MS,
-                 wire_dtype: str = DEFAULT_WIRE_DTYPE, max_in_flight: int = 2, timeout_s: float = 2.0,
+                 wire_dtype: str = DEFAULT_WIRE_DTYPE, max_in_flight: int = 1, timeout_s: float = 2.0,
                  backoff_s: float = 0.1, backoff_max_s: float = 2.0) -> None:
         if not deadline_ms > 0:
             raise InvalidOptionError(f"--deadline-ms must be > 0, got {deadline_ms}")

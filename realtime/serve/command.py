@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="tiny", choices=MODEL_CHOICES, help="model config (default tiny)")
     parser.add_argument("--engine", default="auto", choices=BACKENDS, help="inference backend (default auto)")
     parser.add_argument("--device", default=None, help="cpu or cuda[:i] inside each replica")
-    parser.add_argument("--threads", type=int, default=None, metavar="N", help="inference threads per replica")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="inference threads per replica (default: its --replica-cpus, rounded up)")
     parser.add_argument("--replicas", type=int, default=1, metavar="N", help="replicas of the model (default 1)")
     parser.add_argument("--autoscale", default=None, metavar="MIN,MAX",
                         help="let Ray Serve scale between MIN and MAX replicas instead of --replicas")
@@ -102,6 +103,9 @@ def main(args: argparse.Namespace) -> int:
         stop.set()
 
     # Ray installs its own SIGTERM handler in ray.init: ours go in after it, until Serve is shut down
+    from endofuse.realtime.serve.service import normal_priority_workers
+
+    normal_priority_workers()
     ray.init(address=args.address, include_dashboard=False, log_to_driver=False, logging_level="warning")
     previous = {}
     try:

@@ -5,8 +5,10 @@ cluster and keeps the deployment a thin shell.
 """
 from __future__ import annotations
 
+import math
+import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -44,6 +46,26 @@ class ServeConfig:
     replica_cpus: float = 1.0
     replica_gpus: float = 0.0  # > 0: replicas only on GPU nodes
     token: str | None = None
+
+    def replica_engine(self) -> EngineOptions:
+        """The engine options a replica opens: unless `--threads` says otherwise, a CPU engine gets as many
+        threads as Ray reserves CPUs for the replica. Its default (all cores) made the replica's spinning
+        threads starve Ray's HTTP proxy and the rooms on the same machine (benchmarks/rooms.py)."""
+        if self.engine.threads is not None:
+            return self.engine
+        return replace(self.engine, threads=max(1, math.ceil(self.replica_cpus)))
+
+
+# Ray starts its worker processes (the replicas and the HTTP proxy) at nice 15 by default: on a machine
+# that also runs rooms or other work they then get the CPU last, and a replica whose compute takes 8 ms
+# alone took 20-60 ms (benchmarks/rooms.py). A Ray that endofuse starts runs them at normal priority.
+WORKER_NICENESS_ENV = "RAY_worker_niceness"
+
+
+def normal_priority_workers() -> None:
+    """Before `ray.init` starts a local Ray: its workers at the caller's priority (unless the environment
+    already sets RAY_worker_niceness). A cluster joined with --address keeps its own `ray start` setting."""
+    os.environ.setdefault(WORKER_NICENESS_ENV, "0")
 
 
 @dataclass
