@@ -192,10 +192,8 @@ class Pipeline:
             newest = self.operators[0].latest  # the newest captured WLI frame (live timing draws on it)
         else:
             mode, newest = decided.mode, self.operators[0].latest_endoscope
-        if item.remote is not None and decided is None and item.logits is None:
-            mode = item.remote.hud_mode  # served, no fresh mask: the bare frame with AI OFFLINE / AI LATE
         drawn = self.mask_stage.draw(mode, item.logits, frame, trace, self.config.style,
-                                     lambda age_line: self._hud(mode, trace, item.classification, age_line),
+                                     lambda mode, age_line: self._hud(mode, trace, item.classification, age_line),
                                      newest, decided, item.remote)
         ready = now()
         self.mask_stage.record_output(frame, drawn, drawn.overlay, ready)
@@ -204,7 +202,7 @@ class Pipeline:
             self.resolution_changes += 1
         self._last_size = frame.image.shape[:2]
         skew = item.pairing.skew_s
-        result = FrameResult(frame.index, drawn.overlay, drawn.mask, mode, trace.stages_ms, latency,
+        result = FrameResult(frame.index, drawn.overlay, drawn.mask, drawn.mode, trace.stages_ms, latency,
                              drawn.shown.image, item.pairing.status, None if skew is None else skew * 1000.0,
                              None if item.pairing.nbi is None else item.pairing.nbi.index)
         result.extras["time_s"] = frame.sync_time - self._epoch  # on the recording's timeline for files
@@ -222,7 +220,7 @@ class Pipeline:
         self._done_times.append(ready)
         self.frames_out += 1
         self.status_counts[item.pairing.status] += 1
-        self.mode_counts[mode] += 1
+        self.mode_counts[drawn.mode] += 1
         return result
 
     @property

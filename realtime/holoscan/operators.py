@@ -393,16 +393,15 @@ class EndofuseOverlayOp(EndofuseOperator):
         else:
             mode = decided.mode
             self.mask_stage.endoscope = pair.endoscope_stage
-        if item.remote is not None and decided is None and item.logits is None:
-            mode = item.remote.hud_mode  # served, no fresh mask: the bare frame with AI OFFLINE / AI LATE
         drawn = self.mask_stage.draw(mode, item.logits, frame, trace, self.style,  # a GPU frame stays there
-                                     lambda age_line: self._hud(mode, item, trace, age_line),
+                                     lambda mode, age_line: self._hud(mode, item, trace, age_line),
                                      None if self.newest is None else self.newest(), decided, item.remote)
         ready = now()
         self._done = (self._done + [ready])[-30:]
         skew = pair.pairing.skew_s
-        result = FrameResult(frame.index, drawn.overlay, drawn.mask, mode, trace.stages_ms, trace.latency_ms(ready),
-                             drawn.shown.image, pair.pairing.status, None if skew is None else skew * 1000.0,
+        result = FrameResult(frame.index, drawn.overlay, drawn.mask, drawn.mode, trace.stages_ms,
+                             trace.latency_ms(ready), drawn.shown.image, pair.pairing.status,
+                             None if skew is None else skew * 1000.0,
                              None if pair.nbi is None else pair.nbi.index)
         origin = None if self.origin is None else self.origin()
         if origin is not None:

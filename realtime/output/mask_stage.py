@@ -3,7 +3,7 @@
     logits -> stabiliser -> overlay timing (the frame to draw on) -> mask + overlay + HUD -> temporal metrics
 
     stage = MaskStage(StabiliseConfig(), "sync", fps=30, endoscope=None)
-    drawn = stage.draw(mode, logits, frame, trace, style, hud, newest=capture.latest)
+    drawn = stage.draw(mode, logits, frame, trace, style, hud, newest=capture.latest)  # drawn.mode: as drawn
     ... sinks get drawn.overlay / drawn.mask; drawn.extras() goes into FrameResult.extras ...
     stage.record_output(frame, drawn, overlay_image, ready)   # the overlay's age, frame codes read back
 
@@ -71,16 +71,17 @@ class MaskStage:
         self.endoscope, self.labels = endoscope, labels  # labels(index): the true mask of a WLI frame (evaluate)
         self._stabilised_area = None  # the content area the stabiliser's state belongs to (one endoscope stream)
 
-    def draw(self, mode: str, logits, frame, trace, style: OverlayStyle, hud: Callable[[str], HudInfo],
+    def draw(self, mode: str, logits, frame, trace, style: OverlayStyle, hud: Callable[[str, str], HudInfo],
              newest=None, decided=None, remote=None) -> Drawn:
         """Stabilise `logits` of `frame` (its `mode`, decided before inference), place them (overlay timing),
         draw mask, overlay and HUD.
 
-        `hud(age_line)`: the HUD of this frame; `newest`: the newest captured frame (two inputs: a `Frame`; one
-        endoscope stream: `(Frame, EndoscopeFrame)`), drawn on with `--overlay-timing live`; `decided`: the
-        frame's `EndoscopeFrame` (one endoscope stream); `remote`: a served engine's answer state (its mask's
-        age replaces the overlay-age line; with no fresh mask the frame goes out bare as AI OFFLINE / AI LATE and
-        the stabiliser skips it). Stage times go into `trace`.
+        `hud(mode, age_line)`: the HUD of this frame, given the mode as drawn; `newest`: the newest captured
+        frame (two inputs: a `Frame`; one endoscope stream: `(Frame, EndoscopeFrame)`), drawn on with
+        `--overlay-timing live`; `decided`: the frame's `EndoscopeFrame` (one endoscope stream); `remote`: a
+        served engine's answer state (its mask's age replaces the overlay-age line; with no fresh mask the frame
+        goes out bare as AI OFFLINE / AI LATE, `Drawn.mode`, and the stabiliser skips it). Stage times go into
+        `trace`.
         """
         started = now()
         if remote is not None and decided is None and logits is None:
@@ -95,7 +96,7 @@ class MaskStage:
             age_line = remote.hud_line()
 
         def hud_info() -> HudInfo:
-            info = hud(age_line)
+            info = hud(mode, age_line)
             return info if decided is None else self.endoscope.hud_info(decided, info)
 
         if decided is None:
