@@ -131,15 +131,14 @@ def process_endoscope_video(engines: EngineCache, video: str | None, alpha: floa
 
 
 def _case_recorder(folder: Path, fps: float, engine, alpha: float):
-    """The `run --case` recorder with the pipeline's default stabiliser settings."""
+    """The `run --case` recorder with the stabiliser settings the demo's pipeline runs (`STABILISE`)."""
     from endofuse.realtime.output.overlay import OverlayStyle
-    from endofuse.realtime.output.stabilise import StabiliseConfig
     from endofuse.realtime.record.case import CaseRecorder
     from endofuse.realtime.segment import engine_label
 
     info = {"model": getattr(engine, "model_label", ""), "engine": engine_label(engine), "input": "endoscope",
             "checkpoint": "demo"}
-    return CaseRecorder(folder, fps, StabiliseConfig().min_frames, info, OverlayStyle(alpha=alpha))
+    return CaseRecorder(folder, fps, STABILISE.min_frames, info, OverlayStyle(alpha=alpha))
 
 
 def _process(engines: EngineCache, model_label: str, backend: str, video_path: str, out_root: Path, build_pipeline,
