@@ -8,6 +8,7 @@ broken optional dependency of one subcommand never breaks the others.
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import os
 import signal
@@ -99,6 +100,26 @@ def _stdout_closed() -> int:
     return SIGPIPE_EXIT
 
 
+def _exit_interrupted() -> None:
+    """End a program stopped by Ctrl-C with 130, after what a normal exit does (threads, exit handlers, streams).
+
+    The command has already finalised or removed its files. Ending here rather than returning: CPython can end
+    a process by SIGINT after finalising when a KeyboardInterrupt passed through code a C extension ran via the C
+    API, even though it was handled here (seen once as exit -2 after `endofuse train: interrupted`).
+    """
+    signal.signal(signal.SIGINT, quit_interrupted)  # a second Ctrl-C while exiting: one line, 130
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    os._exit(SIGINT_EXIT)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The `endofuse` program (argv None: the process's own arguments, signals handled as a program's)."""
     as_program = argv is None and threading.current_thread() is threading.main_thread()
@@ -122,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             return int(modules[args.command].main(args) or 0)
     except KeyboardInterrupt:
         print(f"endofuse{' ' + command if command else ''}: interrupted", file=sys.stderr)
+        if as_program:
+            _exit_interrupted()
         return SIGINT_EXIT
     except BrokenPipeError:
         return _stdout_closed()
