@@ -39,7 +39,7 @@ def process_role(pid: int, rooms: set[int]) -> str:
     except OSError:
         return "ray, other"
     for marker, role in (("ProxyActor", "ray HTTP proxy"), ("ServeReplica", "replica (engine)"),
-                         ("ServeController", "ray serve controller")):
+                         ("ServeController", "ray serve controller"), ("haproxy", "HAProxy ingress")):
         if marker in cmdline:
             return role
     return "ray, other"
@@ -77,6 +77,7 @@ def room(spec: dict, seconds: float, ready, measured, results) -> None:
     from endofuse.realtime.input.sources import MemorySource
     from endofuse.realtime.serve.client import RemoteEngine, RoomClient
 
+    os.nice(spec["nice"])
     wli, nbi, _ = load_ring("synthetic", 30)
     if spec["path"] == "served":
         engine = RemoteEngine(RoomClient(spec["url"], deadline_ms=spec["deadline_ms"], wire_dtype=spec["wire_dtype"],
@@ -223,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-threads", type=int, default=None,
                         help="inference threads of the server's replica (default: endofuse serve's, its "
                              "reserved CPUs)")
+    parser.add_argument("--replicas", type=int, default=os.cpu_count(),
+                        help="server replicas, one engine thread each (default: one per CPU)")
+    parser.add_argument("--room-nice", type=int, default=0,
+                        help="niceness of the room processes, local and served alike (default 0)")
+    parser.add_argument("--ingress", default="haproxy", choices=("haproxy", "proxy"),
+                        help="the server's HTTP ingress (default haproxy, endofuse serve's)")
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--batch-wait-ms", type=float, default=2.0)
     parser.add_argument("--deadline-ms", type=float, default=100.0)
@@ -237,22 +244,24 @@ def main(argv: list[str] | None = None) -> int:
     add_json_argument(parser)
     args = parser.parse_args(argv)
 
+    from endofuse.realtime.serve.service import EngineOptions, local_ray_environment
+
+    ray_environment = local_ray_environment(args.ingress)  # as endofuse serve does, before Ray is imported
     import ray
 
     from endofuse.realtime.commands.bench import load_ring
     from endofuse.realtime.serve import app
     from endofuse.realtime.serve.client import RoomClient
-    from endofuse.realtime.serve.service import EngineOptions, normal_priority_workers
 
     _, _, described = load_ring("synthetic", 1)
-    normal_priority_workers()  # as endofuse serve does
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="warning")
-    config = app.ServeConfig(engine=EngineOptions(engine=args.engine, threads=args.server_threads), replicas=1,
+    config = app.ServeConfig(engine=EngineOptions(engine=args.engine, threads=args.server_threads),
+                             replicas=args.replicas,
                              max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)
     url = app.start(config, port=PORT)
     served = {"path": "served", "url": url, "deadline_ms": args.deadline_ms, "wire_dtype": args.wire_dtype,
-              "in_flight": args.in_flight}
-    local = {"path": "local", "engine": args.engine, "threads": args.threads}
+              "in_flight": args.in_flight, "nice": args.room_nice}
+    local = {"path": "local", "engine": args.engine, "threads": args.threads, "nice": args.room_nice}
     points = []
     try:
         transport = time_transport(url, tuple(RoomClient(url).health()["input_size"]), args.transport_requests)
@@ -287,16 +296,19 @@ def main(argv: list[str] | None = None) -> int:
         table("Served against local: fresh masks/s of all rooms (ratio in one run)", ["rooms", "served / local"],
               ratios),
         table("Where the CPU goes (% of the machine's CPUs, by process) and the served path's timings",
-              ["rooms", "path", "rooms %", "Ray HTTP proxy %", "replica %", "rest of Ray %", "CPU ms per frame",
+              ["rooms", "path", "rooms %", "ingress %", "replica %", "rest of Ray %", "CPU ms per frame",
                "round trip p50 ms", "server queue p50 ms", "of which body read p50 ms", "compute p50 ms"],
-              [[p["rooms"], p["path"], roles.get("rooms", 0.0), roles.get("ray HTTP proxy", 0.0),
+              [[p["rooms"], p["path"], roles.get("rooms", 0.0),
+                roles.get("ray HTTP proxy", 0.0) + roles.get("HAProxy ingress", 0.0),
                 roles.get("replica (engine)", 0.0),
-                sum(v for k, v in roles.items() if k not in ("rooms", "ray HTTP proxy", "replica (engine)")),
+                sum(v for k, v in roles.items()
+                    if k not in ("rooms", "ray HTTP proxy", "HAProxy ingress", "replica (engine)")),
                 p["cpu_ms_per_frame"], p["round_trip_ms_p50"], p["server_queue_ms_p50"], p["server_receive_ms_p50"],
                 p["server_compute_ms_p50"]] for p in points for roles in [p["cpu_percent_by_role"]]],
-              note="CPU from /proc, every process of the run: the room processes, Ray's HTTP proxy, the replica "
-                   "and the rest of Ray (controller, raylet, GCS; idle during local points). CPU ms per frame: "
-                   "all of it over the frames the rooms put out. Server timings: the rooms' median of the "
+              note="CPU from /proc, every process of the run: the room processes, the ingress (HAProxy or Ray's "
+                   "HTTP proxy), the replica and the rest of Ray (controller, raylet, GCS; idle during local "
+                   "points). CPU ms per frame: all of it over the frames the rooms put out. Server timings: "
+                   "the rooms' median of the "
                    "per-request headers (queue: arrival at the replica to its batch's start; compute: the "
                    "engine call of the whole batch)."),
         table(f"Transport: one room, {args.transport_requests} sequential requests, WLI+NBI pair",
@@ -307,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     report(record("rooms", "Rooms on one server: the scale curve", tables,
                   details={"points": points, "transport": transport, "source": described,
+                           "ingress": args.ingress, "replicas": args.replicas, "ray_environment": ray_environment,
                            "engine": args.engine, "threads": args.threads, "server_threads": args.server_threads,
                            "in_flight": args.in_flight, "wire_dtype": args.wire_dtype,
                            "max_batch": args.max_batch, "batch_wait_ms": args.batch_wait_ms,

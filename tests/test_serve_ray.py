@@ -21,7 +21,12 @@ from endofuse.realtime.input.source_specs import open_source_pair  # noqa: E402
 from endofuse.realtime.input.sources import MemorySource  # noqa: E402
 from endofuse.realtime.serve import app  # noqa: E402
 from endofuse.realtime.serve import client as room  # noqa: E402
-from endofuse.realtime.serve.service import WORKER_NICENESS_ENV, EngineOptions, normal_priority_workers  # noqa: E402
+from endofuse.realtime.serve.service import (  # noqa: E402
+    HAPROXY_ENV,
+    WORKER_NICENESS_ENV,
+    EngineOptions,
+    local_ray_environment,
+)
 
 pytestmark = pytest.mark.slow
 PORT = 18765
@@ -34,10 +39,11 @@ CONFIG = app.ServeConfig(engine=EngineOptions(engine="torch", threads=1), replic
 def server():
     # Ray's proxy sends requests to a replica on its own node while that one keeps up; spread them instead,
     # so the replicas on both nodes serve (set before the nodes start: their processes inherit it)
-    saved = {key: os.environ.get(key) for key in (LOCAL_ROUTING, WORKER_NICENESS_ENV)}
+    saved = {key: os.environ.get(key) for key in (LOCAL_ROUTING, WORKER_NICENESS_ENV, HAPROXY_ENV)}
     os.environ[LOCAL_ROUTING] = "0"
     os.environ.pop(WORKER_NICENESS_ENV, None)
-    normal_priority_workers()  # as endofuse serve does before it starts a local Ray
+    os.environ.pop(HAPROXY_ENV, None)
+    local_ray_environment()  # as endofuse serve does before it starts a local Ray
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
@@ -124,6 +130,41 @@ def test_replicas_and_proxy_run_at_the_callers_priority(server):
                 found.setdefault(marker.decode(), []).append(nice)
     assert len(found.get("ServeReplica", [])) == 2 and found.get("ProxyActor"), found
     assert {n for nices in found.values() for n in nices} == {os.getpriority(os.PRIO_PROCESS, 0)}, found
+
+
+def listeners() -> dict[tuple[str, int], str]:
+    """{(address, port): command line} of every listening TCP socket, from /proc (brute force)."""
+    from pathlib import Path
+
+    sockets = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A":  # LISTEN
+            address, port = fields[1].split(":")
+            dotted = ".".join(str(int(address[i:i + 2], 16)) for i in (6, 4, 2, 0))
+            sockets[fields[9]] = (dotted, int(port, 16))
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            for fd in (entry / "fd").iterdir():
+                link = os.readlink(fd)
+                if link.startswith("socket:[") and link[8:-1] in sockets:
+                    found[sockets[link[8:-1]]] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+    return found
+
+
+def test_rooms_reach_the_replicas_through_haproxy(server):
+    """The port rooms call is Ray Serve's HAProxy ingress (not Ray's Python proxy); it forwards to each
+    replica's own HTTP port, and those listen on the ingress's loopback address only."""
+    sockets = listeners()
+    assert "haproxy" in sockets[("127.0.0.1", PORT)].split()[0], sockets.get(("127.0.0.1", PORT))
+    replicas = {(address, port) for (address, port), cmd in sockets.items() if "ServeReplica" in cmd
+                and 30000 <= port < 31000}
+    assert len(replicas) == 2 and {address for address, _ in replicas} == {"127.0.0.1"}, replicas
 
 
 def test_bad_requests_get_4xx_and_other_rooms_go_on(server):

@@ -1,4 +1,6 @@
 """The wire format of `endofuse serve` and what a replica does with a batch (no Ray needed)."""
+import os
+
 import numpy as np
 import pytest
 
@@ -157,3 +159,21 @@ def test_replica_engine_threads_follow_its_reserved_cpus():
     assert ServeConfig(replica_cpus=0.5).replica_engine().threads == 1
     given = ServeConfig(engine=EngineOptions(threads=4), replica_cpus=1)
     assert given.replica_engine().threads == 4 and given.engine.threads == 4
+
+
+def test_local_ray_environment_sets_the_ingress_and_keeps_the_callers_other_settings(monkeypatch):
+    """The --ingress choice always wins; the other settings are defaults an operator's environment overrides."""
+    from endofuse.realtime.serve.service import HAPROXY_ENV, WORKER_NICENESS_ENV, local_ray_environment
+
+    monkeypatch.setenv(HAPROXY_ENV, "0")
+    monkeypatch.setenv(WORKER_NICENESS_ENV, "5")
+    monkeypatch.delenv("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", raising=False)
+    monkeypatch.delenv("RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD", raising=False)
+    applied = local_ray_environment("haproxy")
+    assert applied == {HAPROXY_ENV: "1", WORKER_NICENESS_ENV: "5",
+                       "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+                       "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
+    assert os.environ[HAPROXY_ENV] == "1" and os.environ[WORKER_NICENESS_ENV] == "5"
+    assert local_ray_environment("proxy")[HAPROXY_ENV] == "0" == os.environ[HAPROXY_ENV]
+    with pytest.raises(ValueError, match="haproxy, proxy"):
+        local_ray_environment("nginx")

@@ -51,6 +51,10 @@ class Engine(ABC):
             return self._infer_torch(wli, nbi)
         return self._infer_numpy(wli, nbi)
 
+    def close(self) -> None:
+        """Releases what the engine holds beyond memory (a server connection); nothing for a local engine."""
+        return None
+
     def warmup(self, iterations: int = 3, batch_size: int | None = None) -> float:
         """Runs a few dummy batches (both paths) so the first real frame is not slow; returns seconds spent."""
         start = time.perf_counter()

