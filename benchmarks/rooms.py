@@ -193,6 +193,29 @@ def time_transport(url: str, size: tuple[int, int], requests: int) -> list[dict]
     return rows
 
 
+def time_batches(engine_name: str, threads: int, repeats: int = 30) -> list[dict]:
+    """The engine alone, as a replica opens it (dynamic batch, `threads`): ms per pair at batch 1..8.
+    Batching across rooms pays only where a batch costs less per pair than single pairs."""
+    from endofuse.realtime.engines import open_engine
+
+    engine = open_engine(backend=engine_name, threads=threads, dynamic_batch=True)
+    engine.warmup()
+    rows = []
+    for batch in (1, 2, 4, 8):
+        x = np.random.default_rng(batch).random((batch, 3, *engine.input_size), dtype=np.float32)
+        engine.infer(x, x)
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            engine.infer(x, x)
+            times.append((time.perf_counter() - t) * 1000)
+        p50 = float(np.percentile(times, 50))
+        rows.append({"batch": batch, "batch_ms_p50": p50, "pair_ms_p50": p50 / batch})
+    for row in rows:
+        row["pair_cost_vs_batch_1"] = row["pair_ms_p50"] / rows[0]["pair_ms_p50"]
+    return rows
+
+
 def plot(points: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -224,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-threads", type=int, default=None,
                         help="inference threads of the server's replica (default: endofuse serve's, its "
                              "reserved CPUs)")
+    parser.add_argument("--compare-rooms", type=int, nargs="*", default=[1, 4],
+                        help="rerun these served points with the other ingress (default 1 4; none: skip)")
     parser.add_argument("--replicas", type=int, default=os.cpu_count(),
                         help="server replicas, one engine thread each (default: one per CPU)")
     parser.add_argument("--room-nice", type=int, default=0,
@@ -254,25 +279,42 @@ def main(argv: list[str] | None = None) -> int:
     from endofuse.realtime.serve.client import RoomClient
 
     _, _, described = load_ring("synthetic", 1)
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="warning")
+    server_threads = args.server_threads or 1  # a replica's default: its one reserved CPU
+    batching = time_batches(args.engine, server_threads)  # before Ray starts: the engine alone
     config = app.ServeConfig(engine=EngineOptions(engine=args.engine, threads=args.server_threads),
                              replicas=args.replicas,
                              max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)
-    url = app.start(config, port=PORT)
-    served = {"path": "served", "url": url, "deadline_ms": args.deadline_ms, "wire_dtype": args.wire_dtype,
+    served = {"path": "served", "deadline_ms": args.deadline_ms, "wire_dtype": args.wire_dtype,
               "in_flight": args.in_flight, "nice": args.room_nice}
     local = {"path": "local", "engine": args.engine, "threads": args.threads, "nice": args.room_nice}
-    points = []
-    try:
-        transport = time_transport(url, tuple(RoomClient(url).health()["input_size"]), args.transport_requests)
-        for n in args.rooms:
-            for spec in (served, local):
-                if spec["path"] in args.paths:
-                    points.append(summarise(spec["path"], n, *run_rooms([spec] * n, args.seconds), args.seconds))
-                    print(points[-1], flush=True)
-    finally:
-        app.stop()
-        ray.shutdown()
+    points, transport = [], []
+
+    def measure(ingress: str, rooms: list[int], paths: list[str], label: str) -> None:
+        """Start a local Ray and the server with this ingress, time the transport, run the points."""
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="warning")
+        try:
+            url = app.start(config, port=PORT)
+            size = tuple(RoomClient(url).health()["input_size"])
+            transport.extend(row | {"transport": f"{row['transport']} ({label})"}
+                             for row in time_transport(url, size, args.transport_requests))
+            for n in rooms:
+                for spec in (served, local):
+                    if spec["path"] in paths:
+                        spec = spec | ({"url": url} if spec["path"] == "served" else {})
+                        point = summarise(spec["path"], n, *run_rooms([spec] * n, args.seconds), args.seconds)
+                        if spec["path"] == "served" and label != args.ingress:
+                            point["path"] = f"served, {label}"
+                        points.append(point)
+                        print(points[-1], flush=True)
+        finally:
+            app.stop()
+            ray.shutdown()
+
+    measure(args.ingress, args.rooms, args.paths, args.ingress)
+    if args.compare_rooms and "served" in args.paths:  # the other ingress, same run, for its ratio
+        other = "proxy" if args.ingress == "haproxy" else "haproxy"
+        ray_environment = {"main": ray_environment, other: local_ray_environment(other)}
+        measure(other, args.compare_rooms, ["served"], other)
     if set(args.paths) != {"served", "local"}:  # a partial run (profiling): printed, nothing written
         return 0
     plot(points, args.plot)
@@ -284,6 +326,12 @@ def main(argv: list[str] | None = None) -> int:
     by = {(p["rooms"], p["path"]): p for p in points}
     ratios = [[n, by[(n, "served")]["fresh_mask_fps_total"] / max(by[(n, "local")]["fresh_mask_fps_total"], 1e-9)]
               for n in args.rooms]
+    other = [p for p in points if p["path"].startswith("served, ")]
+    ingress_rows = [[p["rooms"], by[(p["rooms"], "served")]["cpu_ms_per_frame"], p["cpu_ms_per_frame"],
+                     p["cpu_ms_per_frame"] / by[(p["rooms"], "served")]["cpu_ms_per_frame"],
+                     by[(p["rooms"], "served")]["round_trip_ms_p50"], p["round_trip_ms_p50"],
+                     100 * by[(p["rooms"], "served")]["fresh_mask_share"], 100 * p["fresh_mask_share"]]
+                    for p in other if (p["rooms"], "served") in by]
     tables = [
         table(f"N rooms at {FPS:g} fps: one server vs N local pipelines ({args.seconds:g} s per point)",
               ["rooms", "path", "frames out/room", "fresh mask %", "fresh masks/s (all rooms)", "latency p50 ms",
@@ -292,9 +340,17 @@ def main(argv: list[str] | None = None) -> int:
               note="fresh mask: drawn with a mask at most 2 frames old, of the frames the cameras gave (after a "
                    "1-s warm-up). Latency: capture to overlay on the room (a served room never waits for its "
                    "mask; the mask's age is the server's part). Batch sizes: batch size:count as the rooms saw "
-                   "them."),
+                   f"them. served: the {args.ingress} ingress with {args.replicas} replica(s); 'served, X': the "
+                   "same server behind the other ingress."),
         table("Served against local: fresh masks/s of all rooms (ratio in one run)", ["rooms", "served / local"],
               ratios),
+        *([table(f"The ingress: {args.ingress} (served) against {other[0]['path'].split(', ')[1]} in the same run",
+                 ["rooms", f"CPU ms/frame, {args.ingress}", f"CPU ms/frame, {other[0]['path'].split(', ')[1]}",
+                  "ratio", f"round trip p50 ms, {args.ingress}",
+                  f"round trip p50 ms, {other[0]['path'].split(', ')[1]}", f"fresh mask %, {args.ingress}",
+                  f"fresh mask %, {other[0]['path'].split(', ')[1]}"], ingress_rows,
+                 note="Each ingress on a freshly started local Ray, the same rooms and server settings.")]
+          if ingress_rows else []),
         table("Where the CPU goes (% of the machine's CPUs, by process) and the served path's timings",
               ["rooms", "path", "rooms %", "ingress %", "replica %", "rest of Ray %", "CPU ms per frame",
                "round trip p50 ms", "server queue p50 ms", "of which body read p50 ms", "compute p50 ms"],
@@ -311,6 +367,11 @@ def main(argv: list[str] | None = None) -> int:
                    "the rooms' median of the "
                    "per-request headers (queue: arrival at the replica to its batch's start; compute: the "
                    "engine call of the whole batch)."),
+        table(f"Batching on this machine: the server's engine alone, {server_threads} thread(s), WLI+NBI pairs",
+              ["batch", "ms per batch p50", "ms per pair p50", "per-pair cost vs batch 1"],
+              [[b["batch"], b["batch_ms_p50"], b["pair_ms_p50"], b["pair_cost_vs_batch_1"]] for b in batching],
+              note="What batching across rooms can win back for the network hop: the engine's cost per pair at "
+                   "each batch size, timed before Ray starts, with nothing else running."),
         table(f"Transport: one room, {args.transport_requests} sequential requests, WLI+NBI pair",
               ["transport", "request bytes", "p50 ms", "p99 ms"],
               [[t["transport"], t["request_bytes"], t["p50_ms"], t["p99_ms"]] for t in transport],
@@ -318,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
                    "works only for callers inside the Ray cluster. gRPC ingress was not measured."),
     ]
     report(record("rooms", "Rooms on one server: the scale curve", tables,
-                  details={"points": points, "transport": transport, "source": described,
+                  details={"points": points, "transport": transport, "batching": batching, "source": described,
                            "ingress": args.ingress, "replicas": args.replicas, "ray_environment": ray_environment,
                            "engine": args.engine, "threads": args.threads, "server_threads": args.server_threads,
                            "in_flight": args.in_flight, "wire_dtype": args.wire_dtype,
