@@ -222,6 +222,68 @@ def test_set_threads_recompiles_both_graphs_with_the_same_results(exported, cach
         engine.set_threads(0)
 
 
+def pinned_threads_while(run, seconds: float = 1.5, first: bool = False) -> set[str]:
+    """CPU lists narrower than this process's that any of its threads had while `run()` loops in a thread
+    (from /proc, sampled for `seconds`, or until the first one with `first`; OpenVINO pins its inference
+    thread only while it computes)."""
+    import threading
+    import time
+
+    allowed, seen, stop = os.sched_getaffinity(0), set(), threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            run()
+
+    worker = threading.Thread(target=loop)
+    worker.start()
+    end = time.monotonic() + seconds
+    try:
+        while time.monotonic() < end and not (first and seen):
+            for task in Path("/proc/self/task").iterdir():
+                try:
+                    line = next(x for x in (task / "status").read_text().splitlines()
+                                if x.startswith("Cpus_allowed_list"))
+                except (OSError, StopIteration):
+                    continue
+                cpus = set()
+                for part in line.split()[1].split(","):
+                    low, _, high = part.partition("-")
+                    cpus |= set(range(int(low), int(high or low) + 1))
+                if cpus < allowed:
+                    seen.add(line.split()[1])
+    finally:
+        stop.set()
+        worker.join()
+    return seen
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to tell pinned from free")
+def test_an_engine_on_fewer_threads_than_cores_is_not_pinned(exported, cache):
+    """OpenVINO pins a LATENCY engine's inference thread to the first CPUs: N one-thread engines in N
+    processes (rooms, server replicas) then all share CPU 0. Pinning only for an engine on every core."""
+    from endofuse.realtime.engines.openvino_engine import OpenVinoEngine
+    from endofuse.realtime.engines.ort_engine import physical_cores
+
+    wli, nbi = random_pair(seed=7)
+    one = OpenVinoEngine(exported.onnx_path, precision="f32", threads=1, cache=False)
+    assert one.compiled.get_property("ENABLE_CPU_PINNING") is False
+    assert pinned_threads_while(lambda: one.infer(wli, nbi)) == set()
+    if physical_cores() == len(os.sched_getaffinity(0)):  # no hyper-thread siblings: every core, pinned
+        every = OpenVinoEngine(exported.onnx_path, precision="f32", threads=physical_cores(), cache=False)
+        assert every.compiled.get_property("ENABLE_CPU_PINNING") is True
+    # the check itself sees pinning: OpenVINO's default for the same one-thread engine
+    from endofuse.realtime.engines.openvino_env import openvino_core
+
+    core = openvino_core()
+    default = core.compile_model(core.read_model(str(exported.onnx_path)), "CPU",
+                                 {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": "1"})
+    x = np.concatenate([wli, nbi], axis=0)[None] if len(default.inputs) == 1 else None
+    inputs = x if x is not None else {default.inputs[0]: wli, default.inputs[1]: nbi}
+    assert default.get_property("ENABLE_CPU_PINNING") is True
+    assert pinned_threads_while(lambda: default(inputs), first=True), "the sampler should see OpenVINO's pinning"
+
+
 def test_pipeline_runs_end_to_end_on_openvino(exported, cache, tmp_path, capsys):
     """`endofuse run --engine openvino`: every frame segmented and the report names the precision."""
     out, report_path = tmp_path / "overlay.avi", tmp_path / "report.json"

@@ -157,7 +157,9 @@ class OpenVinoTower:
         core = openvino_core()  # one per process: see openvino_core
         config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
         if threads is not None:
-            config["INFERENCE_NUM_THREADS"] = str(threads)
+            from endofuse.realtime.engines.openvino_engine import cpu_pinning
+
+            config |= {"INFERENCE_NUM_THREADS": str(threads), "ENABLE_CPU_PINNING": cpu_pinning(threads)}
         self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:

@@ -8,7 +8,8 @@ back what the compiled model chose, and its name says it (`openvino-bf16`).
 
 Settings for one live stream: PERFORMANCE_HINT=LATENCY (one stream, no
 batching across requests), INFERENCE_NUM_THREADS = physical cores unless told
-(`set_threads` changes it on an open engine), and
+(`set_threads` changes it on an open engine), CPU pinning only for an engine
+that uses every core it may run on (see `cpu_pinning`), and
 OpenVINO's compiled-model cache (CACHE_DIR under the endofuse cache), so a
 second start skips graph compilation.
 """
@@ -41,11 +42,27 @@ def compiled_cache_dir(precision: str = "auto") -> Path:
     return cache_dir() / "openvino-compiled" / precision
 
 
+def cpu_pinning(threads: int) -> str:
+    """ENABLE_CPU_PINNING for an engine of `threads` threads: "YES" only when it uses every physical core.
+
+    Under the LATENCY hint OpenVINO pins its inference threads, choosing cores from the start of the CPU
+    list in every process alike. Engines with fewer threads than cores in different processes (N rooms,
+    the replicas of `endofuse serve`) were then all pinned to CPU 0: two 1-thread engines side by side
+    took 10.4 ms a pair each instead of 4.4 with the other core idle (2-core AMD EPYC). Unpinned, the OS
+    spreads them; alone, an engine was as fast either way.
+    """
+    from endofuse.realtime.engines.ort_engine import physical_cores
+
+    return "YES" if threads >= physical_cores() else "NO"
+
+
 def compile_config(precision: str, threads: int | None, cache: bool = True) -> dict[str, str]:
     """The CPU plugin properties for one latency-bound stream at `precision`."""
     from endofuse.realtime.engines.ort_engine import physical_cores
 
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": str(threads or physical_cores())}
+    threads = threads or physical_cores()
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": str(threads),
+              "ENABLE_CPU_PINNING": cpu_pinning(threads)}
     if precision in ("f32", "bf16"):
         config["INFERENCE_PRECISION_HINT"] = precision
     if cache:
