@@ -24,6 +24,7 @@ class Script:
 
     def __init__(self):
         self.delay_s, self.status, self.requests = 0.0, 200, 0
+        self.queue_ms = 0.1  # the queue wait the answers report (x-endofuse-queue-ms)
         self.drop_idle = False  # close every connection after its answer, unannounced (an idle timeout)
         self.lock = threading.Lock()
         self.in_flight, self.most_in_flight, self.dtypes = 0, 0, set()
@@ -71,7 +72,7 @@ class FakeServer:
                 number = float(np.rint(request.wli[0, 0, 0, 0] * 255))  # the frame's number, sent as its pixels
                 logits = np.full((1, 2, *size), number, np.float32)
                 logits[:, 0] = 0
-                timings = {wire.BATCH_SIZE: "1", wire.QUEUE_MS: "0.1", wire.COMPUTE_MS: "1.0"}
+                timings = {wire.BATCH_SIZE: "1", wire.QUEUE_MS: f"{script.queue_ms:g}", wire.COMPUTE_MS: "1.0"}
                 self._send(200, *wire.encode_response(logits, timings, request.answer_dtype))
                 self.close_connection = script.drop_idle
 
@@ -284,3 +285,75 @@ def test_cli_refuses_bad_serving_options_in_one_line(argv, message, capsys):
     assert cli.main(argv) == 1
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+# -- which frames are sent (realtime/serve/pacing.py) ---------------------------------------------------
+
+def test_pacer_hand_computed_cases():
+    from endofuse.realtime.serve.pacing import WINDOW, RequestPacer
+
+    def feed(pacer, frames, answers):
+        for i in range(frames):
+            pacer.frame(i, i * 33.3)
+        for round_trip, queue in answers:
+            pacer.answered(round_trip, queue)
+
+    every = RequestPacer("1")
+    feed(every, 5, [(5.0, 0.0)])
+    assert [every.should_send(i) for i in range(5)] == [True] * 5
+    other = RequestPacer("2")
+    sent = []
+    for i in range(7):
+        if other.should_send(i):
+            other.sent(i)
+            sent.append(i)
+    assert sent == [0, 2, 4, 6]
+    auto = RequestPacer("auto")
+    assert not auto.pacing  # nothing measured yet: every frame
+    feed(auto, 5, [(12.0, 2.0)])  # the server's own time 10 ms < 0.8 x 33.3 ms
+    assert auto.frame_ms == pytest.approx(33.3) and auto.service_ms == 10.0 and auto.pacing
+    auto.sent(4)
+    assert [auto.should_send(i) for i in (5, 6)] == [False, True]
+    distant = RequestPacer("auto")
+    feed(distant, 5, [(60.0, 0.0)] * 3)  # 60 ms without any queue: a distant server, every frame
+    assert distant.service_ms == 60.0 and not distant.pacing
+    busy = RequestPacer("auto")
+    feed(busy, 5, [(70.0, 40.0), (75.0, 62.0), (80.0, 50.0)])  # long round trips, mostly queue
+    assert busy.service_ms == 13.0 and busy.pacing
+    feed(busy, 0, [(40.0, 0.0)] * (WINDOW - 2))  # the window now ends with 13, 30, 40, 40, ...
+    assert busy.service_ms == 13.0 and busy.pacing
+    feed(busy, 0, [(40.0, 0.0)])  # 13 leaves the window: the server's own time is 30 ms, most of a frame
+    assert busy.service_ms == 30.0 and not busy.pacing
+    with pytest.raises(ValueError, match="auto, 1, 2"):
+        RequestPacer("3")
+
+
+def paced_run(url, request_every, frames=45):
+    engine = open_room(url, deadline_ms=500, request_every=request_every)
+    out = run_frames(engine, frames, period_s=1 / 30)
+    summary = engine.remote_summary()
+    engine.close()
+    return out, summary
+
+
+def test_fast_server_gets_every_other_frame_and_every_frame_keeps_a_fresh_mask(server):
+    out, summary = paced_run(server.url, "auto")
+    assert summary["request_every"] == "auto"
+    assert summary["skipped"] + summary["requests"] + summary["superseded"] == 45
+    assert 45 * 0.4 <= summary["skipped"] <= 45 * 0.55  # about every other frame, after the first answers
+    for i, logits, info in out[5:]:
+        assert logits is not None and info.age_frames <= 2, (i, info)  # a mask at most 2 frames old
+        assert number_of(logits) == (i - info.age_frames) % 250
+    _, every = paced_run(server.url, "1")
+    assert every["skipped"] == 0 and every["requests"] >= 40
+
+
+def test_distant_server_gets_every_frame_and_a_busy_one_every_other(server):
+    """60 ms round trips: a far server (no queue) gets every frame; one that reports 55 ms of its own queue
+    is busy, not far, and gets every other frame."""
+    server.script.delay_s = 0.06
+    _, far = paced_run(server.url, "auto", frames=30)
+    assert far["skipped"] == 0
+    server.script.queue_ms = 55.0
+    _, busy = paced_run(server.url, "auto", frames=30)
+    assert busy["skipped"] > 0

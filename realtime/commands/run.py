@@ -76,6 +76,10 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--deadline-ms", type=float, default=100.0, metavar="MS",
                        help="masks older than this are not drawn, and the server drops requests it cannot start "
                             "within it (default 100)")
+    group.add_argument("--request-every", default="auto", choices=("auto", "1", "2"),
+                       help="which frames go to the server: auto (default) sends every other frame while the "
+                            "server answers within a frame apart from its queue, so every frame still gets a mask "
+                            "at most 2 frames old at half the load, and every frame otherwise; 1: every frame")
     group.add_argument("--fallback", default=None, choices=("local",),
                        help="while the server is unreachable, segment with the local engine (--checkpoint, "
                             "--engine) and go back to the server when it answers again")
@@ -338,7 +342,7 @@ def open_pipeline_engine(args: argparse.Namespace):
     if server is None and getattr(args, "fallback", None):
         raise EndofuseError("--fallback local applies to a served run: give --server URL too")
     remote = {} if server is None else {"server": server, "token": args.token, "deadline_ms": args.deadline_ms,
-                                        "fallback": args.fallback}
+                                        "fallback": args.fallback, "request_every": args.request_every}
     engine = open_engine(args.checkpoint, backend=args.engine, device=args.device, model_name=args.model,
                          threads=threads, **remote)
     engine.thread_choice = {"threads": getattr(engine, "threads", threads),

@@ -89,7 +89,8 @@ def open_engine(checkpoint_or_model_file: str | os.PathLike | nn.Module | None =
                 compile: bool = False, channels_last: bool = False, cuda_graphs: bool | None = None,
                 threads: int | None = None, spinning: bool = False, fp16: bool = True, precision: str = "auto",
                 calibration: str | os.PathLike | None = None, server: str | None = None,
-                token: str | None = None, deadline_ms: float = 100.0, fallback: str | Engine | None = None) -> Engine:
+                token: str | None = None, deadline_ms: float = 100.0, fallback: str | Engine | None = None,
+                request_every: str = "auto") -> Engine:
     """Opens an engine (see the module docstring).
 
     `model_name` (one of MODEL_CHOICES) applies when the source is None: tiny opens the bundled demo
@@ -101,8 +102,8 @@ def open_engine(checkpoint_or_model_file: str | os.PathLike | nn.Module | None =
     "int8") and `calibration`, a dataset folder whose frames calibrate INT8 (default: synthetic pairs).
 
     `server`: the URL of an `endofuse serve` (realtime/serve/client.py): the network runs there, with
-    `token` and `deadline_ms`; `fallback="local"` opens the local engine the other arguments describe and
-    runs it while the server is away (or pass an Engine).
+    `token`, `deadline_ms` and `request_every` (realtime/serve/pacing.py); `fallback="local"` opens the
+    local engine the other arguments describe and runs it while the server is away (or pass an Engine).
     """
     if server is not None:
         from endofuse.realtime.serve.client import open_remote_engine
@@ -111,7 +112,7 @@ def open_engine(checkpoint_or_model_file: str | os.PathLike | nn.Module | None =
             fallback = open_engine(checkpoint_or_model_file, backend, device, model_name, threads=threads)
         elif fallback is not None and not isinstance(fallback, Engine):
             raise InvalidOptionError(f"fallback must be 'local', an Engine or None, got {fallback!r}")
-        return open_remote_engine(server, token, deadline_ms, fallback)
+        return open_remote_engine(server, token, deadline_ms, fallback, request_every=request_every)
     device = check_device(device, torch_cuda=False)  # "banana": one line, before any model is loaded
     threads = check_threads(threads, "threads")  # 10000 would start 10000 OS threads in ONNX Runtime
     source = _resolve_source(checkpoint_or_model_file, model_name)

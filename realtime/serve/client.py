@@ -24,6 +24,7 @@ import numpy as np
 
 from endofuse.errors import EndofuseError, InvalidOptionError
 from endofuse.realtime.engines.base import Engine
+from endofuse.realtime.serve.pacing import REQUEST_EVERY, RequestPacer
 from endofuse.realtime.serve.wire import (
     BATCH_SIZE,
     COMPUTE_MS,
@@ -105,6 +106,7 @@ class ClientCounters:
     rejected: int = 0  # refused by the server: 503 (queue full) and other 4xx/5xx
     late: int = 0  # dropped by the server past the deadline (504)
     superseded: int = 0  # replaced by a newer frame before it was sent
+    skipped: int = 0  # not sent: the newest mask stays fresh for it (realtime/serve/pacing.py)
     reconnects: int = 0
     failures: int = 0  # connection errors and timeouts
     round_trip_ms: list = field(default_factory=list)
@@ -159,11 +161,13 @@ class RoomClient:
 
     def __init__(self, url: str, token: str | None = None, deadline_ms: float = DEFAULT_DEADLINE_MS,
                  wire_dtype: str = DEFAULT_WIRE_DTYPE, max_in_flight: int = 1, timeout_s: float = 2.0,
-                 backoff_s: float = 0.1, backoff_max_s: float = 2.0) -> None:
+                 backoff_s: float = 0.1, backoff_max_s: float = 2.0, request_every: str = "auto") -> None:
         if not deadline_ms > 0:
             raise InvalidOptionError(f"--deadline-ms must be > 0, got {deadline_ms}")
         if wire_dtype not in WIRE_DTYPES:
             raise InvalidOptionError(f"wire dtype {wire_dtype!r}: choose one of {', '.join(WIRE_DTYPES)}")
+        if str(request_every) not in REQUEST_EVERY:
+            raise InvalidOptionError(f"--request-every {request_every}: choose one of {', '.join(REQUEST_EVERY)}")
         if max_in_flight not in (1, 2):
             raise InvalidOptionError(f"max_in_flight must be 1 or 2, got {max_in_flight}")
         self.url, self.token, self.deadline_ms, self.wire_dtype = url, token, float(deadline_ms), wire_dtype
@@ -183,6 +187,7 @@ class RoomClient:
         self._workers = [threading.Thread(target=self._send_loop, name=f"endofuse-room-send-{i}", daemon=True)
                          for i in range(max_in_flight)]
         self._started = False
+        self.pacer = RequestPacer(request_every)  # which frames are sent
 
     # -- blocking calls ------------------------------------------------------
     def health(self) -> dict:
@@ -207,20 +212,26 @@ class RoomClient:
             return self._blocking.call(method, route, body, {**auth, **(headers or {})})
 
     # -- the never-waiting path ------------------------------------------------
-    def submit(self, wli: np.ndarray, nbi: np.ndarray | None, index: int) -> bool:
-        """Queue frame `index` for sending (replacing one not yet sent); False when offline and not due a probe."""
+    def submit(self, wli: np.ndarray, nbi: np.ndarray | None, index: int, may_skip: bool = True) -> bool:
+        """Queue frame `index` for sending (replacing one not yet sent); False when offline and not due a
+        probe, or (`may_skip`) when the pacer leaves this frame out because the newest mask stays fresh."""
         if not self._started:
             self._started = True
             for worker in self._workers:
                 worker.start()
         with self._cond:
+            self.pacer.frame(index, now() * 1000)
             if self._offline and (now() < self._retry_at or self._probing):
+                return False
+            if may_skip and not self._offline and not self.pacer.should_send(index):
+                self.counters.skipped += 1
                 return False
         headers, body = encode_request(wli, nbi, self.wire_dtype, self.deadline_ms, self.token)  # outside the lock
         with self._cond:
             if self._pending is not None:
                 self.counters.superseded += 1
             self._pending = _Job(index, headers, body)
+            self.pacer.sent(index)
             self._probing = self._offline  # while offline, one probe at a time
             self._cond.notify()
             return True
@@ -284,6 +295,7 @@ class RoomClient:
             if status == 200:
                 counters.answered += 1
                 counters.round_trip_ms.append((received - job.sent) * 1000)
+                self.pacer.answered((received - job.sent) * 1000, float(headers.get(QUEUE_MS, 0.0)))
                 for key, values in ((QUEUE_MS, counters.server_queue_ms), (COMPUTE_MS, counters.server_compute_ms),
                                     (RECEIVE_MS, counters.server_receive_ms)):
                     if key in headers:
@@ -356,7 +368,7 @@ class RemoteEngine(Engine):
         """
         index, client = self._index, self.client
         self._index += 1
-        sent = client.submit(wli, nbi, index)
+        sent = client.submit(wli, nbi, index, may_skip=not wait)
         answer = client.wait_for(index, client.timeout_s) if wait and sent else client.newest()
         t = now()
         fresh = answer is not None and ((t - answer.sent) * 1000 <= client.deadline_ms
@@ -380,7 +392,8 @@ class RemoteEngine(Engine):
         return {
             "server": self.client.url, "server_engine": self.server_engine, "deadline_ms": self.client.deadline_ms,
             "wire_dtype": self.client.wire_dtype, "requests": c.requests, "answered": c.answered,
-            "rejected": c.rejected, "late": c.late, "superseded": c.superseded, "reconnects": c.reconnects,
+            "rejected": c.rejected, "late": c.late, "superseded": c.superseded, "skipped": c.skipped,
+            "request_every": self.client.pacer.every, "reconnects": c.reconnects,
             "connection_failures": c.failures, "offline_frames": self.frames["offline"],
             "late_frames": self.frames["late"], "fallback_frames": self.frames["fallback"],
             "frames_with_server_mask": self.frames["with_server_mask"],
@@ -397,6 +410,7 @@ class RemoteEngine(Engine):
 
 
 def open_remote_engine(server: str, token: str | None = None, deadline_ms: float = DEFAULT_DEADLINE_MS,
-                       fallback: Engine | None = None, wire_dtype: str = DEFAULT_WIRE_DTYPE) -> RemoteEngine:
+                       fallback: Engine | None = None, wire_dtype: str = DEFAULT_WIRE_DTYPE,
+                       request_every: str = "auto") -> RemoteEngine:
     """A RemoteEngine on `server`; ServerUnavailable (one line) when it is down and no fallback is given."""
-    return RemoteEngine(RoomClient(server, token, deadline_ms, wire_dtype), fallback)
+    return RemoteEngine(RoomClient(server, token, deadline_ms, wire_dtype, request_every=request_every), fallback)
