@@ -4,7 +4,8 @@
 
 Every room is a live pipeline paced at 30 fps on a ring of synthetic pairs, each in its own process
 (all rooms of a point start together). Served: each room preprocesses and overlays in its process and
-sends its frames to one Ray Serve replica on this machine (HTTP ingress, batching across rooms). Local:
+sends its frames to one server on this machine (Ray Serve's HAProxy ingress, one replica per CPU,
+batching across rooms; the room's default pacing, `--request-every auto`). Local:
 each room has its own engine (`--threads` each). Per point: frames out per room, the share of frames
 drawn with a mask at most 2 frames old, capture-to-overlay latency, the mask's age, rejected and late
 requests, the server's batch sizes and the CPU used by the rooms, Ray's HTTP proxy, the replica and
@@ -81,7 +82,7 @@ def room(spec: dict, seconds: float, ready, measured, results) -> None:
     wli, nbi, _ = load_ring("synthetic", 30)
     if spec["path"] == "served":
         engine = RemoteEngine(RoomClient(spec["url"], deadline_ms=spec["deadline_ms"], wire_dtype=spec["wire_dtype"],
-                                         max_in_flight=spec["in_flight"]))
+                                         max_in_flight=spec["in_flight"], request_every=spec["request_every"]))
     else:
         engine = open_engine(backend=spec["engine"], threads=spec["threads"])
         engine.warmup()
@@ -247,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-threads", type=int, default=None,
                         help="inference threads of the server's replica (default: endofuse serve's, its "
                              "reserved CPUs)")
+    parser.add_argument("--request-every", default="auto", choices=("auto", "1", "2"),
+                        help="which frames served rooms send (default auto, the room's default)")
+    parser.add_argument("--compare-every-frame", type=int, nargs="*", default=[4, 8],
+                        help="rerun these served points with --request-every 1 (default 4 8; none: skip)")
     parser.add_argument("--compare-rooms", type=int, nargs="*", default=[1, 4],
                         help="rerun these served points with the other ingress (default 1 4; none: skip)")
     parser.add_argument("--replicas", type=int, default=os.cpu_count(),
@@ -285,36 +290,38 @@ def main(argv: list[str] | None = None) -> int:
                              replicas=args.replicas,
                              max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)
     served = {"path": "served", "deadline_ms": args.deadline_ms, "wire_dtype": args.wire_dtype,
-              "in_flight": args.in_flight, "nice": args.room_nice}
+              "in_flight": args.in_flight, "nice": args.room_nice, "request_every": args.request_every}
     local = {"path": "local", "engine": args.engine, "threads": args.threads, "nice": args.room_nice}
     points, transport = [], []
 
-    def measure(ingress: str, rooms: list[int], paths: list[str], label: str) -> None:
-        """Start a local Ray and the server with this ingress, time the transport, run the points."""
+    def measure(plan: list[tuple[int, dict, str]], label: str) -> None:
+        """Start a local Ray and the server (its ingress set in the environment), time the transport, then
+        run the points of `plan`: (rooms, spec, the point's path name)."""
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="warning")
         try:
             url = app.start(config, port=PORT)
             size = tuple(RoomClient(url).health()["input_size"])
             transport.extend(row | {"transport": f"{row['transport']} ({label})"}
                              for row in time_transport(url, size, args.transport_requests))
-            for n in rooms:
-                for spec in (served, local):
-                    if spec["path"] in paths:
-                        spec = spec | ({"url": url} if spec["path"] == "served" else {})
-                        point = summarise(spec["path"], n, *run_rooms([spec] * n, args.seconds), args.seconds)
-                        if spec["path"] == "served" and label != args.ingress:
-                            point["path"] = f"served, {label}"
-                        points.append(point)
-                        print(points[-1], flush=True)
+            for n, spec, name in plan:
+                spec = spec | ({"url": url} if spec["path"] == "served" else {})
+                point = summarise(spec["path"], n, *run_rooms([spec] * n, args.seconds), args.seconds)
+                point["path"] = name
+                points.append(point)
+                print(points[-1], flush=True)
         finally:
             app.stop()
             ray.shutdown()
 
-    measure(args.ingress, args.rooms, args.paths, args.ingress)
+    every_frame = "served, every frame"
+    plan = [(n, spec, spec["path"]) for n in args.rooms for spec in (served, local) if spec["path"] in args.paths]
+    if served["request_every"] != "1" and "served" in args.paths:  # the pacing's effect, same run
+        plan += [(n, served | {"request_every": "1"}, every_frame) for n in args.compare_every_frame]
+    measure(plan, args.ingress)
+    other = "proxy" if args.ingress == "haproxy" else "haproxy"
     if args.compare_rooms and "served" in args.paths:  # the other ingress, same run, for its ratio
-        other = "proxy" if args.ingress == "haproxy" else "haproxy"
         ray_environment = {"main": ray_environment, other: local_ray_environment(other)}
-        measure(other, args.compare_rooms, ["served"], other)
+        measure([(n, served, f"served, {other}") for n in args.compare_rooms], other)
     if set(args.paths) != {"served", "local"}:  # a partial run (profiling): printed, nothing written
         return 0
     plot(points, args.plot)
@@ -326,12 +333,17 @@ def main(argv: list[str] | None = None) -> int:
     by = {(p["rooms"], p["path"]): p for p in points}
     ratios = [[n, by[(n, "served")]["fresh_mask_fps_total"] / max(by[(n, "local")]["fresh_mask_fps_total"], 1e-9)]
               for n in args.rooms]
-    other = [p for p in points if p["path"].startswith("served, ")]
+    other_points = [p for p in points if p["path"] == f"served, {other}"]
     ingress_rows = [[p["rooms"], by[(p["rooms"], "served")]["cpu_ms_per_frame"], p["cpu_ms_per_frame"],
                      p["cpu_ms_per_frame"] / by[(p["rooms"], "served")]["cpu_ms_per_frame"],
                      by[(p["rooms"], "served")]["round_trip_ms_p50"], p["round_trip_ms_p50"],
                      100 * by[(p["rooms"], "served")]["fresh_mask_share"], 100 * p["fresh_mask_share"]]
-                    for p in other if (p["rooms"], "served") in by]
+                    for p in other_points if (p["rooms"], "served") in by]
+    every_rows = [[p["rooms"], 100 * by[(p["rooms"], "served")]["fresh_mask_share"], 100 * p["fresh_mask_share"],
+                   by[(p["rooms"], "served")]["cpu_percent_of_machine"], p["cpu_percent_of_machine"],
+                   by[(p["rooms"], "served")]["round_trip_ms_p50"], p["round_trip_ms_p50"],
+                   by[(p["rooms"], "served")]["mask_age_p50_ms"], p["mask_age_p50_ms"]]
+                  for p in points if p["path"] == every_frame and (p["rooms"], "served") in by]
     tables = [
         table(f"N rooms at {FPS:g} fps: one server vs N local pipelines ({args.seconds:g} s per point)",
               ["rooms", "path", "frames out/room", "fresh mask %", "fresh masks/s (all rooms)", "latency p50 ms",
@@ -340,17 +352,25 @@ def main(argv: list[str] | None = None) -> int:
               note="fresh mask: drawn with a mask at most 2 frames old, of the frames the cameras gave (after a "
                    "1-s warm-up). Latency: capture to overlay on the room (a served room never waits for its "
                    "mask; the mask's age is the server's part). Batch sizes: batch size:count as the rooms saw "
-                   f"them. served: the {args.ingress} ingress with {args.replicas} replica(s); 'served, X': the "
-                   "same server behind the other ingress."),
+                   f"them. served: the {args.ingress} ingress with {args.replicas} replica(s), rooms sending "
+                   f"--request-every {args.request_every}; 'served, every frame': the same with every frame sent; "
+                   f"'served, {other}': the same behind the other ingress."),
         table("Served against local: fresh masks/s of all rooms (ratio in one run)", ["rooms", "served / local"],
               ratios),
-        *([table(f"The ingress: {args.ingress} (served) against {other[0]['path'].split(', ')[1]} in the same run",
-                 ["rooms", f"CPU ms/frame, {args.ingress}", f"CPU ms/frame, {other[0]['path'].split(', ')[1]}",
+        *([table(f"The ingress: {args.ingress} (served) against {other} in the same run",
+                 ["rooms", f"CPU ms/frame, {args.ingress}", f"CPU ms/frame, {other}",
                   "ratio", f"round trip p50 ms, {args.ingress}",
-                  f"round trip p50 ms, {other[0]['path'].split(', ')[1]}", f"fresh mask %, {args.ingress}",
-                  f"fresh mask %, {other[0]['path'].split(', ')[1]}"], ingress_rows,
+                  f"round trip p50 ms, {other}", f"fresh mask %, {args.ingress}",
+                  f"fresh mask %, {other}"], ingress_rows,
                  note="Each ingress on a freshly started local Ray, the same rooms and server settings.")]
           if ingress_rows else []),
+        *([table(f"Which frames rooms send: --request-every {args.request_every} (served) against every frame, "
+                 "same run", ["rooms", "fresh mask %, paced", "fresh mask %, every frame", "CPU %, paced",
+                              "CPU %, every frame", "round trip p50 ms, paced", "round trip p50 ms, every frame",
+                              "mask age p50 ms, paced", "mask age p50 ms, every frame"], every_rows,
+                 note="auto: a room sends every other frame while the server's own time (least round trip less "
+                      "its queue wait of the last 30 answers) is under 0.8 of a frame (realtime/serve/pacing.py)."
+                 )] if every_rows else []),
         table("Where the CPU goes (% of the machine's CPUs, by process) and the served path's timings",
               ["rooms", "path", "rooms %", "ingress %", "replica %", "rest of Ray %", "CPU ms per frame",
                "round trip p50 ms", "server queue p50 ms", "of which body read p50 ms", "compute p50 ms"],
@@ -383,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
                            "ingress": args.ingress, "replicas": args.replicas, "ray_environment": ray_environment,
                            "engine": args.engine, "threads": args.threads, "server_threads": args.server_threads,
                            "in_flight": args.in_flight, "wire_dtype": args.wire_dtype,
+                           "request_every": args.request_every,
                            "max_batch": args.max_batch, "batch_wait_ms": args.batch_wait_ms,
                            "deadline_ms": args.deadline_ms}), args.json)
     return 0
