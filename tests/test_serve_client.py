@@ -382,3 +382,18 @@ def test_cli_refuses_bad_serving_options_in_one_line(argv, message, capsys):
     assert cli.main(argv) == 1
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_cli_run_with_server_down_runs_offline(tmp_path, capsys):
+    """`endofuse run --server URL` with nothing listening: one line, every frame written, all offline."""
+    from endofuse import cli
+
+    url = f"http://127.0.0.1:{free_port()}"
+    report = tmp_path / "r.json"
+    assert cli.main(["run", "--wli", "synthetic", "--nbi", "synthetic", "--frames", "4", "--warmup", "0",
+                     "--server", url, "--frames-dir", str(tmp_path / "f"), "--report", str(report)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"server {url} unreachable" in err and "AI OFFLINE until it answers" in err
+    written = json.loads(report.read_text())
+    assert written["frames"] == 4 and written["remote"]["offline_frames"] == 4
+    assert len(list((tmp_path / "f").glob("overlay_*.png"))) == 4
