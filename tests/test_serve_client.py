@@ -375,6 +375,7 @@ def test_pipeline_keeps_every_frame_while_server_is_gone(server):
     (["serve", "--port", "70000"], "--port 70000 is not a valid TCP port"),
     (["serve", "--host", "192.0.2.1"], "--host 192.0.2.1 is not an address of this machine"),
     (["run", "--wli", "synthetic", "--frames", "2", "--fallback", "local"], "--fallback local applies to a served"),
+    (["bench", "--frames", "10", "--server", "http://127.0.0.1:1"], "server http://127.0.0.1:1 unreachable"),
 ])
 def test_cli_refuses_bad_serving_options_in_one_line(argv, message, capsys):
     from endofuse import cli
