@@ -314,6 +314,7 @@ def test_pipeline_started_with_server_down_gets_masks_once_it_starts():
     remote = pipeline.report()["remote"]
     assert remote["offline_frames"] == len(offline) and remote["frames_with_server_mask"] == len(served)
     assert remote["reconnects"] == 1 and remote["server_refused"] == 0
+    assert remote["server_engine"] == "fake"  # learnt from /health once it answered
     assert up.script.requests == remote["answered"]
 
 

@@ -196,6 +196,7 @@ class RoomClient:
         self._expected: tuple[tuple[int, int], int] | None = None  # (input size, classes) the room sends for
         self._verify = False  # the next probe asks /health first
         self.server_problem: str | None = None  # why the last /health probe was not used (one line)
+        self.server_info: dict | None = None  # the last /health answer that fitted the room's model
         self._workers = [threading.Thread(target=self._send_loop, name=f"endofuse-room-send-{i}", daemon=True)
                          for i in range(max_in_flight)]
         self._started = False
@@ -317,6 +318,7 @@ class RoomClient:
                     f"{theirs[1]} classes, but this room sends {size[0]}x{size[1]} for {classes} classes "
                     f"(its --model/--checkpoint): its masks are not used; start the room with the server's "
                     f"model")
+        self.server_info = info
         return None
 
     def _server_refused(self, job: _Job, problem: str) -> None:
@@ -465,6 +467,8 @@ class RemoteEngine(Engine):
     def remote_summary(self) -> dict:
         """The report's `remote` section."""
         c = self.client.counters
+        if self.client.server_info is not None:  # a room that started offline learns it at the first answer
+            self.server_engine = self.client.server_info.get("engine", self.server_engine)
         return {
             "server": self.client.url, "server_engine": self.server_engine, "deadline_ms": self.client.deadline_ms,
             "wire_dtype": self.client.wire_dtype, "requests": c.requests, "answered": c.answered,
