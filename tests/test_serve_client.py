@@ -26,6 +26,7 @@ class Script:
         self.delay_s, self.status, self.requests = 0.0, 200, 0
         self.queue_ms = 0.1  # the queue wait the answers report (x-endofuse-queue-ms)
         self.drop_idle = False  # close every connection after its answer, unannounced (an idle timeout)
+        self.health_status = 200  # what GET /health answers
         self.lock = threading.Lock()
         self.in_flight, self.most_in_flight, self.dtypes = 0, 0, set()
 
@@ -51,6 +52,8 @@ class FakeServer:
                 self.wfile.write(body)
 
             def do_GET(self):
+                if script.health_status != 200:
+                    return self._send(script.health_status, {}, b"scripted health refusal\n")
                 body = json.dumps({"status": "ok", "engine": "fake", "model": "numbered frames",
                                    "input_size": list(size), "num_classes": 2}).encode()
                 self._send(200, {"content-type": "application/json"}, body)
@@ -120,9 +123,9 @@ def run_frames(engine, count: int, period_s: float = 0.01, start: int = 0):
     return out
 
 
-def open_room(url, fallback=None, **kwargs):
+def open_room(url, fallback=None, local_model=None, **kwargs):
     kwargs.setdefault("wire_dtype", "float32")
-    return room.RemoteEngine(room.RoomClient(url, **kwargs), fallback)
+    return room.RemoteEngine(room.RoomClient(url, **kwargs), fallback, local_model)
 
 
 @pytest.mark.parametrize("in_flight", [None, 2])
@@ -240,15 +243,111 @@ def test_fallback_runs_local_engine_while_offline():
     assert engine.remote_summary()["fallback_frames"] >= 1
 
 
-def test_unreachable_server_is_one_line():
+def test_unreachable_server_at_open_starts_offline(capsys):
+    """open_engine(server=...) with the server down: one line, then an engine that answers at once, offline,
+    sized like the local model the arguments name (tiny: 160x160, 2 classes)."""
     from endofuse.realtime.engines import open_engine
 
     url = f"http://127.0.0.1:{free_port()}"
+    engine = open_engine(server=url)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"server {url} unreachable" in err and "AI OFFLINE" in err
+    assert "160x160, 2 classes" in err
+    assert engine.input_size == (160, 160) and engine.num_classes == 2
+    x = np.zeros((1, 3, 160, 160), np.float32)
+    logits, info = engine.infer_latest(x, x)
+    engine.close()
+    assert logits is None and info.hud_mode == room.AI_OFFLINE
+    # a bare RemoteEngine with no model to assume still refuses, in one line
     with pytest.raises(room.ServerUnavailable, match=f"server {url} unreachable") as err:
-        open_engine(server=url)
+        room.RemoteEngine(room.RoomClient(url))
     assert "\n" not in str(err.value)
     with pytest.raises(EndofuseError, match="not an http"):
         room.RoomClient("gpu-box:8000")
+
+
+def test_wrong_token_at_open_is_refused(server):
+    """A server that answers but refuses the token is a configuration error, not an outage: refused at open."""
+    server.script.health_status = 401
+    with pytest.raises(room.RequestRefused, match="scripted health refusal") as err:
+        open_room(server.url, local_model=lambda: {"input_size": SIZE, "num_classes": 2, "model": "x"})
+    assert err.value.status == 401 and "\n" not in str(err.value)
+
+
+def test_describe_model_reads_sizes_without_an_engine(tmp_path):
+    from endofuse.model import build_model
+    from endofuse.model.checkpoint import save_checkpoint
+    from endofuse.realtime.engines.factory import describe_model
+
+    assert describe_model(None, "paper")["input_size"] == (224, 224)  # no weights needed for the config
+    path = save_checkpoint(tmp_path / "c.pt", build_model("tiny", num_classes=3, img_size=64))
+    info = describe_model(path)
+    assert info["input_size"] == (64, 64) and info["num_classes"] == 3
+
+
+def test_pipeline_started_with_server_down_gets_masks_once_it_starts():
+    """A room opened while its server is down runs; the server starts on that port mid-run: masks return."""
+    from endofuse.realtime import build_pipeline
+    from endofuse.realtime.engines.factory import describe_model
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    engine = room.RemoteEngine(room.RoomClient(url, wire_dtype="float32", backoff_s=0.02, backoff_max_s=0.05),
+                               local_model=lambda: describe_model(None, "tiny"))
+    assert engine.input_size == (160, 160)
+    pipeline = build_pipeline("synthetic:3", "synthetic:3", engine, frames=60, warmup_frames=0)
+    results, up = [], None
+    try:
+        for result in pipeline:
+            results.append(result)
+            if len(results) == 10:
+                up = FakeServer(port, (160, 160))
+            time.sleep(0.01)
+    finally:
+        engine.close()
+        if up is not None:
+            up.stop()
+    assert [r.index for r in results] == list(range(60))  # every frame written, none waited for
+    offline = [r.index for r in results if r.mode == room.AI_OFFLINE]
+    served = [r.index for r in results if r.mode not in (room.AI_OFFLINE, room.AI_LATE)]
+    assert offline[:10] == list(range(10)) and served and served[-1] == 59
+    assert max(offline) < served[0]  # once the server answers, the masks stay
+    remote = pipeline.report()["remote"]
+    assert remote["offline_frames"] == len(offline) and remote["frames_with_server_mask"] == len(served)
+    assert remote["reconnects"] == 1 and remote["server_refused"] == 0
+    assert remote["server_engine"] == "fake"  # learnt from /health once it answered
+    assert up.script.requests == remote["answered"]
+
+
+@pytest.mark.parametrize("started_down", [True, False])
+def test_server_of_another_model_is_not_used(capsys, started_down):
+    """The server that answers runs another input size: one line naming both, no masks, counted; the room
+    keeps probing (only /health) and stays offline. Checked at open when the server is up, after an outage
+    (and at the first answer after a start offline) otherwise."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    first = None if started_down else FakeServer(port)  # the room's own model: SIZE
+    engine = open_room(url, deadline_ms=100, backoff_s=0.02, backoff_max_s=0.05,
+                       local_model=lambda: {"input_size": SIZE, "num_classes": 2, "model": "numbered"})
+    outage = []
+    if first is not None:
+        first.stop()
+        outage = run_frames(engine, 5)
+    other = FakeServer(port, (48, 48))
+    capsys.readouterr()
+    try:
+        frames = run_frames(engine, 40)
+    finally:
+        engine.close()
+        other.stop()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "input 48x48, 2 classes" in err and f"sends {SIZE[0]}x{SIZE[1]} for 2 classes" in err
+    assert all(logits is None and info.hud_mode == room.AI_OFFLINE for _, logits, info in frames)
+    summary = engine.remote_summary()
+    assert summary["server_refused"] >= 2 and "48x48" in summary["server_problem"]
+    assert other.script.requests == 0  # no frame was sent to it
+    assert summary["offline_frames"] == 40 + sum(info.hud_mode == room.AI_OFFLINE for *_, info in outage)
 
 
 def test_pipeline_keeps_every_frame_while_server_is_gone(server):
@@ -278,6 +377,7 @@ def test_pipeline_keeps_every_frame_while_server_is_gone(server):
     (["serve", "--port", "70000"], "--port 70000 is not a valid TCP port"),
     (["serve", "--host", "192.0.2.1"], "--host 192.0.2.1 is not an address of this machine"),
     (["run", "--wli", "synthetic", "--frames", "2", "--fallback", "local"], "--fallback local applies to a served"),
+    (["bench", "--frames", "10", "--server", "http://127.0.0.1:1"], "server http://127.0.0.1:1 unreachable"),
 ])
 def test_cli_refuses_bad_serving_options_in_one_line(argv, message, capsys):
     from endofuse import cli
@@ -357,3 +457,18 @@ def test_distant_server_gets_every_frame_and_a_busy_one_every_other(server):
     server.script.queue_ms = 55.0
     _, busy = paced_run(server.url, "auto", frames=30)
     assert busy["skipped"] > 0
+
+
+def test_cli_run_with_server_down_runs_offline(tmp_path, capsys):
+    """`endofuse run --server URL` with nothing listening: one line, every frame written, all offline."""
+    from endofuse import cli
+
+    url = f"http://127.0.0.1:{free_port()}"
+    report = tmp_path / "r.json"
+    assert cli.main(["run", "--wli", "synthetic", "--nbi", "synthetic", "--frames", "4", "--warmup", "0",
+                     "--server", url, "--frames-dir", str(tmp_path / "f"), "--report", str(report)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"server {url} unreachable" in err and "AI OFFLINE until it answers" in err
+    written = json.loads(report.read_text())
+    assert written["frames"] == 4 and written["remote"]["offline_frames"] == 4
+    assert len(list((tmp_path / "f").glob("overlay_*.png"))) == 4

@@ -211,6 +211,14 @@ def run_bench(args: argparse.Namespace) -> tuple[dict, dict]:
         args.workers = min(2, usable_cpus())
     stage = stage_from_args(args)  # checked before the frames are loaded
     wli, nbi, described = load_ring(args.source, max(1, min(args.ring, args.frames)))
+    if getattr(args, "server", None):  # a room starts offline when its server is away; a benchmark of it
+        from endofuse.realtime.serve.client import RoomClient  # would measure nothing: one line instead
+
+        probe = RoomClient(args.server, args.token)
+        try:
+            probe.health()
+        finally:
+            probe.close()
     engine = open_pipeline_engine(args)
     engine.warmup()
     runtime = getattr(args, "runtime", "native")

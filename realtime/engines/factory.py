@@ -104,6 +104,10 @@ def open_engine(checkpoint_or_model_file: str | os.PathLike | nn.Module | None =
     `server`: the URL of an `endofuse serve` (realtime/serve/client.py): the network runs there, with
     `token`, `deadline_ms` and `request_every` (realtime/serve/pacing.py); `fallback="local"` opens the
     local engine the other arguments describe and runs it while the server is away (or pass an Engine).
+    A server that cannot be reached at open is not an error: one line goes to stderr and the engine starts offline (no masks, "AI OFFLINE"),
+    assuming the input size and classes of the local model the other arguments name (`describe_model`;
+    the fallback's when given) until the server answers; a server whose /health then names another size
+    or class count is not used (one line). A server that refuses the token (401) raises RequestRefused.
     """
     if server is not None:
         from endofuse.realtime.serve.client import open_remote_engine
@@ -112,7 +116,8 @@ def open_engine(checkpoint_or_model_file: str | os.PathLike | nn.Module | None =
             fallback = open_engine(checkpoint_or_model_file, backend, device, model_name, threads=threads)
         elif fallback is not None and not isinstance(fallback, Engine):
             raise InvalidOptionError(f"fallback must be 'local', an Engine or None, got {fallback!r}")
-        return open_remote_engine(server, token, deadline_ms, fallback, request_every=request_every)
+        return open_remote_engine(server, token, deadline_ms, fallback, request_every=request_every,
+                                  local_model=lambda: describe_model(checkpoint_or_model_file, model_name))
     device = check_device(device, torch_cuda=False)  # "banana": one line, before any model is loaded
     threads = check_threads(threads, "threads")  # 10000 would start 10000 OS threads in ONNX Runtime
     source = _resolve_source(checkpoint_or_model_file, model_name)
@@ -136,6 +141,57 @@ def open_engine(checkpoint_or_model_file: str | os.PathLike | nn.Module | None =
         return OnnxRuntimeEngine(onnx_path, device=device, threads=threads, spinning=spinning)
     from endofuse.realtime.engines.tensorrt_engine import open_tensorrt_engine
     return open_tensorrt_engine(onnx_path, device=device, fp16=fp16)
+
+
+def describe_model(source: str | os.PathLike | nn.Module | None = None, model_name: str = DEMO_MODEL_NAME) -> dict:
+    """{"input_size", "num_classes", "model"} of what `open_engine(source, model_name=...)` would open, read
+    from the file's own description (checkpoint config, export metadata, plan sidecar) without building an
+    engine. No source: the `model_name` config (a room served by another machine needs no weights)."""
+    if isinstance(source, nn.Module):
+        return {"input_size": (source.img_size,) * 2, "num_classes": int(source.num_classes),
+                "model": _label_for_module(source)}
+    if source is None:
+        from endofuse.model import MODEL_CONFIGS
+
+        if model_name not in MODEL_CONFIGS:
+            raise InvalidOptionError(f"unknown model {model_name!r}; choose one of {', '.join(MODEL_CONFIGS)}")
+        size = MODEL_CONFIGS[model_name].img_size
+        return {"input_size": (size, size), "num_classes": 2, "model": f"{model_name} (config)"}
+    path = _resolve_source(source, model_name)
+    suffix = _suffix(path)
+    if suffix in CHECKPOINT_SUFFIXES:
+        from endofuse.model import MODEL_CONFIGS
+        from endofuse.model.checkpoint import read_checkpoint
+
+        payload = read_checkpoint(path)
+        kwargs = payload["model_kwargs"]
+        config = MODEL_CONFIGS.get(payload["model_name"])
+        size = kwargs.get("img_size") or (config.img_size if config is not None else None)
+        if size is None:
+            raise EndofuseError(f"{path}: its config names no input size (model {payload['model_name']!r})")
+        label = (payload.get("extra") or {}).get("model_label") or f"{payload['model_name']} ({path.name})"
+        return {"input_size": (int(size),) * 2, "num_classes": int(kwargs["num_classes"]), "model": label}
+    if suffix in PLAN_SUFFIXES:
+        from endofuse.realtime.engines.tensorrt_engine import read_plan_info
+
+        info = read_plan_info(path)
+        return {"input_size": (info.img_size,) * 2, "num_classes": info.num_classes, "model": info.model_label}
+    if suffix in IR_SUFFIXES:
+        from endofuse.realtime.engines.openvino_env import openvino_core
+        from endofuse.realtime.engines.openvino_export import read_model
+
+        meta = read_model(openvino_core(), path)[1]
+    else:
+        import onnx
+
+        try:
+            meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
+            raise EndofuseError(f"model file {path} is not a readable ONNX file ({type(exc).__name__})") from None
+    if "img_size" not in meta or "num_classes" not in meta:
+        raise EndofuseError(f"model file {path} was not written by `endofuse export` (no endofuse metadata)")
+    return {"input_size": (int(meta["img_size"]),) * 2, "num_classes": int(meta["num_classes"]),
+            "model": meta.get("model_label", path.name)}
 
 
 def cached_onnx(source: Path | nn.Module, dynamic_batch: bool = False) -> Path:

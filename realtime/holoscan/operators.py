@@ -255,7 +255,8 @@ def resolve_engine(engine, backend: str = "auto", device: str | None = None, mod
     from endofuse.realtime.engines import open_engine
 
     if server is not None:
-        return open_engine(server=server, token=token, deadline_ms=deadline_ms)
+        # the path / model name only say what the room preprocesses for while the server is away at start
+        return open_engine(engine, model_name=model, server=server, token=token, deadline_ms=deadline_ms)
 
     if engine is not None and not os.path.exists(engine):
         raise EndofuseError(f"engine file '{engine}': no such file")

@@ -11,11 +11,18 @@ not older than the deadline. A refused connection or a silent server (no answer 
 room offline: frames flow without a mask ("AI OFFLINE" in the HUD), and the next frame after a back-off
 (doubling up to `backoff_max_s`) probes the server. With a fallback engine, offline frames are segmented
 locally until the server answers again.
+
+A room may start while its server is down: it then assumes the input size and classes of its local model
+and starts offline. Whenever the room comes back from offline (and at its first answer after such a start),
+its probe first asks /health and uses the server only when its input size and class count are the ones
+the room assumed; otherwise (or when the server refuses the token) the room stays offline, says why in
+one line on stderr, counts it and keeps probing.
 """
 from __future__ import annotations
 
 import http.client
 import json
+import sys
 import threading
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -46,7 +53,11 @@ DEFAULT_DEADLINE_MS = 100.0
 
 
 class ServerUnavailable(EndofuseError):
-    """The server could not be reached or did not answer (one line naming the URL)."""
+    """The server could not be reached or did not answer (one line naming the URL); `reason` says how."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class RequestRefused(EndofuseError):
@@ -109,6 +120,7 @@ class ClientCounters:
     skipped: int = 0  # not sent: the newest mask stays fresh for it (realtime/serve/pacing.py)
     reconnects: int = 0
     failures: int = 0  # connection errors and timeouts
+    refused_server: int = 0  # probes whose /health did not fit the room's model (or refused its token)
     round_trip_ms: list = field(default_factory=list)
     server_queue_ms: list = field(default_factory=list)
     server_receive_ms: list = field(default_factory=list)
@@ -147,8 +159,9 @@ class _Connection:
                 self.close()
                 if reused and not isinstance(exc, TimeoutError):
                     continue
-                raise ServerUnavailable(f"server {self.url} unreachable ({type(exc).__name__}: {exc}); start it "
-                                        f"with `endofuse serve` or check --server") from None
+                reason = f"{type(exc).__name__}: {exc}"
+                raise ServerUnavailable(f"server {self.url} unreachable ({reason}); start it with `endofuse serve` "
+                                        f"or check --server", reason) from None
 
     def close(self) -> None:
         if self.conn is not None:
@@ -184,6 +197,10 @@ class RoomClient:
         self._backoff_s = backoff_s
         self._closed = False
         self._finished = -1  # the index of the newest job that ended (answered or failed)
+        self._expected: tuple[tuple[int, int], int] | None = None  # (input size, classes) the room sends for
+        self._verify = False  # the next probe asks /health first
+        self.server_problem: str | None = None  # why the last /health probe was not used (one line)
+        self.server_info: dict | None = None  # the last /health answer that fitted the room's model
         self._workers = [threading.Thread(target=self._send_loop, name=f"endofuse-room-send-{i}", daemon=True)
                          for i in range(max_in_flight)]
         self._started = False
@@ -210,6 +227,15 @@ class RoomClient:
         auth = {"authorization": f"Bearer {self.token}"} if self.token else {}
         with self._blocking_lock:
             return self._blocking.call(method, route, body, {**auth, **(headers or {})})
+
+    def expect(self, input_size, num_classes: int, offline: bool = False) -> None:
+        """The model the room preprocesses for: a server is used only while its /health names the same
+        input size and class count (checked after every outage). `offline`: start offline (the server was
+        unreachable at open); the first frame probes."""
+        with self._cond:
+            self._expected = (tuple(int(v) for v in input_size), int(num_classes))
+            if offline:
+                self._offline, self._verify, self._retry_at = True, True, 0.0
 
     # -- the never-waiting path ------------------------------------------------
     def submit(self, wli: np.ndarray, nbi: np.ndarray | None, index: int, may_skip: bool = True) -> bool:
@@ -267,18 +293,62 @@ class RoomClient:
                     return
                 job, self._pending = self._pending, None
                 self.counters.requests += 1
+                verify = self._verify and self._expected is not None
             job.sent = now()
             try:
+                if verify:
+                    problem = self._check_server(connection)
+                    if problem is not None:
+                        self._server_refused(job, problem)
+                        continue
+                    job.sent = now()
                 status, headers, body = connection.call("POST", SEGMENT_ROUTE, job.body, job.headers)
             except ServerUnavailable:
                 self._went_offline(job)
                 continue
             self._answered(job, status, headers, body)
 
+    def _check_server(self, connection: _Connection) -> str | None:
+        """None when the server's /health fits the room's model; else one line saying why not. A server
+        still starting (Ray's proxy answers 404/503 before the application is up) counts as unreachable."""
+        auth = {"authorization": f"Bearer {self.token}"} if self.token else {}
+        status, _, body = connection.call("GET", HEALTH_ROUTE, None, auth)
+        if status in (401, 403):
+            return (f"server {self.url} refused this room's token ({status}): "
+                    f"{body.decode(errors='replace').strip()}")
+        if status != 200:
+            raise ServerUnavailable(f"server {self.url} not ready ({status})", f"not ready: {status}")
+        try:
+            info = json.loads(body)
+            theirs = (tuple(int(v) for v in info["input_size"]), int(info["num_classes"]))
+        except (ValueError, KeyError, TypeError):
+            return f"server {self.url} answered /health without an endofuse model description"
+        (size, classes) = self._expected
+        if theirs != (size, classes):
+            return (f"server {self.url} runs a model of input {theirs[0][0]}x{theirs[0][1]}, "
+                    f"{theirs[1]} classes, but this room sends {size[0]}x{size[1]} for {classes} classes "
+                    f"(its --model/--checkpoint): its masks are not used; start the room with the server's "
+                    f"model")
+        self.server_info = info
+        return None
+
+    def _server_refused(self, job: _Job, problem: str) -> None:
+        with self._cond:
+            self.counters.refused_server += 1
+            self._offline, self._probing = True, False
+            self._retry_at = now() + self._backoff_s
+            self._backoff_s = min(self._backoff_s * 2, self.backoff_max_s)
+            self._finished = max(self._finished, job.index)
+            repeated, self.server_problem = problem == self.server_problem, problem
+            self._cond.notify_all()
+        if not repeated:  # one line per distinct problem, not one per probe
+            print(f"endofuse: {problem}", file=sys.stderr, flush=True)
+
     def _went_offline(self, job: _Job) -> None:
         with self._cond:
             self.counters.failures += 1
             self._offline, self._probing = True, False
+            self._verify = True  # the server that comes back may be another one
             self._retry_at = now() + self._backoff_s
             self._backoff_s = min(self._backoff_s * 2, self.backoff_max_s)
             self._finished = max(self._finished, job.index)
@@ -290,6 +360,7 @@ class RoomClient:
             if self._offline:
                 self.counters.reconnects += 1
             self._offline, self._probing, self._backoff_s = False, False, self.backoff_min_s
+            self._verify, self.server_problem = False, None
             self._finished = max(self._finished, job.index)
             counters = self.counters
             if status == 200:
@@ -329,20 +400,39 @@ class RemoteEngine(Engine):
     name = "remote"
     native = "numpy"
 
-    def __init__(self, client: RoomClient, fallback: Engine | None = None) -> None:
+    def __init__(self, client: RoomClient, fallback: Engine | None = None, local_model=None) -> None:
+        """`local_model`: a callable giving {"input_size", "num_classes", "model"} of the model the room
+        would use (`factory.describe_model`). When the server cannot be reached (or is not ready) at open,
+        the room starts offline on the fallback's model, else on that one, after one line on stderr;
+        with neither, ServerUnavailable. A refused token (401/403) raises RequestRefused: a wrong
+        --token is a mistake to fix, not an outage to ride out."""
+        offline_at_start = False
         try:
             info = client.health()
-        except ServerUnavailable:
-            if fallback is None:
+        except (ServerUnavailable, RequestRefused) as exc:
+            if isinstance(exc, RequestRefused) and exc.status in (401, 403):
                 raise
-            info = {"input_size": fallback.input_size, "num_classes": fallback.num_classes,
-                    "model": fallback.model_label, "engine": "unknown (server offline at start)"}
+            if fallback is None and local_model is None:
+                raise
+            if fallback is not None:
+                info = {"input_size": fallback.input_size, "num_classes": fallback.num_classes,
+                        "model": fallback.model_label}
+            else:
+                info = dict(local_model())
+            info["engine"] = "unknown (server offline at start)"
+            offline_at_start = True
+            size = tuple(info["input_size"])
+            reason = exc.reason if isinstance(exc, ServerUnavailable) else f"not ready: {exc.status}"
+            print(f"endofuse: server {client.url} unreachable ({reason}); video runs with AI OFFLINE until it "
+                  f"answers (the room assumes its own model: {size[0]}x{size[1]}, {info['num_classes']} classes)",
+                  file=sys.stderr, flush=True)
         super().__init__(input_size=tuple(info["input_size"]), num_classes=int(info["num_classes"]),
                          model_label=str(info["model"]), device="cpu")
         if fallback is not None and tuple(fallback.input_size) != self.input_size:
             raise InvalidOptionError(f"--fallback local: the local model takes {fallback.input_size} but the "
                                      f"server's takes {self.input_size}; give the server's checkpoint")
         self.client, self.fallback = client, fallback
+        client.expect(self.input_size, self.num_classes, offline=offline_at_start)
         self.server_engine = info.get("engine")
         self.name = f"remote:{self.server_engine}"
         self._index = 0
@@ -389,12 +479,15 @@ class RemoteEngine(Engine):
     def remote_summary(self) -> dict:
         """The report's `remote` section."""
         c = self.client.counters
+        if self.client.server_info is not None:  # a room that started offline learns it at the first answer
+            self.server_engine = self.client.server_info.get("engine", self.server_engine)
         return {
             "server": self.client.url, "server_engine": self.server_engine, "deadline_ms": self.client.deadline_ms,
             "wire_dtype": self.client.wire_dtype, "requests": c.requests, "answered": c.answered,
             "rejected": c.rejected, "late": c.late, "superseded": c.superseded, "skipped": c.skipped,
             "request_every": self.client.pacer.every, "reconnects": c.reconnects,
-            "connection_failures": c.failures, "offline_frames": self.frames["offline"],
+            "connection_failures": c.failures, "server_refused": c.refused_server,
+            "server_problem": self.client.server_problem, "offline_frames": self.frames["offline"],
             "late_frames": self.frames["late"], "fallback_frames": self.frames["fallback"],
             "frames_with_server_mask": self.frames["with_server_mask"],
             "overlay_age_ms": percentiles(self._age_ms), "overlay_age_frames": percentiles(self._age_frames),
@@ -411,6 +504,7 @@ class RemoteEngine(Engine):
 
 def open_remote_engine(server: str, token: str | None = None, deadline_ms: float = DEFAULT_DEADLINE_MS,
                        fallback: Engine | None = None, wire_dtype: str = DEFAULT_WIRE_DTYPE,
-                       request_every: str = "auto") -> RemoteEngine:
-    """A RemoteEngine on `server`; ServerUnavailable (one line) when it is down and no fallback is given."""
-    return RemoteEngine(RoomClient(server, token, deadline_ms, wire_dtype, request_every=request_every), fallback)
+                       local_model=None, request_every: str = "auto") -> RemoteEngine:
+    """A RemoteEngine on `server` (see RemoteEngine for a server down at open and `local_model`)."""
+    return RemoteEngine(RoomClient(server, token, deadline_ms, wire_dtype, request_every=request_every), fallback,
+                        local_model)

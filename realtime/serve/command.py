@@ -4,8 +4,8 @@
     endofuse serve --address auto --autoscale 1,4 --host 0.0.0.0     # join a Ray cluster, expose the port
     endofuse run --wli 0 --nbi 1 --server http://gpu-box:8000 --fallback local
 
-Binds 127.0.0.1 unless --host says otherwise. Ctrl-C or SIGTERM shuts Ray Serve down (and the local Ray
-it started) before exiting 130 / 143.
+Binds 127.0.0.1 unless --host says otherwise. Ctrl-C or SIGTERM, also while it starts, stops the local Ray
+it started (or shuts Ray Serve down on a cluster joined with --address) and exits 130 / 143 within seconds.
 """
 from __future__ import annotations
 
@@ -86,6 +86,11 @@ def config_from_args(args: argparse.Namespace):
                        replica_cpus=args.replica_cpus, replica_gpus=args.replica_gpus, token=args.token)
 
 
+class _Interrupted(BaseException):
+    """A signal while Serve deploys: abandons `serve.run`'s wait for the replicas (a BaseException, so
+    none of Ray's `except Exception` blocks can swallow it)."""
+
+
 def main(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if args.checkpoint is not None and not os.path.isfile(args.checkpoint):
@@ -105,28 +110,59 @@ def main(args: argparse.Namespace) -> int:
         raise EndofuseError(f"endofuse serve needs {exc.name}: pip install 'endofuse[serve]'") from None
     stop = threading.Event()
     received: list[int] = []
+    deploying = [False]
 
     def on_signal(signum, frame) -> None:
-        received.append(signum)
+        if not received:
+            received.append(signum)
         stop.set()
+        if deploying[0]:  # serve.run waits for healthy replicas: seconds, minutes on a busy machine
+            deploying[0] = False
+            raise _Interrupted
 
-    # Ray installs its own SIGTERM handler in ray.init: ours go in after it, until Serve is shut down
-    ray.init(address=args.address, include_dashboard=False, log_to_driver=False, logging_level="warning")
-    previous = {}
+    def take_signals() -> dict:
+        return {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    # ours before ray.init (a Ctrl-C there was once lost inside it; a SIGTERM ended the process with
+    # Ray's sys.exit(15) and no cleanup), and again after it: ray.init installs its own SIGTERM handler
+    previous = take_signals()
     try:
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-        url = app.start(config, args.host, args.port)
-        replicas = f"{config.autoscale[0]}-{config.autoscale[1]}" if config.autoscale else config.replicas
-        ingress = args.ingress if args.address is None else "the cluster's"
-        print(f"endofuse serve: {url} ({ingress} ingress, {replicas} replica(s), batches of up to {config.max_batch}, "
-              f"token {'required' if config.token else 'off'}; Ctrl+C stops)", flush=True)
-        while not stop.wait(0.5):
+        ray.init(address=args.address, include_dashboard=False, log_to_driver=False, logging_level="warning")
+        take_signals()
+        try:
+            if not stop.is_set():
+                deploying[0] = True
+                url = app.start(config, args.host, args.port)
+                deploying[0] = False
+                replicas = f"{config.autoscale[0]}-{config.autoscale[1]}" if config.autoscale else config.replicas
+                ingress = args.ingress if args.address is None else "the cluster's"
+                print(f"endofuse serve: {url} ({ingress} ingress, {replicas} replica(s), batches of up to "
+                      f"{config.max_batch}, token {'required' if config.token else 'off'}; Ctrl+C stops)",
+                      flush=True)
+            while not stop.wait(0.5):
+                pass
+        except _Interrupted:
             pass
+        finally:
+            deploying[0] = False
+            shutdown(ray, app, joined=args.address is not None)
     finally:
-        app.stop()
-        ray.shutdown()  # stops the local Ray it started; only disconnects from a cluster joined with --address
         for sig, old in previous.items():
             signal.signal(sig, old)
     signum = received[0] if received else signal.SIGINT
     print(f"endofuse serve: stopped ({signal.Signals(signum).name})", file=sys.stderr)
     return 128 + signum
+
+
+def shutdown(ray, app, joined: bool) -> None:
+    """Stops serving within seconds.
+
+    A local Ray that `endofuse serve` started goes down whole with `ray.shutdown()` (its controller, proxy
+    and replicas with it). `serve.shutdown()` first would wait for the controller's graceful shutdown, up
+    to its fixed 30 s when Ray retries that call on the controller it has just killed (seen: SIGTERM took
+    ~30 s). On a cluster joined with --address, the cluster outlives this process: Serve is shut down
+    there first (as `app.stop`), then this process disconnects.
+    """
+    if joined:
+        app.stop()
+    ray.shutdown()
