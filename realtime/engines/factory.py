@@ -105,9 +105,10 @@ def open_engine(checkpoint_or_model_file: str | os.PathLike | nn.Module | None =
     `token`, `deadline_ms` and `request_every` (realtime/serve/pacing.py); `fallback="local"` opens the
     local engine the other arguments describe and runs it while the server is away (or pass an Engine).
     A server that cannot be reached at open is not an error: one line goes to stderr and the engine
-    starts offline (no masks, "AI OFFLINE"), assuming the input size and classes of the local model the other arguments name (`describe_model`;
-    the fallback's when given) until the server answers; a server whose /health then names another size
-    or class count is not used (one line). A server that refuses the token (401) raises RequestRefused.
+    starts offline (no masks, "AI OFFLINE"), assuming the input size and classes of the local model the
+    other arguments name (`describe_model`; the fallback's when given) until the server answers; a
+    server whose /health then names another size or class count is not used (one line). A server that
+    refuses the token (401) raises RequestRefused.
     """
     if server is not None:
         from endofuse.realtime.serve.client import open_remote_engine
