@@ -419,11 +419,19 @@ def test_pacer_hand_computed_cases():
     assert distant.service_ms == 60.0 and not distant.pacing
     busy = RequestPacer("auto")
     feed(busy, 5, [(70.0, 40.0), (75.0, 62.0), (80.0, 50.0)])  # long round trips, mostly queue
-    assert busy.service_ms == 13.0 and busy.pacing
+    assert busy.service_ms == 13.0 and busy.queue_ms == 50.0 and busy.pacing
     feed(busy, 0, [(40.0, 0.0)] * (WINDOW - 2))  # the window now ends with 13, 30, 40, 40, ...
-    assert busy.service_ms == 13.0 and busy.pacing
+    assert busy.service_ms == 13.0 and busy.queue_ms == 0.0 and busy.pacing
     feed(busy, 0, [(40.0, 0.0)])  # 13 leaves the window: the server's own time is 30 ms, most of a frame
     assert busy.service_ms == 30.0 and not busy.pacing
+    overloaded = RequestPacer("auto")  # batches so slow that even the least round trip less queue is long
+    feed(overloaded, 5, [(60.0, 20.0), (65.0, 25.0), (70.0, 9.0)])
+    assert overloaded.service_ms == 40.0 and overloaded.queue_ms == 20.0  # 20 ms > a quarter of 33.3 ms
+    assert overloaded.pacing
+    feed(overloaded, 0, [(60.0, 8.0)] * 2)  # the median queue wait now 9 ms, still over 8.3
+    assert overloaded.queue_ms == 9.0 and overloaded.pacing
+    feed(overloaded, 0, [(60.0, 8.0)] * 2)  # 20, 25, 9, 8, 8, 8, 8: median 8 ms, under a quarter frame
+    assert overloaded.queue_ms == 8.0 and not overloaded.pacing
     with pytest.raises(ValueError, match="auto, 1, 2"):
         RequestPacer("3")
 
