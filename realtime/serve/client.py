@@ -249,8 +249,7 @@ class RoomClient:
             self.pacer.frame(index, now() * 1000)
             if self._offline and (now() < self._retry_at or self._probing):
                 return False
-            answered_last = self._newest is not None and self._newest.index >= (self.pacer.last_sent or 0)
-            if may_skip and not self._offline and not self.pacer.should_send(index, answered_last):
+            if may_skip and not self._offline and not self.pacer.should_send(index):
                 self.counters.skipped += 1
                 return False
         headers, body = encode_request(wli, nbi, self.wire_dtype, self.deadline_ms, self.token)  # outside the lock

@@ -75,33 +75,17 @@ class RequestPacer:
         return statistics.median(self._queue) if self._queue else None
 
     @property
-    def fast(self) -> bool:
-        """The server could answer within a frame but for its queue."""
-        return (self.service_ms is not None and self.frame_ms is not None
-                and self.service_ms < FAST_FRACTION * self.frame_ms)
-
-    @property
-    def busy(self) -> bool:
-        """The server reports a queue wait over BUSY_FRACTION of a frame."""
-        return self.queue_ms is not None and self.frame_ms is not None and self.queue_ms > BUSY_FRACTION * self.frame_ms
-
-    @property
     def pacing(self) -> bool:
         """True while frames go every other one."""
-        return self.every == "2" or (self.every == "auto" and (self.fast or self.busy))
-
-    def should_send(self, index: int, answered_last: bool = True) -> bool:
-        """Send frame `index`? `answered_last`: the answer for the last frame sent is back.
-
-        The frame right after a sent one is left out when the server is busy, or when it is fast and that
-        answer is already back (its mask is then fresh for this frame and the next). A fast server's late
-        answer would leave the next frame's mask 3 frames old, so that frame is sent (it waits as the
-        pending frame and goes out as the answer arrives)."""
-        if self.every == "1" or self.last_sent is None or index - self.last_sent >= 2:
-            return True
-        if self.every == "2" or (self.every == "auto" and self.busy):
+        if self.every != "auto":
+            return self.every == "2"
+        service, queue, frame = self.service_ms, self.queue_ms, self.frame_ms
+        if service is None or frame is None:
             return False
-        return not (self.every == "auto" and self.fast and answered_last)
+        return service < FAST_FRACTION * frame or queue > BUSY_FRACTION * frame
+
+    def should_send(self, index: int) -> bool:
+        return self.last_sent is None or index - self.last_sent >= 2 or not self.pacing
 
     def sent(self, index: int) -> None:
         self.last_sent = index
