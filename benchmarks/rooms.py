@@ -369,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
                               "CPU %, every frame", "round trip p50 ms, paced", "round trip p50 ms, every frame",
                               "mask age p50 ms, paced", "mask age p50 ms, every frame"], every_rows,
                  note="auto: a room sends every other frame while the server's own time (least round trip less "
-                      "its queue wait of the last 30 answers) is under 0.8 of a frame (realtime/serve/pacing.py)."
+                      "its queue wait of the last 30 answers) is under 0.8 of a frame or its queue wait (median "
+                      "of the last 30) over a quarter of one (realtime/serve/pacing.py)."
                  )] if every_rows else []),
         table("Where the CPU goes (% of the machine's CPUs, by process) and the served path's timings",
               ["rooms", "path", "rooms %", "ingress %", "replica %", "rest of Ray %", "CPU ms per frame",
