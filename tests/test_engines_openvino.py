@@ -222,40 +222,63 @@ def test_set_threads_recompiles_both_graphs_with_the_same_results(exported, cach
         engine.set_threads(0)
 
 
-def pinned_threads_while(run, seconds: float = 1.5, first: bool = False) -> set[str]:
-    """CPU lists narrower than this process's that any of its threads had while `run()` loops in a thread
-    (from /proc, sampled for `seconds`, or until the first one with `first`; OpenVINO pins its inference
-    thread only while it computes)."""
-    import threading
-    import time
+PINNING_PROBE = textwrap.dedent("""
+    import json, os, sys, threading, time
+    from pathlib import Path
+    import numpy as np
 
-    allowed, seen, stop = os.sched_getaffinity(0), set(), threading.Event()
+    def pinned_threads_while(run, seconds, first=False):
+        # CPU lists narrower than this process's that any thread had while run() loops (from /proc)
+        allowed, seen, stop = os.sched_getaffinity(0), set(), threading.Event()
+        def loop():
+            while not stop.is_set():
+                run()
+        worker = threading.Thread(target=loop)
+        worker.start()
+        end = time.monotonic() + seconds
+        try:
+            while time.monotonic() < end and not (first and seen):
+                for task in Path("/proc/self/task").iterdir():
+                    try:
+                        line = next(x for x in (task / "status").read_text().splitlines()
+                                    if x.startswith("Cpus_allowed_list"))
+                    except (OSError, StopIteration):
+                        continue
+                    cpus = set()
+                    for part in line.split()[1].split(","):
+                        low, _, high = part.partition("-")
+                        cpus |= set(range(int(low), int(high or low) + 1))
+                    if cpus < allowed:
+                        seen.add(line.split()[1])
+        finally:
+            stop.set()
+            worker.join()
+        return sorted(seen)
 
-    def loop():
-        while not stop.is_set():
-            run()
+    from endofuse.realtime.engines.openvino_engine import OpenVinoEngine
+    from endofuse.realtime.engines.openvino_env import openvino_core
 
-    worker = threading.Thread(target=loop)
-    worker.start()
-    end = time.monotonic() + seconds
-    try:
-        while time.monotonic() < end and not (first and seen):
-            for task in Path("/proc/self/task").iterdir():
-                try:
-                    line = next(x for x in (task / "status").read_text().splitlines()
-                                if x.startswith("Cpus_allowed_list"))
-                except (OSError, StopIteration):
-                    continue
-                cpus = set()
-                for part in line.split()[1].split(","):
-                    low, _, high = part.partition("-")
-                    cpus |= set(range(int(low), int(high or low) + 1))
-                if cpus < allowed:
-                    seen.add(line.split()[1])
-    finally:
-        stop.set()
-        worker.join()
-    return seen
+    path, size = sys.argv[1], int(sys.argv[2])
+    rng = np.random.default_rng(0)
+    wli, nbi = (rng.random((1, 3, size, size), dtype=np.float32) for _ in range(2))
+    if sys.argv[3] == "openvino-pinned":  # the same model compiled the way OpenVINO pins
+        core = openvino_core()
+        model = core.compile_model(core.read_model(path), "CPU", {"PERFORMANCE_HINT": "LATENCY",
+                                   "INFERENCE_NUM_THREADS": "1", "ENABLE_CPU_PINNING": "YES"})
+        seen = pinned_threads_while(lambda: model({model.inputs[0]: wli, model.inputs[1]: nbi}), 3.0, True)
+    else:
+        engine = OpenVinoEngine(path, precision="f32", threads=1, cache=False)
+        seen = pinned_threads_while(lambda: engine.infer(wli, nbi), 1.5)
+    print(json.dumps(seen))
+""")
+
+
+def pinned_cpu_lists(onnx_path, how: str) -> list[str]:
+    """In a fresh process (OpenVINO pins per process): the narrowed CPU lists its threads had."""
+    result = subprocess.run([sys.executable, "-c", PINNING_PROBE, str(onnx_path), str(SIZE), how],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to tell pinned from free")
@@ -265,23 +288,14 @@ def test_an_engine_on_fewer_threads_than_cores_is_not_pinned(exported, cache):
     from endofuse.realtime.engines.openvino_engine import OpenVinoEngine
     from endofuse.realtime.engines.ort_engine import physical_cores
 
-    wli, nbi = random_pair(seed=7)
     one = OpenVinoEngine(exported.onnx_path, precision="f32", threads=1, cache=False)
     assert one.compiled.get_property("ENABLE_CPU_PINNING") is False
-    assert pinned_threads_while(lambda: one.infer(wli, nbi)) == set()
     if physical_cores() == len(os.sched_getaffinity(0)):  # no hyper-thread siblings: every core, pinned
         every = OpenVinoEngine(exported.onnx_path, precision="f32", threads=physical_cores(), cache=False)
         assert every.compiled.get_property("ENABLE_CPU_PINNING") is True
-    # the check itself sees pinning: OpenVINO's default for the same one-thread engine
-    from endofuse.realtime.engines.openvino_env import openvino_core
-
-    core = openvino_core()
-    default = core.compile_model(core.read_model(str(exported.onnx_path)), "CPU",
-                                 {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": "1"})
-    x = np.concatenate([wli, nbi], axis=0)[None] if len(default.inputs) == 1 else None
-    inputs = x if x is not None else {default.inputs[0]: wli, default.inputs[1]: nbi}
-    assert default.get_property("ENABLE_CPU_PINNING") is True
-    assert pinned_threads_while(lambda: default(inputs), first=True), "the sampler should see OpenVINO's pinning"
+    # in behaviour: the sampler sees OpenVINO's pinning, and none while endofuse's engine computes
+    assert pinned_cpu_lists(exported.onnx_path, "openvino-pinned"), "the sampler should see OpenVINO's pinning"
+    assert pinned_cpu_lists(exported.onnx_path, "endofuse") == []
 
 
 def test_pipeline_runs_end_to_end_on_openvino(exported, cache, tmp_path, capsys):
