@@ -425,7 +425,7 @@ def wait_for_epoch(run: Path, proc: subprocess.Popen, epoch: int, timeout: float
     """Until the training child `proc` has logged `epoch` epochs in `run` (fails if it exits or takes longer)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        assert proc.poll() is None, proc.stdout.read()
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else f"exited {proc.returncode}"
         if (run / "log.csv").is_file() and len(read_log(run)) >= epoch:
             return
         time.sleep(0.05)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import synth_dataset, train_cmd
+from conftest import synth_dataset, train_cmd, wait_for_epoch
 
 
 def start(args: list[str], **kwargs) -> subprocess.Popen:
@@ -47,6 +47,22 @@ def test_ctrl_c_during_train_is_one_line_and_130(delay_s, dataset, tmp_path):
     code, err = interrupt_after(train_cmd(dataset, tmp_path / "run", "--epochs", "1000"), delay_s)
     assert code == 130, err
     assert "Traceback" not in err and "interrupted" in err.lower(), err
+
+
+def test_ctrl_c_once_training_runs_saves_and_says_so_on_stderr(dataset, tmp_path):
+    # The timed cases above may land in the imports or in training depending on the machine; this one is in training.
+    run = tmp_path / "run"
+    child = start(train_cmd(dataset, run, "--epochs", "1000"), stdout=subprocess.DEVNULL)
+    try:
+        wait_for_epoch(run, child, 1)
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=120)
+    finally:
+        child.kill()
+    assert child.returncode == 130, err
+    assert "Traceback" not in err, err
+    assert "interrupted (SIGINT): saved resumable" in err.strip().splitlines()[-1], err
+    assert (run / "last.pt").is_file()
 
 
 def test_a_closed_stdout_ends_quietly_with_141(tmp_path):

@@ -142,7 +142,7 @@ def test_sigterm_saves_a_resumable_checkpoint_mid_epoch(data, tmp_path):
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 143, out
-    assert "stopped by SIGTERM" in out
+    assert "interrupted (SIGTERM): saved resumable" in out
     extra = read_checkpoint(run / "last.pt")["extra"]
     epochs_logged = len(read_log(run))
     # Saved after the step it stopped in: in the epoch after the last logged one (up to its very end).

@@ -21,6 +21,7 @@ import io
 import math
 import os
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -387,8 +388,8 @@ class ClassifyTrainer:
                 terms, interrupted = self._train_epoch(epoch, stop)
                 if interrupted:
                     if self.d.is_main:
-                        print(f"stopped by {stop.requested}: saved resumable {self.last_path}; continue with --resume",
-                              flush=True)
+                        print(f"endofuse train: interrupted ({stop.requested or 'SIGINT'}): saved resumable "
+                              f"{self.last_path}; continue with --resume", file=sys.stderr, flush=True)
                     # 130 SIGINT, 143 SIGTERM, as the shell (a rank stopped by another rank's signal: 130)
                     return 128 + (signal.Signals[stop.requested].value if stop.requested else signal.SIGINT.value)
                 self._end_epoch(epoch, terms, time.perf_counter() - started)

@@ -16,6 +16,7 @@ import contextlib
 import math
 import os
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -451,8 +452,8 @@ class Trainer:
                 terms, interrupted = self._train_epoch(epoch, stop)
                 if interrupted:
                     if s.dist.is_main:
-                        print(f"stopped by {stop.requested}: saved resumable {s.last_path}; "
-                              f"continue with --resume", flush=True)
+                        print(f"endofuse train: interrupted ({stop.requested}): saved resumable {s.last_path}; "
+                              f"continue with --resume", file=sys.stderr, flush=True)
                     return 128 + signal.Signals[stop.requested].value  # 130 SIGINT, 143 SIGTERM, as the shell
                 self._end_epoch(epoch, terms, time.perf_counter() - started)
         if s.dist.is_main:
