@@ -133,6 +133,16 @@ def test_resume_after_sigkill_continues_with_the_right_epoch_and_same_result(dat
     assert [r["lr"] for r in rows] == [r["lr"] for r in ref_rows]
 
 
+@pytest.mark.parametrize("requested, name, code", [("SIGINT", "SIGINT", 130), ("SIGTERM", "SIGTERM", 143),
+                                                    (None, "SIGINT", 130)])  # None: another torchrun rank's signal
+def test_stop_flag_names_the_signal_and_the_shells_exit_code(requested, name, code):
+    from endofuse.train.state import StopFlag
+
+    stop = StopFlag()
+    stop.requested = requested
+    assert (stop.signal_name, stop.exit_code) == (name, code)
+
+
 @pytest.mark.slow  # real training subprocesses
 def test_sigterm_saves_a_resumable_checkpoint_mid_epoch(data, tmp_path):
     run = tmp_path / "run"

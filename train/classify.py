@@ -20,7 +20,6 @@ import csv
 import io
 import math
 import os
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -388,10 +387,9 @@ class ClassifyTrainer:
                 terms, interrupted = self._train_epoch(epoch, stop)
                 if interrupted:
                     if self.d.is_main:
-                        print(f"endofuse train: interrupted ({stop.requested or 'SIGINT'}): saved resumable "
+                        print(f"endofuse train: interrupted ({stop.signal_name}): saved resumable "
                               f"{self.last_path}; continue with --resume", file=sys.stderr, flush=True)
-                    # 130 SIGINT, 143 SIGTERM, as the shell (a rank stopped by another rank's signal: 130)
-                    return 128 + (signal.Signals[stop.requested].value if stop.requested else signal.SIGINT.value)
+                    return stop.exit_code
                 self._end_epoch(epoch, terms, time.perf_counter() - started)
         if self.d.is_main:
             print(f"done: best validation accuracy {self.best_acc:.4f} -> {self.best_path}", flush=True)

@@ -52,6 +52,16 @@ class StopFlag:
             raise KeyboardInterrupt
         self.requested = signal.Signals(signum).name
 
+    @property
+    def signal_name(self) -> str:
+        """The signal that stopped training; SIGINT for a rank stopped because another rank got one (torchrun)."""
+        return self.requested or signal.SIGINT.name
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal, as the shell reports it: 130 SIGINT, 143 SIGTERM."""
+        return 128 + signal.Signals[self.signal_name].value
+
     def __enter__(self) -> StopFlag:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):

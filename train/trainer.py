@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -452,9 +451,9 @@ class Trainer:
                 terms, interrupted = self._train_epoch(epoch, stop)
                 if interrupted:
                     if s.dist.is_main:
-                        print(f"endofuse train: interrupted ({stop.requested}): saved resumable {s.last_path}; "
+                        print(f"endofuse train: interrupted ({stop.signal_name}): saved resumable {s.last_path}; "
                               f"continue with --resume", file=sys.stderr, flush=True)
-                    return 128 + signal.Signals[stop.requested].value  # 130 SIGINT, 143 SIGTERM, as the shell
+                    return stop.exit_code
                 self._end_epoch(epoch, terms, time.perf_counter() - started)
         if s.dist.is_main:
             print(f"done: best validation Dice {s.best_dice:.4f} -> {s.best_path}", flush=True)
